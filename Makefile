@@ -1,0 +1,54 @@
+# SAE Explorer: `make demo` runs the app on the embedded default; `make test` runs the whole suite.
+# Everything a fresh machine needs is installed from here (venv, Python packages, assets, Chromium).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 7860
+CONFIG ?= configs/demo.yaml
+
+.PHONY: demo test install test-install assets chromium tiny bench clean-workspaces help
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo    - set up everything and launch the app on http://127.0.0.1:$(PORT)"
+	@echo "make test    - set up everything and run the test suite"
+	@echo "make bench   - run the benchmarks in bench/ (results go in bench/RESULTS.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
+	$(BIN)/pip install -q -r requirements-test.txt
+	@touch $@
+
+install: $(VENV)/.installed
+test-install: $(VENV)/.test-installed
+
+assets: $(VENV)/.installed
+	$(BIN)/python -m backend fetch-assets
+
+# Debian's Chromium for the browser tests (playwright drives it; never `playwright install`).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+demo: assets
+	$(BIN)/python app.py --config $(CONFIG) --port $(PORT)
+
+tiny: assets
+	$(BIN)/python -m backend build configs/tiny.yaml
+
+test: test-install assets chromium
+	$(BIN)/python -m pytest -q tests
+
+bench: test-install assets
+	$(BIN)/python bench/bench_activations.py
+
+clean-workspaces:
+	rm -rf workspaces

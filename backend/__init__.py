@@ -1,0 +1,1 @@
+"""SAE Explorer backend: models, corpora, activations, SAEs, index, steering."""

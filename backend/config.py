@@ -1,0 +1,265 @@
+"""Workspace configuration: dataclasses validated once, loaded from YAML.
+
+A workspace is one folder; its ``workspace.yaml`` is a copy of the config it was built from.
+Every field has a one-line docstring (the comment under it). Unknown keys are an error, so a
+typo in a config never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message says which and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    id: str = "smollm2"
+    """'smollm2' or 'gemma3-270m' (embedded, offline), a Hugging Face id, or a local checkpoint dir."""
+    dtype: str = "float32"
+    """Compute dtype: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype {self.dtype!r} is not one of float32, bfloat16, float16")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"model.device {self.device!r}: use auto, cpu or cuda")
+
+
+@dataclass
+class CorpusConfig:
+    name: str
+    """A registry name (see `python -m backend corpora`) or a label for a user corpus."""
+    path: str | None = None
+    """User corpus: a folder of .txt, or a .jsonl/.csv/.parquet file. None for registry corpora."""
+    domain: str | None = None
+    """Domain label stored with every window (defaults to the registry's label, or the name)."""
+    text_column: str = "text"
+    """Column holding the text in tabular user corpora."""
+    max_docs: int | None = None
+    """Keep at most this many documents (after dedup), chosen deterministically."""
+    max_windows: int | None = None
+    """Keep at most this many context windows from this corpus."""
+
+    def __post_init__(self) -> None:
+        for f in ("max_docs", "max_windows"):
+            v = getattr(self, f)
+            if v is not None and v <= 0:
+                raise ConfigError(f"corpora[{self.name}].{f} must be positive, got {v}")
+
+
+@dataclass
+class ActivationConfig:
+    site: str = "blocks.12.hook_resid_post"
+    """Hook site in SAELens naming: blocks.<L>.hook_resid_post or blocks.<L>.hook_mlp_out."""
+    context_len: int = 128
+    """Tokens per context window."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+    max_tokens: int = 200_000
+    """Activation budget for SAE training (kept tokens, after excluding special tokens)."""
+    cache: bool = True
+    """Write activations to an on-disk shard cache so that several SAEs reuse them."""
+    shard_tokens: int = 65_536
+    """Tokens per cache shard."""
+    cache_dtype: str = "float16"
+    """Storage dtype of cached activations (float16 halves disk; bfloat16 and float32 also work)."""
+
+    def __post_init__(self) -> None:
+        if self.context_len < 2 or self.batch_size < 1 or self.max_tokens < 1 or self.shard_tokens < 1:
+            raise ConfigError("activations: context_len >= 2, batch_size, max_tokens, shard_tokens >= 1")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise ConfigError(f"activations.cache_dtype {self.cache_dtype!r}: float16, bfloat16 or float32")
+
+
+@dataclass
+class SaeConfig:
+    name: str
+    """Folder name under saes/ and the id shown in the UI."""
+    architecture: str = "topk"
+    """relu | topk | batchtopk | jumprelu."""
+    d_sae: int = 4608
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (topk) or mean per token (batchtopk)."""
+    l1_coef: float = 0.0
+    """relu: L1 coefficient on latents weighted by decoder norms."""
+    l0_coef: float = 0.0
+    """jumprelu: coefficient of the (straight-through) L0 penalty."""
+    jumprelu_bandwidth: float = 0.001
+    """jumprelu: bandwidth of the rectangle kernel in the straight-through estimator."""
+    jumprelu_init_threshold: float = 0.001
+    """jumprelu: initial threshold."""
+    auxk_coef: float = 1 / 32
+    """Coefficient of the AuxK dead-latent loss (topk/batchtopk); 0 turns it off."""
+    k_aux: int | None = None
+    """Dead latents used by AuxK (default d_in // 2)."""
+    matryoshka_widths: list[int] = field(default_factory=list)
+    """Nested prefix widths for Matryoshka losses (increasing; d_sae is appended if missing)."""
+    ortho_coef: float = 0.0
+    """OrtSAE: coefficient of the chunked decoder orthogonality penalty."""
+    ortho_chunk: int = 1024
+    """OrtSAE: latents per chunk (cost grows linearly with d_sae)."""
+    term_tilt: float = 0.0
+    """TERM tilt t over per-token losses; 0 is the plain mean."""
+    boost_base: str | None = None
+    """Name of a frozen base SAE: train a residual SAE (no b_dec) on x - base(x)."""
+    data: str = "general"
+    """Training data: 'general' (the workspace activations) or a subdomain selection name."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(
+                f"saes[{self.name}].architecture {self.architecture!r} is unknown: use one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.d_sae < 1:
+            raise ConfigError(f"saes[{self.name}].d_sae must be positive, got {self.d_sae}")
+        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+            raise ConfigError(f"saes[{self.name}]: k={self.k} must be between 1 and d_sae={self.d_sae}")
+        for f in ("l1_coef", "l0_coef", "auxk_coef", "ortho_coef", "term_tilt", "jumprelu_bandwidth"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"saes[{self.name}].{f} must be >= 0, got {getattr(self, f)}")
+        if self.matryoshka_widths:
+            w = sorted(set(int(v) for v in self.matryoshka_widths))
+            if w[0] < 1 or w[-1] > self.d_sae:
+                raise ConfigError(f"saes[{self.name}].matryoshka_widths must lie in 1..d_sae={self.d_sae}")
+            if w[-1] != self.d_sae:
+                w.append(self.d_sae)
+            self.matryoshka_widths = w
+
+
+@dataclass
+class TrainConfig:
+    tokens: int | None = None
+    """Training tokens (default: all cached activations once)."""
+    batch_size: int = 4096
+    """Tokens per optimizer step."""
+    lr: float | None = None
+    """Adam learning rate (default 2e-4 / sqrt(d_sae / 2**14))."""
+    lr_warmup_steps: int = 50
+    """Linear learning-rate warm-up steps."""
+    l1_warmup_frac: float = 0.05
+    """Fraction of training over which the L1/L0 coefficient ramps up from 0."""
+    seed: int = 0
+    """Seed for init and data order."""
+    dead_tokens: int = 1_000_000
+    """A latent is dead when it has not fired in this many training tokens."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every this many steps (0 = never)."""
+    dtype: str = "float32"
+    """Training dtype of the SAE parameters."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be positive, got {self.batch_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class IndexConfig:
+    max_tokens: int = 100_000
+    """Tokens of the indexing corpus encoded per SAE."""
+    top_k: int = 20
+    """Top-activating contexts kept per latent."""
+    n_quantiles: int = 5
+    """Activation quantile bands sampled per latent."""
+    per_quantile: int = 4
+    """Samples per quantile band."""
+    context_radius: int = 12
+    """Tokens shown either side of the activating token."""
+    umap: bool = True
+    """Compute UMAP maps of decoder directions at index time."""
+
+
+@dataclass
+class WorkspaceConfig:
+    name: str
+    """Workspace name (also its folder name under workspaces/ by default)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The foundation model."""
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    """Corpora used for activations and indexing."""
+    activations: ActivationConfig = field(default_factory=ActivationConfig)
+    """Where and how much to read activations."""
+    saes: list[SaeConfig] = field(default_factory=list)
+    """SAEs to train, in order (a boosted SAE comes after its base)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Trainer settings shared by all SAEs."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Feature index settings."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Settings for later stages (subdomains, steering, ...)."""
+
+    def __post_init__(self) -> None:
+        if not self.corpora:
+            raise ConfigError("a workspace needs at least one corpus under 'corpora:'")
+        names = [s.name for s in self.saes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"SAE names must be unique, got {names}")
+        for i, s in enumerate(self.saes):
+            if s.boost_base is not None and s.boost_base not in names[:i]:
+                raise ConfigError(f"saes[{s.name}].boost_base {s.boost_base!r} must name an SAE listed before it")
+
+    # ---- (de)serialization -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WorkspaceConfig":
+        return _build(cls, d, "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WorkspaceConfig":
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            d = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_NESTED = {
+    "model": ModelConfig,
+    "activations": ActivationConfig,
+    "train": TrainConfig,
+    "index": IndexConfig,
+}
+_LISTS = {"corpora": CorpusConfig, "saes": SaeConfig}
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    kw = {}
+    for k, v in d.items():
+        if cls is WorkspaceConfig and k in _NESTED:
+            kw[k] = _build(_NESTED[k], v or {}, k)
+        elif cls is WorkspaceConfig and k in _LISTS:
+            if not isinstance(v, list):
+                raise ConfigError(f"{k} must be a list")
+            kw[k] = [_build(_LISTS[k], item, f"{k}[{i}]") for i, item in enumerate(v)]
+        else:
+            kw[k] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None

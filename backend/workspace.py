@@ -1,0 +1,130 @@
+"""A workspace: one folder built from a config by the CLI.
+
+Layout::
+
+    <ws>/workspace.yaml        the config it was built from
+    <ws>/corpora/windows.parquet   context windows (token ids, doc id, source, domain)
+    <ws>/activations/<site>/   shard cache (meta.json + shards)
+    <ws>/saes/<name>/          SAELens layout + metrics.json
+    <ws>/index.duckdb          the feature index
+
+Models are cached outside the workspace (``<cache>/models``), shared by all workspaces.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .activations import ShardCache
+from .config import WorkspaceConfig
+from .corpora import load_docs, make_windows
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_NAME = "workspace.yaml"
+
+
+class Workspace:
+    def __init__(self, path: str | Path, config: WorkspaceConfig):
+        self.path = Path(path)
+        self.config = config
+        self._adapter = None
+
+    # ---- paths ----------------------------------------------------------------------
+    @property
+    def windows_path(self) -> Path:
+        return self.path / "corpora" / "windows.parquet"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path / "activations" / self.config.activations.site.replace("/", "_")
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / "index.duckdb"
+
+    def sae_dir(self, name: str) -> Path:
+        return self.path / "saes" / name
+
+    # ---- parts ----------------------------------------------------------------------
+    def adapter(self, verbose: bool = True):
+        if self._adapter is None:
+            from .adapters import load_adapter
+
+            self._adapter = load_adapter(self.config.model, verbose=verbose)
+            from .adapters.base import Site
+
+            Site.parse(self.config.activations.site, self._adapter.n_layers)
+        return self._adapter
+
+    def windows(self) -> pd.DataFrame:
+        return pd.read_parquet(self.windows_path)
+
+    def activation_source(self) -> ShardCache:
+        return ShardCache(self.cache_path)
+
+    # ---- build steps ------------------------------------------------------------------
+    def build_windows(self, force: bool = False, verbose: bool = True) -> pd.DataFrame:
+        if self.windows_path.exists() and not force:
+            return self.windows()
+        a = self.adapter(verbose)
+        frames = []
+        for c in self.config.corpora:
+            t0 = time.time()
+            docs = load_docs(c)
+            w = make_windows(docs, c.name, a.encode_ids, self.config.activations.context_len, c.max_windows)
+            if verbose:
+                print(f"[corpora] {c.name}: {len(docs)} docs -> {len(w)} windows ({time.time() - t0:.1f} s)", flush=True)
+            frames.append(w)
+        df = pd.concat(frames, ignore_index=True)
+        atomic_write_parquet(df, self.windows_path)
+        return df
+
+    def build_activations(self, force: bool = False, verbose: bool = True) -> ShardCache:
+        if (self.cache_path / "meta.json").exists() and not force:
+            return self.activation_source()
+        a, ac = self.adapter(verbose), self.config.activations
+        w = self.windows()
+        # Train on a shuffled order of windows so every corpus is represented within the budget.
+        w = w.sample(frac=1.0, random_state=self.config.train.seed)
+        return ShardCache.build(a, w, ac.site, self.cache_path, batch_size=ac.batch_size, max_tokens=ac.max_tokens,
+                                shard_tokens=ac.shard_tokens, dtype=ac.cache_dtype, progress=verbose)
+
+
+def create_workspace(config_path: str | Path, path: str | Path | None = None) -> Workspace:
+    """Open (or create) the workspace for a config file; the folder defaults to workspaces/<name>."""
+    cfg = WorkspaceConfig.load(config_path)
+    ws_path = Path(path) if path else REPO / "workspaces" / cfg.name
+    ws_path.mkdir(parents=True, exist_ok=True)
+    cfg_file = ws_path / CONFIG_NAME
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if not cfg_file.exists() or cfg_file.read_text() != text:
+        atomic_write_text(cfg_file, text)
+    return Workspace(ws_path, cfg)
+
+
+def open_workspace(path: str | Path) -> Workspace:
+    p = Path(path)
+    if not (p / CONFIG_NAME).exists():
+        raise FileNotFoundError(f"{p} is not a workspace (no {CONFIG_NAME}); build one with `python -m backend build CONFIG`")
+    return Workspace(p, WorkspaceConfig.load(p / CONFIG_NAME))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
