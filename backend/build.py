@@ -1,6 +1,7 @@
 """Build a workspace from its config, step by step; every step is skipped when its output exists.
 
-Steps: windows (corpora -> context windows), activations (shard cache), train (each SAE),
+Steps: windows (corpora -> context windows), activations (shard cache), subdomains (retrieved
+training sets for specialized SAEs, each with its own shard cache), train (each SAE),
 eval (metrics.json), index (DuckDB feature index, labels, maps). Each step writes to a temporary
 path and renames, so an interrupted build resumes cleanly from the last finished step.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from .workspace import Workspace, create_workspace
 
-STEPS = ("windows", "activations", "train", "eval", "index")
+STEPS = ("windows", "activations", "subdomains", "train", "eval", "index")
 
 
 def build_workspace(config: str | Path, path: str | Path | None = None, *, force: bool = False,
@@ -29,6 +30,11 @@ def build_workspace(config: str | Path, path: str | Path | None = None, *, force
     if "activations" in want:
         cache = ws.build_activations(force=force, verbose=verbose)
         say(f"[build] activations: {cache.n_tokens:,} tokens at {cache.site}", flush=True)
+    if "subdomains" in want:
+        from .subdomain import build_subdomain
+
+        for sd in ws.config.subdomains:
+            build_subdomain(ws, sd, force=force, verbose=verbose)
     if "train" in want and ws.config.saes:
         train_all(ws, force=force, verbose=verbose)
     if "eval" in want and ws.config.saes:
@@ -46,7 +52,6 @@ def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: st
     from .sae import load_sae
     from .train import train_sae
 
-    source = ws.activation_source()
     adapter_name = ws.config.model.id
     for s in ws.config.saes:
         if only and s.name != only:
@@ -55,6 +60,7 @@ def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: st
         if (out / "cfg.json").exists() and not force:
             continue
         base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
+        source = ws.activation_source(s.data)
         if verbose:
             print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
         train_sae(s, ws.config.train, source, out, base=base, hook_name=ws.config.activations.site,

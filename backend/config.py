@@ -183,6 +183,28 @@ class IndexConfig:
 
 
 @dataclass
+class SubdomainConfig:
+    name: str
+    """Subdomain id (e.g. 'biomedical'); SAEs train on it with `data: <name>`."""
+    seed_corpus: str
+    """Name of a workspace corpus whose first windows are the seed documents."""
+    n_seeds: int = 32
+    """Seed windows taken from seed_corpus (held out of the retrieval pool)."""
+    select: int = 1500
+    """Windows retrieved from the pool for the subdomain training set."""
+    method: str = "dense"
+    """Retrieval: 'dense' (MiniLM + faiss) or 'bm25'."""
+    max_tokens: int = 200_000
+    """Activation budget of the subdomain shard cache."""
+
+    def __post_init__(self) -> None:
+        if self.method not in ("dense", "bm25"):
+            raise ConfigError(f"subdomains[{self.name}].method {self.method!r}: use dense or bm25")
+        if self.n_seeds < 1 or self.select < 1 or self.max_tokens < 1:
+            raise ConfigError(f"subdomains[{self.name}]: n_seeds, select and max_tokens must be positive")
+
+
+@dataclass
 class WorkspaceConfig:
     name: str
     """Workspace name (also its folder name under workspaces/ by default)."""
@@ -198,6 +220,8 @@ class WorkspaceConfig:
     """Trainer settings shared by all SAEs."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """Feature index settings."""
+    subdomains: list[SubdomainConfig] = field(default_factory=list)
+    """Subdomain training sets selected by retrieval (specialized SAEs)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Settings for later stages (subdomains, steering, ...)."""
 
@@ -207,9 +231,16 @@ class WorkspaceConfig:
         names = [s.name for s in self.saes]
         if len(set(names)) != len(names):
             raise ConfigError(f"SAE names must be unique, got {names}")
+        corpora = {c.name for c in self.corpora}
+        subs = {d.name for d in self.subdomains}
+        for d in self.subdomains:
+            if d.seed_corpus not in corpora:
+                raise ConfigError(f"subdomains[{d.name}].seed_corpus {d.seed_corpus!r} is not one of the corpora {sorted(corpora)}")
         for i, s in enumerate(self.saes):
             if s.boost_base is not None and s.boost_base not in names[:i]:
                 raise ConfigError(f"saes[{s.name}].boost_base {s.boost_base!r} must name an SAE listed before it")
+            if s.data != "general" and s.data not in subs:
+                raise ConfigError(f"saes[{s.name}].data {s.data!r}: use 'general' or a subdomain name {sorted(subs)}")
 
     # ---- (de)serialization -------------------------------------------------------
     @classmethod
@@ -239,7 +270,7 @@ _NESTED = {
     "train": TrainConfig,
     "index": IndexConfig,
 }
-_LISTS = {"corpora": CorpusConfig, "saes": SaeConfig}
+_LISTS = {"corpora": CorpusConfig, "saes": SaeConfig, "subdomains": SubdomainConfig}
 
 
 def _build(cls: type, d: Any, where: str) -> Any:

@@ -39,9 +39,10 @@ class Workspace:
     def windows_path(self) -> Path:
         return self.path / "corpora" / "windows.parquet"
 
-    @property
-    def cache_path(self) -> Path:
-        return self.path / "activations" / self.config.activations.site.replace("/", "_")
+    def cache_dir(self, data: str = "general") -> Path:
+        """Shard cache folder of the general activations or of a subdomain's (``<site>@<name>``)."""
+        base = self.config.activations.site.replace("/", "_")
+        return self.path / "activations" / (base if data == "general" else f"{base}@{data}")
 
     @property
     def index_path(self) -> Path:
@@ -64,8 +65,9 @@ class Workspace:
     def windows(self) -> pd.DataFrame:
         return pd.read_parquet(self.windows_path)
 
-    def activation_source(self) -> ShardCache:
-        return ShardCache(self.cache_path)
+    def activation_source(self, data: str = "general") -> ShardCache:
+        """The shard cache of the general activations, or of a subdomain's retrieved windows."""
+        return ShardCache(self.cache_dir(data))
 
     # ---- build steps ------------------------------------------------------------------
     def build_windows(self, force: bool = False, verbose: bool = True) -> pd.DataFrame:
@@ -85,13 +87,13 @@ class Workspace:
         return df
 
     def build_activations(self, force: bool = False, verbose: bool = True) -> ShardCache:
-        if (self.cache_path / "meta.json").exists() and not force:
+        if (self.cache_dir() / "meta.json").exists() and not force:
             return self.activation_source()
         a, ac = self.adapter(verbose), self.config.activations
         w = self.windows()
         # Train on a shuffled order of windows so every corpus is represented within the budget.
         w = w.sample(frac=1.0, random_state=self.config.train.seed)
-        return ShardCache.build(a, w, ac.site, self.cache_path, batch_size=ac.batch_size, max_tokens=ac.max_tokens,
+        return ShardCache.build(a, w, ac.site, self.cache_dir(), batch_size=ac.batch_size, max_tokens=ac.max_tokens,
                                 shard_tokens=ac.shard_tokens, dtype=ac.cache_dtype, progress=verbose)
 
 
