@@ -46,21 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("config", help="workspace config (YAML), e.g. configs/demo.yaml")
     b.add_argument("--workspace", help="workspace folder (default: workspaces/<name>)")
     b.add_argument("--force", action="store_true", help="rebuild every step even if present")
-    b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,train,eval,index (default all)")
+    b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,subdomains,train,eval,index,coverage (default all)")
     b.set_defaults(func=_build)
 
-    try:
-        from .cli_sae import add_commands
-    except ImportError:  # the SAE family is optional while bootstrapping
-        add_commands = None
-    if add_commands:
-        add_commands(sub)
-    try:
-        from .cli_index import add_commands as add_index_commands
-    except ImportError:
-        add_index_commands = None
-    if add_index_commands:
-        add_index_commands(sub)
+    import importlib
+
+    for name in ("cli_sae", "cli_index", "cli_research"):
+        try:  # TEMPORARY while the modules land; made a plain import at integration
+            importlib.import_module(f".{name}", __package__).add_commands(sub)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
 
     args = p.parse_args(argv)
     try:

@@ -2,7 +2,7 @@
 
 Steps: windows (corpora -> context windows), activations (shard cache), subdomains (retrieved
 training sets for specialized SAEs, each with its own shard cache), train (each SAE),
-eval (metrics.json), index (DuckDB feature index, labels, maps). Each step writes to a temporary
+eval (metrics.json), index (DuckDB feature index, labels, maps), coverage (general vs subdomain). Each step writes to a temporary
 path and renames, so an interrupted build resumes cleanly from the last finished step.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .workspace import Workspace, create_workspace
 
-STEPS = ("windows", "activations", "subdomains", "train", "eval", "index")
+STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
 
 
 def build_workspace(config: str | Path, path: str | Path | None = None, *, force: bool = False,
@@ -44,6 +44,10 @@ def build_workspace(config: str | Path, path: str | Path | None = None, *, force
 
         if force or not ws.index_path.exists():
             build_index(ws, progress=verbose)
+    if "coverage" in want and ws.config.subdomains:
+        from .coverage import build_coverage
+
+        build_coverage(ws, force=force, verbose=verbose)
     say(f"[build] done in {time.time() - t0:.0f} s", flush=True)
     return ws
 

@@ -222,7 +222,8 @@ class CausalLMAdapter:
 
     @torch.inference_mode()
     def generate(
-        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0, chat: bool = True
+        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0, chat: bool = True,
+        stop_at_eos: bool = True,
     ) -> Iterator[str]:
         """Stream text pieces; a plain KV-cache loop in the caller's thread (so scoped hooks apply)."""
         ids = self.prompt_ids(prompt, chat)
@@ -241,7 +242,7 @@ class CausalLMAdapter:
             else:
                 probs = torch.softmax(logits / temperature, dim=-1)
                 nxt = int(torch.multinomial(probs, 1, generator=gen))
-            if nxt in eos:
+            if nxt in eos and stop_at_eos:
                 break
             out_ids.append(nxt)
             new_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)

@@ -1,0 +1,171 @@
+"""General versus subdomain feature coverage: where specialized SAEs capture the "dark matter".
+
+For a subdomain and a set of SAEs, over held-out subdomain text (windows of the seed corpus that
+no SAE trained on) and general text (the general activation cache):
+
+- tail-concept recall: a token type t is *captured* by an SAE when some latent j is a detector
+  for it: F1(j, t) = 2 C[t, j] / (n_t + m_j) >= ``f1_threshold``, where C[t, j] counts the
+  occurrences of t on which j fires, n_t the occurrences of t and m_j the firings of j (both on
+  subdomain text). It is plotted against the token's frequency in the general corpus;
+- cumulative coverage: token types sorted from rare to common in the general corpus, the running
+  share of subdomain token occurrences whose type is captured;
+- per-latent log-ratio of firing rates, subdomain against general:
+  log((fires_sub + 1) / (N_sub + 1)) - log((fires_gen + 1) / (N_gen + 1));
+- latents only a specialized SAE has: max decoder cosine to the reference SAE < ``cos_threshold``;
+- CE loss and perplexity with each SAE spliced in, on general and on subdomain text.
+
+All of it is computed once at build time and stored as ``<ws>/coverage/<subdomain>.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .activations import stream_activations
+from .workspace import Workspace, atomic_write_text
+
+
+def _fires(sae, acts: torch.Tensor, batch: int = 4096) -> sp.csr_matrix:
+    """(N, d_sae) boolean sparse matrix of latents > 0."""
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(acts), batch):
+            lat = sae.encode(acts[i : i + batch].float())
+            r, c = (lat > 0).nonzero(as_tuple=True)
+            parts.append(sp.csr_matrix((np.ones(len(r), np.float32), (r.numpy(), c.numpy())), shape=lat.shape))
+    return sp.vstack(parts).tocsr()
+
+
+def token_capture(token_ids: np.ndarray, fires: sp.csr_matrix, f1_threshold: float) -> pd.DataFrame:
+    """Per token type: occurrences, best detector latent and its F1, captured or not."""
+    types, inv = np.unique(token_ids, return_inverse=True)
+    onehot = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))), shape=(len(types), len(inv)))
+    C = (onehot @ fires).tocoo()  # (types, d_sae) co-occurrence counts
+    n_t = np.asarray(onehot.sum(1)).ravel()
+    m_j = np.asarray(fires.sum(0)).ravel()
+    f1 = 2 * C.data / (n_t[C.row] + m_j[C.col])
+    best = np.zeros(len(types))
+    best_j = np.full(len(types), -1)
+    order = np.argsort(f1)  # ascending: the last write per row is its max
+    best[C.row[order]] = f1[order]
+    best_j[C.row[order]] = C.col[order]
+    return pd.DataFrame({"token_id": types, "count": n_t.astype(int), "best_f1": best, "best_latent": best_j,
+                         "captured": best >= f1_threshold})
+
+
+def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndarray:
+    a = torch.nn.functional.normalize(W_a.float(), dim=1)
+    b = torch.nn.functional.normalize(W_b.float(), dim=1)
+    return torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)]).numpy()
+
+
+def _splice(sae, keep: torch.Tensor):
+    """Replace acts by the SAE reconstruction at kept positions; BOS/pad keep their own acts."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        recons = sae.forward(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
+        return torch.where(keep.to(x.device)[..., None], recons, x)
+
+    return fn
+
+
+def _spliced_ce(adapter, sae, site: str, windows: pd.DataFrame, batch_size: int = 8) -> float:
+    """Mean next-token CE on kept targets with the SAE's reconstruction replacing the acts (None = clean)."""
+    total, n = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        b = adapter.batch_from_ids(list(windows["token_ids"].iloc[i : i + batch_size]))
+        if sae is None:
+            logits = adapter.logits(b)
+        else:
+            with adapter.intervene(site, _splice(sae, b.keep_mask)):
+                logits = adapter.logits(b)
+        tgt = b.input_ids[:, 1:]
+        mask = b.keep_mask[:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt.to(logits.device), reduction="none")
+        total += float(ce[mask.to(ce.device)].sum())
+        n += int(mask.sum())
+    return total / max(n, 1)
+
+
+def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: str, f1_threshold: float = 0.5,
+                     cos_threshold: float = 0.7, max_tokens: int = 30_000, ce_windows: int = 48) -> dict:
+    """Coverage of ``subdomain`` by each SAE in ``saes`` (name -> loaded SAE); see the module doc."""
+    sd = next(d for d in ws.config.subdomains if d.name == subdomain)
+    adapter, site = ws.adapter(verbose=False), ws.config.activations.site
+    w = ws.windows()
+    used = set(pd.read_parquet(ws.path / "subdomains" / f"{subdomain}.parquet")["window"])
+    held = w[(w["corpus"] == sd.seed_corpus) & ~w.index.isin(list(used))]
+    general = w[w["domain"] == "general"]
+    sub_chunks = list(stream_activations(adapter, held, site, ws.config.activations.batch_size, max_tokens, progress=False))
+    sub_acts = torch.cat([c.acts for c in sub_chunks])
+    sub_tok = torch.cat([c.token_ids for c in sub_chunks]).numpy()
+    gen = ws.activation_source()
+    gen_acts = gen.all_acts(max_tokens)
+    gen_tok = np.concatenate([gen.load_shard(i)["token_ids"].numpy() for i in range(len(gen.shards))])[: len(gen_acts)]
+    gen_freq = pd.Series(gen_tok).value_counts()
+    tok_str = adapter.token_strings
+    out: dict = {"subdomain": subdomain, "reference": reference, "f1_threshold": f1_threshold,
+                 "cos_threshold": cos_threshold, "n_sub_tokens": int(len(sub_tok)), "n_gen_tokens": int(len(gen_tok)),
+                 "saes": {}}
+    clean_ce = {"general": _spliced_ce(adapter, None, site, general.head(ce_windows)),
+                "subdomain": _spliced_ce(adapter, None, site, held.head(ce_windows))}
+    out["clean_ce"] = clean_ce
+    for name, sae in saes.items():
+        f_sub, f_gen = _fires(sae, sub_acts), _fires(sae, gen_acts)
+        cap = token_capture(sub_tok, f_sub, f1_threshold)
+        cap["gen_freq"] = cap["token_id"].map(gen_freq).fillna(0).astype(int)
+        cap = cap.sort_values(["gen_freq", "count"], ascending=[True, False])
+        cum = (cap["count"] * cap["captured"]).cumsum() / cap["count"].sum()
+        fs, fg = np.asarray(f_sub.sum(0)).ravel(), np.asarray(f_gen.sum(0)).ravel()
+        log_ratio = np.log((fs + 1) / (len(sub_tok) + 1)) - np.log((fg + 1) / (len(gen_tok) + 1))
+        ce = {k: _spliced_ce(adapter, sae, site, df.head(ce_windows)) for k, df in (("general", general), ("subdomain", held))}
+        entry = {
+            "token_recall": float(cap["captured"].mean()),
+            "token_share_covered": float(cum.iloc[-1]),
+            "tokens": [{"token": tok_str([int(t)])[0], "gen_freq": int(g), "count": int(c), "best_f1": round(float(f), 3),
+                        "latent": int(j), "captured": bool(k)}
+                       for t, g, c, f, j, k in cap[["token_id", "gen_freq", "count", "best_f1", "best_latent", "captured"]]
+                       .itertuples(index=False)],
+            "cumulative": [round(float(v), 4) for v in cum.to_numpy()],
+            "log_ratio": [round(float(v), 3) for v in log_ratio],
+            "ce": ce,
+            "ppl": {k: math.exp(v) for k, v in ce.items()},
+            "ce_recovered_vs_clean": {k: clean_ce[k] / ce[k] for k in ce},
+        }
+        if name != reference:
+            mc = _max_cos(sae.W_dec.detach(), saes[reference].W_dec.detach())
+            unique = np.argsort(mc)[: int((mc < cos_threshold).sum())]
+            entry["unique_latents"] = [{"latent": int(i), "max_cos": round(float(mc[i]), 3),
+                                        "log_ratio": round(float(log_ratio[i]), 3)} for i in unique[:200]]
+            entry["n_unique"] = int((mc < cos_threshold).sum())
+        out["saes"][name] = entry
+    return out
+
+
+def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> list[Path]:
+    """Coverage JSON for every subdomain, over the general SAE and the SAEs trained for it."""
+    from .sae import load_sae
+
+    written = []
+    general = [s.name for s in ws.config.saes if s.data == "general" and not s.boost_base]
+    for sd in ws.config.subdomains:
+        path = ws.path / "coverage" / f"{sd.name}.json"
+        if path.exists() and not force:
+            continue
+        names = general[:1] + [s.name for s in ws.config.saes if s.data == sd.name]
+        if len(names) < 2:
+            continue
+        saes = {n: load_sae(ws.sae_dir(n)) for n in names}
+        res = compute_coverage(ws, sd.name, saes, reference=names[0])
+        atomic_write_text(path, json.dumps(res))
+        if verbose:
+            summary = ", ".join(f"{n} {v['token_recall']:.2f}" for n, v in res["saes"].items())
+            print(f"[coverage] {sd.name}: token recall {summary}", flush=True)
+        written.append(path)
+    return written
