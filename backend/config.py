@@ -188,6 +188,24 @@ class IndexConfig:
 
 
 @dataclass
+class EvalConfig:
+    ce_windows: int = 32
+    """Context windows (spread over domains) for CE loss / KL / perplexity with SAEs spliced in."""
+    n_tokens: int = 20_000
+    """Cached activation tokens for reconstruction metrics and the absorption probe."""
+    coverage_f1: float = 0.5
+    """Coverage: a token type counts as captured when a latent detects it with at least this F1."""
+    coverage_cos: float = 0.7
+    """Coverage: a latent has a match in the reference SAE when some decoder cosine reaches this."""
+
+    def __post_init__(self) -> None:
+        if self.ce_windows < 1 or self.n_tokens < 1:
+            raise ConfigError("eval.ce_windows and eval.n_tokens must be positive")
+        if not (0 < self.coverage_f1 <= 1 and 0 < self.coverage_cos <= 1):
+            raise ConfigError("eval.coverage_f1 and eval.coverage_cos must lie in (0, 1]")
+
+
+@dataclass
 class SubdomainConfig:
     name: str
     """Subdomain id (e.g. 'biomedical'); SAEs train on it with `data: <name>`."""
@@ -225,6 +243,8 @@ class WorkspaceConfig:
     """Trainer settings shared by all SAEs."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """Feature index settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation and coverage settings."""
     subdomains: list[SubdomainConfig] = field(default_factory=list)
     """Subdomain training sets selected by retrieval (specialized SAEs)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -274,6 +294,7 @@ _NESTED = {
     "activations": ActivationConfig,
     "train": TrainConfig,
     "index": IndexConfig,
+    "eval": EvalConfig,
 }
 _LISTS = {"corpora": CorpusConfig, "saes": SaeConfig, "subdomains": SubdomainConfig}
 

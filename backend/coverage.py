@@ -3,16 +3,18 @@
 For a subdomain and a set of SAEs, over held-out subdomain text (windows of the seed corpus that
 no SAE trained on) and general text (the general activation cache):
 
-- tail-concept recall: a token type t is *captured* by an SAE when some latent j is a detector
-  for it: F1(j, t) = 2 C[t, j] / (n_t + m_j) >= ``f1_threshold``, where C[t, j] counts the
-  occurrences of t on which j fires, n_t the occurrences of t and m_j the firings of j (both on
-  subdomain text). It is plotted against the token's frequency in the general corpus;
+- tail-concept recall: a token type t of the subdomain text is *captured* by an SAE when some
+  latent j is a detector for it: F1(j, t) = 2 C[t, j] / (n_t + m_j) >= ``eval.coverage_f1``,
+  where C[t, j] counts the occurrences of t on which j fires, n_t the occurrences of t and m_j the
+  firings of j, all over subdomain + general tokens. Plotted against the token's frequency in
+  the general corpus;
 - cumulative coverage: token types sorted from rare to common in the general corpus, the running
   share of subdomain token occurrences whose type is captured;
 - per-latent log-ratio of firing rates, subdomain against general:
   log((fires_sub + 1) / (N_sub + 1)) - log((fires_gen + 1) / (N_gen + 1));
 - latents only a specialized SAE has: max decoder cosine to the reference SAE < ``cos_threshold``;
-- CE loss and perplexity with each SAE spliced in, on general and on subdomain text.
+- CE loss and perplexity with each SAE spliced in, on general and on subdomain text
+  (evaluate.ce_metrics: the SAE replaces the activations at kept positions only).
 
 All of it is computed once at build time and stored as ``<ws>/coverage/<subdomain>.json``.
 """
@@ -28,6 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from .activations import stream_activations
+from .evaluate import ce_metrics, reference_passes
 from .workspace import Workspace, atomic_write_text
 
 
@@ -42,8 +45,15 @@ def _fires(sae, acts: torch.Tensor, batch: int = 4096) -> sp.csr_matrix:
     return sp.vstack(parts).tocsr()
 
 
-def token_capture(token_ids: np.ndarray, fires: sp.csr_matrix, f1_threshold: float) -> pd.DataFrame:
-    """Per token type: occurrences, best detector latent and its F1, captured or not."""
+def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, gen_tok: np.ndarray, f_gen: sp.csr_matrix,
+                  f1_threshold: float) -> pd.DataFrame:
+    """Per subdomain token type: occurrences, best detector latent and its F1, captured or not.
+
+    F1 is measured over subdomain and general tokens together, so a latent that also fires all
+    over general text is not a detector for a subdomain token.
+    """
+    token_ids = np.concatenate([sub_tok, gen_tok])
+    fires = sp.vstack([f_sub, f_gen]).tocsr()
     types, inv = np.unique(token_ids, return_inverse=True)
     onehot = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))), shape=(len(types), len(inv)))
     C = (onehot @ fires).tocoo()  # (types, d_sae) co-occurrence counts
@@ -55,8 +65,10 @@ def token_capture(token_ids: np.ndarray, fires: sp.csr_matrix, f1_threshold: flo
     order = np.argsort(f1)  # ascending: the last write per row is its max
     best[C.row[order]] = f1[order]
     best_j[C.row[order]] = C.col[order]
-    return pd.DataFrame({"token_id": types, "count": n_t.astype(int), "best_f1": best, "best_latent": best_j,
-                         "captured": best >= f1_threshold})
+    sub_types, sub_counts = np.unique(sub_tok, return_counts=True)
+    pos = np.searchsorted(types, sub_types)
+    return pd.DataFrame({"token_id": sub_types, "count": sub_counts, "best_f1": best[pos], "best_latent": best_j[pos],
+                         "captured": best[pos] >= f1_threshold})
 
 
 def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndarray:
@@ -65,38 +77,11 @@ def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndar
     return torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)]).numpy()
 
 
-def _splice(sae, keep: torch.Tensor):
-    """Replace acts by the SAE reconstruction at kept positions; BOS/pad keep their own acts."""
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        recons = sae.forward(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
-        return torch.where(keep.to(x.device)[..., None], recons, x)
-
-    return fn
-
-
-def _spliced_ce(adapter, sae, site: str, windows: pd.DataFrame, batch_size: int = 8) -> float:
-    """Mean next-token CE on kept targets with the SAE's reconstruction replacing the acts (None = clean)."""
-    total, n = 0.0, 0
-    for i in range(0, len(windows), batch_size):
-        b = adapter.batch_from_ids(list(windows["token_ids"].iloc[i : i + batch_size]))
-        if sae is None:
-            logits = adapter.logits(b)
-        else:
-            with adapter.intervene(site, _splice(sae, b.keep_mask)):
-                logits = adapter.logits(b)
-        tgt = b.input_ids[:, 1:]
-        mask = b.keep_mask[:, 1:]
-        ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tgt.to(logits.device), reduction="none")
-        total += float(ce[mask.to(ce.device)].sum())
-        n += int(mask.sum())
-    return total / max(n, 1)
-
-
-def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: str, f1_threshold: float = 0.5,
-                     cos_threshold: float = 0.7, max_tokens: int = 30_000, ce_windows: int = 48) -> dict:
+def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: str, max_tokens: int = 30_000) -> dict:
     """Coverage of ``subdomain`` by each SAE in ``saes`` (name -> loaded SAE); see the module doc."""
     sd = next(d for d in ws.config.subdomains if d.name == subdomain)
+    ec = ws.config.eval
+    f1_threshold, cos_threshold, ce_windows = ec.coverage_f1, ec.coverage_cos, ec.ce_windows
     adapter, site = ws.adapter(verbose=False), ws.config.activations.site
     w = ws.windows()
     used = set(pd.read_parquet(ws.path / "subdomains" / f"{subdomain}.parquet")["window"])
@@ -113,18 +98,22 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     out: dict = {"subdomain": subdomain, "reference": reference, "f1_threshold": f1_threshold,
                  "cos_threshold": cos_threshold, "n_sub_tokens": int(len(sub_tok)), "n_gen_tokens": int(len(gen_tok)),
                  "saes": {}}
-    clean_ce = {"general": _spliced_ce(adapter, None, site, general.head(ce_windows)),
-                "subdomain": _spliced_ce(adapter, None, site, held.head(ce_windows))}
+    texts = {"general": general.sample(min(ce_windows, len(general)), random_state=0), "subdomain": held.head(ce_windows)}
+    refs = {k: reference_passes(adapter, site, df) for k, df in texts.items()}
+    clean_ce: dict[str, float] = {}
     out["clean_ce"] = clean_ce
     for name, sae in saes.items():
         f_sub, f_gen = _fires(sae, sub_acts), _fires(sae, gen_acts)
-        cap = token_capture(sub_tok, f_sub, f1_threshold)
+        cap = token_capture(sub_tok, f_sub, gen_tok, f_gen, f1_threshold)
         cap["gen_freq"] = cap["token_id"].map(gen_freq).fillna(0).astype(int)
         cap = cap.sort_values(["gen_freq", "count"], ascending=[True, False])
         cum = (cap["count"] * cap["captured"]).cumsum() / cap["count"].sum()
         fs, fg = np.asarray(f_sub.sum(0)).ravel(), np.asarray(f_gen.sum(0)).ravel()
         log_ratio = np.log((fs + 1) / (len(sub_tok) + 1)) - np.log((fg + 1) / (len(gen_tok) + 1))
-        ce = {k: _spliced_ce(adapter, sae, site, df.head(ce_windows)) for k, df in (("general", general), ("subdomain", held))}
+        ce = {}
+        for k in texts:
+            m = ce_metrics(adapter, sae, site, refs=refs[k])
+            ce[k], clean_ce[k] = m["ce_sae"], m["ce_clean"]
         entry = {
             "token_recall": float(cap["captured"].mean()),
             "token_share_covered": float(cum.iloc[-1]),
@@ -136,8 +125,7 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
             "log_ratio": [round(float(v), 3) for v in log_ratio],
             "ce": ce,
             "ppl": {k: math.exp(v) for k, v in ce.items()},
-            "ce_recovered_vs_clean": {k: clean_ce[k] / ce[k] for k in ce},
-        }
+            }
         if name != reference:
             mc = _max_cos(sae.W_dec.detach(), saes[reference].W_dec.detach())
             unique = np.argsort(mc)[: int((mc < cos_threshold).sum())]

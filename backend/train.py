@@ -68,7 +68,8 @@ class ArrayActivations:
 
 class _SparseEncode(torch.autograd.Function):
     """vals[n] = pre[rows[n], cols[n]] where pre = (x - b_dec) @ W_enc + b_enc, with a sparse backward:
-    dW_enc[:, j] = sum_{n: cols[n]=j} g_n (x[rows[n]] - b_dec), db_enc[j] = sum g_n, db_dec = -W_enc @ db_enc."""
+    dW_enc[:, j] = sum_{n: cols[n]=j} g_n (x[rows[n]] - b_dec) (a sparse-dense matmul), db_enc[j] = sum g_n.
+    The gradient through b_dec in the encoder is dropped (b_dec is learned through the decoder), as in sparsify."""
 
     @staticmethod
     def forward(ctx, x_c, W_enc, b_enc, pre, rows, cols):
@@ -78,10 +79,9 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x_c, W_enc, rows, cols = ctx.saved_tensors
-        gW_t = torch.zeros(W_enc.shape[1], W_enc.shape[0], dtype=g.dtype, device=g.device)  # (d_sae, d_in)
-        step = 1 << 16
-        for s in range(0, len(rows), step):
-            gW_t.index_add_(0, cols[s : s + step], g[s : s + step, None] * x_c[rows[s : s + step]])
+        d_sae = W_enc.shape[1]
+        G_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), g, (d_sae, len(x_c))).coalesce()
+        gW_t = torch.sparse.mm(G_t, x_c)  # (d_sae, d_in): only the selected (latent, token) pairs
         gb = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, cols, g)
         return None, gW_t.T, gb, None, None, None
 

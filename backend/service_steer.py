@@ -1,0 +1,92 @@
+"""Steering and research views of the Backend facade (mixed into backend.service.Backend).
+
+Plain Python values out; torch stays inside the backend. Needs from the host class:
+``self.ws`` (the Workspace), ``self.adapter()`` (the model adapter, loaded lazily) and
+``self.sae(name)`` (a loaded SAE, cached; raises BackendError for unknown names).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+from .steering import Edit, SteeringError, firing_latents, fit_prompt, side_by_side, validate_edits
+
+EDIT_MODES = ("clamp", "scale", "zero", "add")
+
+
+@dataclass
+class SteerUpdate:
+    """One streamed step: both texts so far; ``done`` on the last one, with the latents firing."""
+
+    baseline: str
+    steered: str
+    notice: str | None = None
+    done: bool = False
+    firing: list[tuple[int, float, int]] | None = None  # (latent, max act, tokens fired) on the steered text
+
+
+def parse_edits(rows) -> list[Edit]:
+    """Edits from table rows / dicts / (latent, mode, value) tuples; blank rows are skipped."""
+    edits = []
+    for r in rows or []:
+        if isinstance(r, dict):
+            r = (r.get("latent"), r.get("mode", "clamp"), r.get("value", 0.0))
+        if r is None or len(r) == 0 or r[0] in (None, "") or (isinstance(r[0], float) and r[0] != r[0]):
+            continue
+        latent, mode, value = (list(r) + ["clamp", 0.0])[:3]
+        try:
+            latent_i = int(float(latent))
+            value_f = 0.0 if value in (None, "") else float(value)
+        except (TypeError, ValueError):
+            raise SteeringError(f"edit {list(r)}: latent must be an integer and value a number") from None
+        mode = str(mode or "clamp").strip().lower()
+        edits.append(Edit(latent_i, mode, value_f))  # type: ignore[arg-type]
+    return edits
+
+
+class SteeringViews:
+    def steer_stream(self, sae: str, prompt: str, edits, *, max_new_tokens: int = 48, temperature: float = 0.7,
+                     seed: int = 0, chat: bool = True) -> Iterator[SteerUpdate]:
+        """Baseline and steered generations from the same prompt and seed, streamed side by side."""
+        model = self.sae(sae)
+        checked = validate_edits(parse_edits(edits), int(model.W_dec.shape[0]))
+        adapter = self.adapter()
+        prompt, notice = fit_prompt(adapter, prompt)
+        site = self.ws.config.activations.site
+        base = steer = ""
+        for base, steer in side_by_side(adapter, model, site, checked, prompt, max_new_tokens=int(max_new_tokens),
+                                        temperature=float(temperature), seed=int(seed), chat=chat):
+            yield SteerUpdate(base, steer, notice)
+        yield SteerUpdate(base, steer, notice, True, firing_latents(adapter, model, site, steer))
+
+    def steer(self, sae: str, prompt: str, edits, **kw) -> SteerUpdate:
+        """The final update of ``steer_stream`` (for API clients)."""
+        last = None
+        for last in self.steer_stream(sae, prompt, edits, **kw):
+            pass
+        assert last is not None
+        return last
+
+    # ---- research views --------------------------------------------------------------
+    def subdomains(self) -> list[str]:
+        return [p.stem for p in sorted((self.ws.path / "coverage").glob("*.json"))]
+
+    def coverage(self, subdomain: str) -> dict:
+        """The stored coverage analysis of one subdomain (see backend/coverage.py)."""
+        p = self.ws.path / "coverage" / f"{subdomain}.json"
+        if not p.exists():
+            from .service import BackendError
+
+            raise BackendError(f"no coverage for subdomain {subdomain!r}; available: {self.subdomains() or 'none'}")
+        return json.loads(p.read_text())
+
+    def shift_report(self) -> dict | None:
+        p = self.ws.path / "shift" / "report.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def run_shift(self, sae_names: list[str], csv_path: str | None = None) -> dict:
+        from .cli_research import shift_reports
+
+        shift_reports(self.ws, sae_names, csv_path)
+        return self.shift_report() or {}
