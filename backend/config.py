@@ -184,7 +184,7 @@ class IndexConfig:
     context_radius: int = 12
     """Tokens shown either side of the activating token."""
     umap: bool = True
-    """Compute UMAP maps of decoder directions at index time."""
+    """Maps of decoder directions by UMAP (True) or by their first two principal components (False)."""
 
 
 @dataclass
