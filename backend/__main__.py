@@ -49,14 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,subdomains,train,eval,index,coverage (default all)")
     b.set_defaults(func=_build)
 
-    import importlib
+    from . import cli_index, cli_research, cli_sae
+    from .recsys import add_commands as add_recsys_commands
 
-    for name in ("cli_sae", "cli_index", "cli_research"):
-        try:  # TEMPORARY while the modules land; made a plain import at integration
-            importlib.import_module(f".{name}", __package__).add_commands(sub)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{name}":
-                raise
+    for add in (cli_sae.add_commands, cli_index.add_commands, cli_research.add_commands, add_recsys_commands):
+        add(sub)
 
     args = p.parse_args(argv)
     try:

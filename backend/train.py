@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -103,8 +104,10 @@ class Trainer:
                 "term_tilt": cfg.term_tilt, "data": cfg.data, "l1_coef": cfg.l1_coef, "l0_coef": cfg.l0_coef}
         if cfg.boost_base:
             meta["boost_base"] = f"../{cfg.boost_base}"
+        # Each SAE gets its own init (seed + a stable hash of its name), so that decoder matches
+        # between SAEs of one workspace reflect training, not a shared initialization.
         self.sae = Sae(SaeCfg(d_in, cfg.d_sae, arch, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta),
-                       seed=tcfg.seed).to(self.device)
+                       seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
         if cfg.architecture == "jumprelu":
             with torch.no_grad():
                 self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
