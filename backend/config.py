@@ -96,15 +96,13 @@ class SaeConfig:
     d_sae: int = 4608
     """Number of latents."""
     k: int = 32
-    """Active latents per token (topk) or mean per token (batchtopk)."""
+    """Active latents per token (topk), mean per token (batchtopk), initial L0 target (jumprelu)."""
     l1_coef: float = 0.0
     """relu: L1 coefficient on latents weighted by decoder norms."""
     l0_coef: float = 0.0
     """jumprelu: coefficient of the (straight-through) L0 penalty."""
-    jumprelu_bandwidth: float = 0.001
+    jumprelu_bandwidth: float = 0.05
     """jumprelu: bandwidth of the rectangle kernel in the straight-through estimator."""
-    jumprelu_init_threshold: float = 0.001
-    """jumprelu: initial threshold."""
     auxk_coef: float = 1 / 32
     """Coefficient of the AuxK dead-latent loss (topk/batchtopk); 0 turns it off."""
     k_aux: int | None = None

@@ -40,7 +40,9 @@ def tilted(losses: torch.Tensor, t: float) -> torch.Tensor:
     """
     if t == 0:
         return losses.mean()
-    return (torch.logsumexp(t * losses, dim=0) - math.log(losses.numel())) / t
+    # float64: for small t the difference logsumexp - log N is tiny and float32 loses it.
+    r = (torch.logsumexp(t * losses.double(), dim=0) - math.log(losses.numel())) / t
+    return r.to(losses.dtype)
 
 
 def l1(latents: torch.Tensor, W_dec: torch.Tensor, d_in: int) -> torch.Tensor:

@@ -55,11 +55,14 @@ def embed(texts: Sequence[str], batch_size: int = 64, progress: bool = False) ->
 
 def dense_scores(seeds: Sequence[str], pool: Sequence[str], progress: bool = False) -> np.ndarray:
     """(n_pool,) max cosine of each pool item to any seed (faiss exact inner-product search)."""
+    _check(seeds, pool)
+    return dense_scores_from_vectors(embed(seeds), embed(pool, progress=progress))
+
+
+def dense_scores_from_vectors(sv: np.ndarray, pv: np.ndarray) -> np.ndarray:
+    """Same, from unit embeddings already computed: seeds (s, 384), pool (n, 384)."""
     import faiss
 
-    _check(seeds, pool)
-    pv = embed(pool, progress=progress)
-    sv = embed(seeds)
     index = faiss.IndexFlatIP(sv.shape[1])
     index.add(sv)
     sims, _ = index.search(pv, 1)  # nearest seed for every pool item

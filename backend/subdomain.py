@@ -34,6 +34,21 @@ def window_texts(ws: Workspace, windows: pd.DataFrame) -> list[str]:
     return tok.batch_decode(list(windows["token_ids"]), skip_special_tokens=True)
 
 
+def window_embeddings(ws: Workspace, texts: list[str], verbose: bool) -> np.ndarray:
+    """MiniLM embeddings of every window, computed once per workspace and shared by all subdomains."""
+    p = ws.path / "subdomains" / "window_embeddings.npy"
+    if p.exists():
+        v = np.load(p, allow_pickle=False)
+        if len(v) == len(texts):
+            return v
+    v = retrieval.embed(texts, progress=verbose)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(".window_embeddings.tmp.npy")
+    np.save(tmp, v)
+    tmp.replace(p)
+    return v
+
+
 def build_subdomain(ws: Workspace, sd: SubdomainConfig, force: bool = False, verbose: bool = True) -> ShardCache:
     sel_path = ws.path / "subdomains" / f"{sd.name}.parquet"
     cache_path = ws.cache_dir(sd.name)
@@ -48,13 +63,14 @@ def build_subdomain(ws: Workspace, sd: SubdomainConfig, force: bool = False, ver
     texts = window_texts(ws, w)
     seeds = [texts[i] for i in seed_rows]
     pool_texts = [texts[i] for i in pool.index]
+    vecs = window_embeddings(ws, texts, verbose)
     stats: dict = {"name": sd.name, "seed_corpus": sd.seed_corpus, "domain": domain, "n_seeds": len(seed_rows),
                    "pool": len(pool), "method": sd.method}
     chosen = None
     for method in ("dense", "bm25"):  # run both: the configured one is used, the other is reported
         t0 = time.time()
         if method == "dense":
-            scores = retrieval.dense_scores(seeds, pool_texts, progress=verbose)
+            scores = retrieval.dense_scores_from_vectors(vecs[seed_rows.to_numpy()], vecs[pool.index.to_numpy()])
         else:
             scores = retrieval.bm25_scores(seeds, pool_texts)
         sel = retrieval.top_n(scores, sd.select, retrieval.DEFAULT_FLOOR[method], method, len(seeds))

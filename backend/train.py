@@ -108,9 +108,6 @@ class Trainer:
         # between SAEs of one workspace reflect training, not a shared initialization.
         self.sae = Sae(SaeCfg(d_in, cfg.d_sae, arch, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta),
                        seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
-        if cfg.architecture == "jumprelu":
-            with torch.no_grad():
-                self.sae.threshold.fill_(cfg.jumprelu_init_threshold)
         self.lr = tcfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14)
         self.opt = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.999))
         self.total_steps = max(1, math.ceil(total_tokens / tcfg.batch_size))
@@ -249,6 +246,13 @@ class Trainer:
         if self.sae.cfg.apply_b_dec:
             with torch.no_grad():
                 self.sae.b_dec.copy_(x.mean(0) * self.scale)
+        if self.cfg.architecture == "jumprelu":
+            # Thresholds start where each latent fires on k/d_sae of the first batch (L0 ~ k): the
+            # straight-through estimator only moves thresholds slowly, so short runs need a good start.
+            with torch.no_grad():
+                pre = self.sae.pre_acts(x * self.scale)
+                q = 1 - min(self.cfg.k / self.cfg.d_sae, 0.5)
+                self.sae.threshold.copy_(torch.quantile(pre, q, dim=0).clamp_min(1e-3))
 
     # ---- export / checkpoint ----------------------------------------------------------------
     def export(self) -> Sae:
