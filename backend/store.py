@@ -31,16 +31,21 @@ SQL_DOMAINS = "SELECT DISTINCT top_domain AS d FROM latents WHERE top_domain <> 
 SQL_LATENT = "SELECT * FROM latents WHERE sae = ? AND latent = ?"
 SQL_CONTEXTS = "SELECT * FROM contexts WHERE sae = ? AND latent = ? ORDER BY kind, rank"
 _LATENTS_SQL = """SELECT latent, label, confidence, density, mean_act, max_act, top_domain FROM latents
-    WHERE sae = ? AND density >= ? AND (? = '' OR top_domain = ?) AND (? = '' OR label ILIKE ?)
+    WHERE sae = ? AND density >= ? AND (? = '' OR top_domain = ?) AND (? = '' OR label ILIKE ? ESCAPE '\\')
     ORDER BY {col} {direction}, latent LIMIT ? OFFSET ?"""
 SORT_KEYS = ("density", "confidence", "max_act", "latent")
 # One constant query per (sort key, direction): column names come from this whitelist only.
 SQL_LATENTS_BY = {(c, d): _LATENTS_SQL.format(col=c, direction=d) for c in SORT_KEYS for d in ("ASC", "DESC")}
 SQL_SEARCH_LABELS = """SELECT sae, latent, label, confidence, density FROM latents
-                       WHERE (? = '' OR sae = ?) AND label ILIKE ? ORDER BY confidence DESC, density DESC LIMIT ?"""
+                       WHERE (? = '' OR sae = ?) AND label ILIKE ? ESCAPE '\\' ORDER BY confidence DESC, density DESC LIMIT ?"""
 SQL_LABELS = "SELECT latent, label, confidence, density FROM latents WHERE sae = ?"
 SQL_MAP = "SELECT m.sae, m.latent, m.x, m.y, m.jx, m.jy, l.density, l.top_domain, l.label, l.confidence " \
           "FROM map m JOIN latents l USING (sae, latent) WHERE (? = '' OR m.sae = ?) ORDER BY m.sae, m.latent"
+
+
+def _contains(text: str) -> str:
+    """An ILIKE pattern matching ``text`` literally anywhere (its %, _ and \\ escaped)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class IndexWriter:
@@ -111,11 +116,10 @@ class IndexReader:
     def latents(self, sae: str, sort_by: str, descending: bool, domain: str, min_density: float, query: str,
                 limit: int, offset: int) -> pd.DataFrame:
         sql = SQL_LATENTS_BY[(sort_by, "DESC" if descending else "ASC")]
-        pattern = f"%{query}%"
-        return self.df(sql, (sae, min_density, domain, domain, query, pattern, limit, offset))
+        return self.df(sql, (sae, min_density, domain, domain, query, _contains(query), limit, offset))
 
     def search_labels(self, query: str, sae: str, limit: int) -> pd.DataFrame:
-        return self.df(SQL_SEARCH_LABELS, (sae, sae, f"%{query}%", limit))
+        return self.df(SQL_SEARCH_LABELS, (sae, sae, _contains(query), limit))
 
     def labels(self, sae: str) -> pd.DataFrame:
         return self.df(SQL_LABELS, (sae,))
