@@ -160,11 +160,11 @@ class Backend(SteeringViews):
         ctx = self.index.contexts(sae, i)
 
         def contexts(kind: str) -> list[Context]:
-            sub = ctx[ctx["kind"] == kind].sort_values("max_act", ascending=False)
-            return [Context(list(r.tokens), [float(a) for a in r.acts], int(r.focus), r.source, r.domain, float(r.max_act))
-                    for r in sub.itertuples()]
+            sub = sorted((r for r in ctx if r["kind"] == kind), key=lambda r: -r["max_act"])
+            return [Context(list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"],
+                            float(r["max_act"])) for r in sub]
 
-        bands = sorted({k for k in ctx["kind"] if k.startswith("q")}, key=lambda k: -int(k[1:]))
+        bands = sorted({r["kind"] for r in ctx if r["kind"].startswith("q")}, key=lambda k: -int(k[1:]))
         n_bands = max((int(k[1:]) for k in bands), default=0) + 1
         quantiles = [(f"{int(k[1:]) * 100 // n_bands}-{(int(k[1:]) + 1) * 100 // n_bands}% of max", contexts(k)) for k in bands]
         return FeatureView(

@@ -110,8 +110,11 @@ class IndexReader:
         d = self.df(SQL_LATENT, (sae, latent))
         return None if d.empty else d.iloc[0].to_dict()
 
-    def contexts(self, sae: str, latent: int) -> pd.DataFrame:
-        return self.df(SQL_CONTEXTS, (sae, latent))
+    def contexts(self, sae: str, latent: int) -> list[dict]:
+        """A latent's context rows as dicts (no DataFrame: this is the feature page's hot path)."""
+        cur = self._cur().execute(SQL_CONTEXTS, [sae, latent])
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def latents(self, sae: str, sort_by: str, descending: bool, domain: str, min_density: float, query: str,
                 limit: int, offset: int) -> pd.DataFrame:

@@ -69,7 +69,7 @@ def test_tiny_index_contexts_are_consistent(tiny_ws):
     assert (np.diff(lat["density"]) <= 0).all()
     j = int(lat["latent"].iloc[0])
     row = r.latent("topk", j)
-    ctx = r.contexts("topk", j)
+    ctx = pd.DataFrame(r.contexts("topk", j))
     top = ctx[ctx["kind"] == "top"].sort_values("rank")
     assert len(top) == tiny_ws.config.index.top_k
     assert (np.diff(top["max_act"]) <= 1e-5).all()  # best first
