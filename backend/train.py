@@ -185,7 +185,7 @@ class Trainer:
         total = sum(terms.values())
         self.since_fired += N
         self.since_fired[fired] = 0
-        stats = {"loss": float(total), "fvu": float(per_tok.mean()), "l0": l0,
+        stats = {"loss": float(total.detach()), "fvu": float(per_tok.detach().mean()), "l0": l0,
                  "dead": float((self.since_fired >= self.dead_after).float().mean())}
         return total, stats
 
