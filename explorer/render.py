@@ -1,0 +1,254 @@
+"""Pure rendering: token heatmaps and feature cards as HTML, plotly figures, JSON-friendly values.
+
+Everything here takes plain values (the Backend's dataclasses and DataFrames) and returns strings,
+figures or dicts; nothing reads files or calls the backend. Token text is always passed through
+``html.escape`` (tokens contain '<', '&', quotes, newlines and leading spaces).
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# White -> orange -> red; each stop darker than the one before, so darker always means stronger.
+STOPS = [(0.0, (255, 255, 255)), (0.35, (254, 217, 142)), (0.65, (253, 141, 60)), (1.0, (189, 0, 38))]
+PALETTE = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f59f00", "#0ca678", "#c2255c", "#495057"]
+VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
+GL_POINTS = 8000  # above this many points the map draws with WebGL (SVG slows down past ~10k markers)
+
+
+def act_rgb(value: float, vmax: float) -> tuple[int, int, int]:
+    """The colour of an activation: 0 (or below) is white, ``vmax`` (or above) is deep red."""
+    t = 0.0 if vmax <= 0 or not math.isfinite(value) else min(max(value / vmax, 0.0), 1.0)
+    for (t0, c0), (t1, c1) in zip(STOPS, STOPS[1:]):
+        if t <= t1:
+            f = (t - t0) / (t1 - t0)
+            return tuple(round(a + (b - a) * f) for a, b in zip(c0, c1))  # type: ignore[return-value]
+    return STOPS[-1][1]
+
+
+def act_color(value: float, vmax: float) -> str:
+    r, g, b = act_rgb(value, vmax)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def visible_token(token: str) -> str:
+    """HTML for a token with whitespace made visible (spaces as faint dots, newlines as ↵)."""
+    out = []
+    for ch in token:
+        out.append(f'<span class="ws">{VISIBLE[ch]}</span>' if ch in VISIBLE else html.escape(ch))
+    return "".join(out) or '<span class="ws">∅</span>'
+
+
+def token_span(token: str, act: float, vmax: float, focus: bool = False, extra_title: str = "") -> str:
+    """One token coloured by its activation; the hover title shows the exact value."""
+    r, g, b = act_rgb(act, vmax)
+    fg = "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#1f2328"
+    title = html.escape(f"{token!r}  act {act:.3f}{extra_title}", quote=True)
+    cls = "tok focus" if focus else "tok"
+    style = f"background:#{r:02x}{g:02x}{b:02x};color:{fg}"
+    return f'<span class="{cls}" style="{style}" title="{title}">{visible_token(token)}</span>'
+
+
+def tokens_html(tokens: Sequence[str], acts: Sequence[float], vmax: float, focus: int | None = None,
+                titles: Sequence[str] | None = None) -> str:
+    spans = [token_span(t, float(a), vmax, i == focus, titles[i] if titles else "")
+             for i, (t, a) in enumerate(zip(tokens, acts))]
+    return f'<div class="toks">{"".join(spans)}</div>'
+
+
+def context_html(ctx: Any, vmax: float) -> str:
+    """A compact card: the window's tokens as a heatmap, the max token outlined, and where it came from."""
+    source = html.escape(str(ctx.source), quote=True)
+    meta = (f'<span class="pill">{html.escape(str(ctx.domain))}</span>'
+            f'<span class="src" title="{source}">{source}</span>'
+            f'<span class="val">max {ctx.max_act:.2f}</span>')
+    return f'<div class="ctx">{tokens_html(ctx.tokens, ctx.acts, vmax, ctx.focus)}<div class="meta">{meta}</div></div>'
+
+
+def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.") -> str:
+    if not contexts:
+        return f'<p class="muted">{html.escape(empty)}</p>'
+    return "".join(context_html(c, vmax) for c in contexts)
+
+
+def quantiles_html(bands: Sequence[tuple[str, Sequence[Any]]], vmax: float) -> str:
+    """One collapsible block per activation band; the top band starts open."""
+    if not bands:
+        return '<p class="muted">No quantile samples were indexed.</p>'
+    parts = []
+    for i, (band, ctxs) in enumerate(bands):
+        opened = " open" if i == len(bands) - 1 else ""
+        parts.append(f'<details class="band"{opened}><summary>{html.escape(band)} <span class="muted">'
+                     f'({len(ctxs)})</span></summary>{contexts_html(ctxs, vmax, "No samples in this band.")}</details>')
+    return "".join(parts)
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    """A number for display; missing or NaN values read "n/a"."""
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def feature_header_html(fv: Any) -> str:
+    """The explanation, its detection score, and the activation statistics of one latent."""
+    tops = " ".join(f'<code title="log-odds {v:.2f}">{visible_token(t)}</code>' if v
+                    else f"<code>{visible_token(t)}</code>" for t, v in list(fv.top_tokens)[:8])
+    stats = "".join(f'<div class="stat"><b>{v}</b><span>{k}</span></div>' for k, v in [
+        ("density", _fmt(fv.density * 100, ".3g") + "%"), ("mean act", _fmt(fv.mean_act)),
+        ("max act", _fmt(fv.max_act)), ("confidence", _fmt(fv.confidence)), ("precision", _fmt(fv.precision)),
+        ("recall", _fmt(fv.recall))])
+    return (f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}</div>'
+            f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
+            f'<div class="stats">{stats}</div>'
+            + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "") + "</div>")
+
+
+def logits_html(top: Sequence[tuple[str, float]], bottom: Sequence[tuple[str, float]]) -> str:
+    """Logit-lens tables: the output tokens this direction promotes and suppresses."""
+    def table(rows: Sequence[tuple[str, float]], title: str, cls: str) -> str:
+        body = "".join(f'<tr><td><code>{visible_token(t)}</code></td><td class="{cls}">{v:+.2f}</td></tr>'
+                       for t, v in rows)
+        return f'<table class="logits"><caption>{title}</caption>{body}</table>'
+    return f'<div class="logit-pair">{table(top, "promoted", "pos")}{table(bottom, "suppressed", "neg")}</div>'
+
+
+def feature_card_html(fv: Any, n_contexts: int = 4) -> str:
+    """A self-contained dashboard card (header, top contexts, logit lens) for side-by-side views."""
+    return (f'<div class="card">{feature_header_html(fv)}<h4>Top contexts</h4>'
+            f'{contexts_html(list(fv.top_contexts)[:n_contexts], fv.max_act)}'
+            f'{logits_html(list(fv.logits_top)[:5], list(fv.logits_bottom)[:5])}</div>')
+
+
+def text_heatmap_html(tokens: Sequence[str], acts: Sequence[float], per_token: Sequence[Sequence[tuple[int, float]]],
+                      latent: int) -> str:
+    """A searched text coloured by one latent; each token's hover also lists its strongest latents."""
+    if not tokens:
+        return '<p class="muted">No tokens.</p>'
+    titles = ["\ntop latents: " + ", ".join(f"{k} ({a:.2f})" for k, a in list(pt)[:5]) if pt else ""
+              for pt in per_token]
+    vmax = max((float(a) for a in acts), default=0.0)
+    focus = int(np.argmax(acts)) if vmax > 0 else None
+    return (f'<div class="card"><div class="fid">latent {latent} on your text · max {vmax:.2f}</div>'
+            f'{tokens_html(tokens, acts, vmax, focus, titles)}</div>')
+
+
+def message_html(text: str, kind: str = "error") -> str:
+    """A visible panel for errors and hints (kind: error | info)."""
+    icon = "⚠" if kind == "error" else "ℹ"
+    return f'<div class="msg {kind}">{icon} {html.escape(text)}</div>'
+
+
+def _layout(fig: go.Figure, title: str, height: int = 260, **kw: Any) -> go.Figure:
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), template="plotly_white", height=height,
+                      margin=dict(l=45, r=15, t=40, b=40), showlegend=False, **kw)
+    return fig
+
+
+def histogram_figure(edges: Sequence[float], counts: Sequence[int]) -> go.Figure:
+    """Bars of the activation histogram over non-zero activations (log y-axis when it spans decades)."""
+    edges, counts = list(edges), list(counts)
+    mids = [(a + b) / 2 for a, b in zip(edges, edges[1:])] or [0.0]
+    widths = [b - a for a, b in zip(edges, edges[1:])] or [1.0]
+    vmax = edges[-1] if edges else 1.0
+    fig = go.Figure(go.Bar(x=mids, y=counts[:len(mids)], width=widths, marker_color=[act_color(m, vmax) for m in mids],
+                           marker_line=dict(color="#c2410c", width=0.5),
+                           hovertemplate="act %{x:.2f}: %{y} tokens<extra></extra>"))
+    log = bool(counts) and max(counts) > 50 * max(min(c for c in counts if c > 0) if any(counts) else 1, 1)
+    return _layout(fig, "activation histogram (firing tokens)", xaxis_title="activation",
+                   yaxis=dict(title="tokens", type="log", dtick=1) if log else dict(title="tokens"))
+
+
+def domain_figure(rates: dict[str, float]) -> go.Figure:
+    """Firing rate per corpus domain, as horizontal bars."""
+    items = sorted(rates.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v * 100 for _, v in items], y=[k for k, _ in items], orientation="h",
+                           marker_color="#f76707", hovertemplate="%{y}: %{x:.3g}% of tokens<extra></extra>"))
+    return _layout(fig, "firing rate per domain", xaxis_title="% of tokens")
+
+
+def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
+    """The UMAP scatter of decoder directions; customdata carries (sae, latent) for picking."""
+    fig = go.Figure()
+    scatter = go.Scattergl if len(df) > GL_POINTS else go.Scatter
+    hover = "<b>%{customdata[0]} · %{customdata[1]}</b><br>%{text}<br>density %{customdata[2]:.3%}<extra></extra>"
+    if df.empty:
+        return _layout(fig, "no map: the index has no UMAP layout", height=620)
+    if color_by == "density":
+        d = df["density"].clip(lower=1e-6)
+        fig.add_trace(scatter(
+            x=df["x"], y=df["y"], mode="markers", text=df["label"], hovertemplate=hover,
+            customdata=np.stack([df["sae"], df["latent"], df["density"]], axis=1),
+            marker=dict(size=5, opacity=0.85, color=np.log10(d), colorscale="YlOrRd", showscale=True,
+                        line=dict(width=0), colorbar=dict(title="log10 density", thickness=12))))
+    else:
+        key = "top_domain" if color_by == "domain" else "sae"
+        groups = df[key].fillna("").astype(str).replace("", "(never fires)")
+        for i, (name, g) in enumerate(df.groupby(groups, sort=True)):
+            fig.add_trace(scatter(
+                x=g["x"], y=g["y"], mode="markers", name=str(name), text=g["label"], hovertemplate=hover,
+                customdata=np.stack([g["sae"], g["latent"], g["density"]], axis=1),
+                marker=dict(size=5, opacity=0.85, color=PALETTE[i % len(PALETTE)], line=dict(width=0))))
+    _layout(fig, "", height=620, dragmode="pan", xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.update_layout(showlegend=color_by != "density", legend=dict(orientation="h", y=-0.02), margin=dict(t=10, b=10))
+    return fig
+
+
+def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
+    """L0 against FVU and against CE loss recovered, one point per SAE (down-left / up-left is better)."""
+    fig = make_subplots(rows=1, cols=2,
+                        subplot_titles=("L0 vs FVU (lower is better)", "L0 vs CE recovered (higher is better)"))
+    names = metrics["name"] if "name" in metrics else metrics.index.astype(str)
+    for col, ycol in ((1, "fvu"), (2, "ce_recovered")):
+        if ycol not in metrics or "l0" not in metrics:
+            continue
+        fig.add_trace(go.Scatter(
+            x=metrics["l0"], y=metrics[ycol], mode="markers+text", text=names, textposition="top center",
+            marker=dict(size=11, color=[PALETTE[i % len(PALETTE)] for i in range(len(metrics))]),
+            hovertemplate="%{text}: L0 %{x:.1f}, " + ycol + " %{y:.3f}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
+        fig.update_yaxes(title_text=ycol, row=1, col=col)
+    return _layout(fig, "", height=340)
+
+
+def tidy(df: pd.DataFrame, digits: dict[str, int]) -> pd.DataFrame:
+    """Round the named columns for display (float32 is widened first, so 0.134 does not show as 0.1340000033)."""
+    out = df.copy()
+    for col, d in digits.items():
+        if col in out and pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].astype("float64").round(d)
+    return out
+
+
+def scalar_columns(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Only the columns that hold numbers or short strings, numbers rounded (drops nested metrics)."""
+    scalar = (int, float, str, np.number)
+    keep = [c for c in df.columns if df[c].map(lambda v: v is None or isinstance(v, scalar)).all()]
+    out = df[keep].copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].map(lambda v: float(f"{v:.{digits}g}") if pd.notna(v) else v)
+    return out
+
+
+def to_json(obj: Any) -> Any:
+    """Plain JSON values from dataclasses, DataFrames (as records), tuples and numpy scalars; NaN -> None."""
+    if isinstance(obj, pd.DataFrame):
+        return json.loads(obj.to_json(orient="records"))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return to_json(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,211 @@
+"""Browse tab: the latent list (filter, sort, page) and one latent's full dashboard.
+
+Handlers are module-level functions of (backend, plain values) so that tests call them directly;
+``build`` lays out the tab and returns an ``Opener`` that the other tabs use to show a latent here.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from .. import render
+
+SORTS: dict[str, tuple[str, bool]] = {
+    "density (high first)": ("density", True),
+    "density (low first)": ("density", False),
+    "confidence (high first)": ("confidence", True),
+    "max activation (high first)": ("max_act", True),
+    "latent id": ("latent", False),
+}
+ALL_DOMAINS = "all domains"
+PAGE_SIZE = 200
+LIST_COLUMNS = ["latent", "explanation", "conf.", "density %", "domain"]
+NEAREST_COLUMNS = ["sae", "latent", "cosine", "label"]
+NEAREST_HEADERS = {"cosine": "cos", "label": "explanation"}
+
+
+def _warn(e: Exception) -> str:
+    gr.Warning(str(e))
+    return render.message_html(str(e))
+
+
+def list_latents(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
+                 page: float | None = 1) -> tuple[pd.DataFrame, str]:
+    """(the page of latents as a display table, a status line) for the filters."""
+    sort_by, descending = SORTS.get(sort, ("density", True))
+    page_i = max(int(page or 1), 1)
+    try:
+        df = backend.latents(sae, sort_by=sort_by, descending=descending,
+                             domain=None if domain in (None, "", ALL_DOMAINS) else domain,
+                             min_density=float(min_density or 0.0), query=(query or "").strip(),
+                             limit=PAGE_SIZE, offset=(page_i - 1) * PAGE_SIZE)
+    except ValueError as e:
+        return pd.DataFrame(columns=LIST_COLUMNS), _warn(e)
+    table = render.tidy(pd.DataFrame({
+        "latent": df["latent"].astype(int), "explanation": df["label"].fillna(""), "conf.": df["confidence"],
+        "density %": (df["density"].astype("float64") * 100).map(lambda v: float(f"{v:.3g}")),
+        "domain": df["top_domain"].fillna(""),
+    }), {"conf.": 2})
+    first = (page_i - 1) * PAGE_SIZE
+    status = (f"latents {first + 1}-{first + len(df)} of SAE **{sae}** (page {page_i}); select a row to open it"
+              if len(df) else f"no latents of SAE **{sae}** match these filters (page {page_i})")
+    return table, status
+
+
+def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
+    """The dashboard outputs: header, histogram, domain rates, top contexts, quantiles, logit lens, nearest."""
+    empty = pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS)
+    if latent is None or latent == "":
+        msg = render.message_html("Type a latent id, or select a row of the list.", "info")
+        return msg, None, None, "", "", "", empty
+    try:
+        fv = backend.feature(sae, int(latent))
+    except (ValueError, OverflowError) as e:
+        return _warn(e), None, None, "", "", "", empty
+    try:
+        near = render.tidy(backend.nearest(sae, int(latent), k=10)[NEAREST_COLUMNS], {"cosine": 3})
+        near = near.rename(columns=NEAREST_HEADERS)
+    except ValueError:
+        near = empty
+    return (render.feature_header_html(fv), render.histogram_figure(fv.hist_edges, fv.hist_counts),
+            render.domain_figure(fv.domain_rates), render.contexts_html(fv.top_contexts, fv.max_act),
+            render.quantiles_html(fv.quantiles, fv.max_act), render.logits_html(fv.logits_top, fv.logits_bottom), near)
+
+
+def open_sae(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
+             page: float | None = 1) -> tuple:
+    """The list for the filters and the dashboard of its first row: (table, status, latent, *dashboard)."""
+    table, status = list_latents(backend, sae, sort, domain, min_density, query, page)
+    latent = int(table["latent"].iloc[0]) if len(table) else None
+    return (table, status, latent, *show_feature(backend, sae, latent))
+
+
+def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | None = None,
+             latent_col: int = 0) -> tuple[str | None, int]:
+    """(sae, latent) from a selected table row; raises gr.Error when the row has no latent."""
+    row = evt.row_value or []
+    try:
+        latent = int(row[latent_col])
+    except (IndexError, TypeError, ValueError):
+        raise gr.Error("That row has no latent to open.") from None
+    return (str(row[sae_col]) if sae_col is not None else default_sae), latent
+
+
+def latents_api(backend: Any, sae: str, sort_by: str = "density", descending: bool = True, domain: str = "",
+                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> dict:
+    try:
+        df = backend.latents(sae, sort_by=sort_by, descending=descending, domain=domain or None,
+                             min_density=min_density, query=query, limit=limit, offset=offset)
+    except ValueError as e:
+        return {"error": str(e)}
+    return {"sae": sae, "latents": render.to_json(df)}
+
+
+def feature_api(backend: Any, sae: str, latent: int) -> dict:
+    try:
+        return render.to_json(backend.feature(sae, int(latent)))
+    except ValueError as e:
+        return {"error": str(e)}
+
+
+@dataclass
+class Opener:
+    """Shows a latent in the Browse dashboard (and switches to it) from any tab's event."""
+
+    backend: Any
+    sae: gr.Dropdown
+    latent: gr.Number
+    tabs: gr.Tabs
+    outputs: list
+
+    def wire(self, trigger: Callable, fn: Callable, inputs: list) -> None:
+        """``trigger(fn, inputs)`` where fn returns ``Opener.target(sae, latent)``; then load the dashboard."""
+        trigger(fn, inputs, [self.sae, self.latent, self.tabs], api_visibility="private").success(
+            functools.partial(show_feature, self.backend), [self.sae, self.latent], self.outputs,
+            api_visibility="private")
+
+    @staticmethod
+    def target(sae: str | None, latent: int) -> tuple:
+        return sae, latent, gr.Tabs(selected="browse")
+
+
+def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, dict]:
+    """Lay out the tab; returns its Opener and the components ui.py wires to other tabs."""
+    first = sae_names[0] if sae_names else None
+    with gr.Row(equal_height=True):
+        sae = gr.Dropdown(sae_names, value=first, label="SAE", scale=1, min_width=120)
+        sort = gr.Dropdown(list(SORTS), value=next(iter(SORTS)), label="sort by", scale=1, min_width=160)
+        domain = gr.Dropdown([ALL_DOMAINS, *backend.domains()], value=ALL_DOMAINS, label="top domain", scale=1,
+                             min_width=140)
+        min_density = gr.Number(0.0, label="min density (fraction)", minimum=0, maximum=1, step=0.001, scale=1,
+                                min_width=120)
+        query = gr.Textbox(label="explanation contains", placeholder="e.g. licence", scale=2, min_width=160)
+        page = gr.Number(1, label=f"page ({PAGE_SIZE} per page)", precision=0, minimum=1, scale=1, min_width=100)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=380):
+            status = gr.Markdown(elem_classes=["muted"])
+            table = gr.Dataframe(pd.DataFrame(columns=LIST_COLUMNS), interactive=False, max_height=760, wrap=True,
+                                 column_widths=["12%", "47%", "11%", "13%", "17%"], elem_id="latent-list",
+                                 show_label=False)
+        with gr.Column(scale=3, min_width=520):
+            with gr.Row(elem_classes=["bar"]):
+                latent = gr.Number(None, label="latent id", precision=0, minimum=0, scale=1, elem_id="latent-id")
+                open_btn = gr.Button("Open", variant="primary", scale=0, min_width=90)
+                steer_btn = gr.Button("Steer with this latent", scale=0, min_width=180)
+            head = gr.HTML(elem_id="feature-head")
+            with gr.Row():
+                hist = gr.Plot(show_label=False)
+                dom = gr.Plot(show_label=False)
+            gr.Markdown("#### Top activating contexts")
+            contexts = gr.HTML(elem_id="top-contexts")
+            with gr.Accordion("Samples across activation quantiles", open=False):
+                quant = gr.HTML()
+            with gr.Row():
+                with gr.Column(scale=1, min_width=260):
+                    gr.Markdown("#### Logit lens")
+                    logits = gr.HTML()
+                with gr.Column(scale=1, min_width=300):
+                    gr.Markdown("#### Nearest decoder directions")
+                    nearest = gr.Dataframe(pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS),
+                                           interactive=False, show_label=False, max_height=320, wrap=True,
+                                           column_widths=["19%", "18%", "13%", "50%"], elem_id="nearest-list")
+    dashboard = [head, hist, dom, contexts, quant, logits, nearest]
+    filters = [sae, sort, domain, min_density, query, page]
+    show = functools.partial(show_feature, backend)
+    relist = functools.partial(list_latents, backend)
+
+    gr.on([sort.input, domain.input, min_density.input, query.input, page.input], relist, filters, [table, status],
+          trigger_mode="always_last", api_visibility="private")
+    sae.input(functools.partial(open_sae, backend), filters, [table, status, latent, *dashboard],
+              api_visibility="private")
+    gr.on([latent.submit, open_btn.click], show, [sae, latent], dashboard, api_visibility="private")
+    opener = Opener(backend, sae, latent, tabs, dashboard)
+
+    def pick_listed(sae_name: str, evt: gr.SelectData) -> tuple:
+        return Opener.target(*row_pick(evt, sae_name))
+
+    def pick_nearest(evt: gr.SelectData) -> tuple:
+        return Opener.target(*row_pick(evt, sae_col=0, latent_col=1))
+
+    opener.wire(table.select, pick_listed, [sae])
+    opener.wire(nearest.select, pick_nearest, [])
+
+    def latents_endpoint(sae: str, sort_by: str = "density", descending: bool = True, domain: str = "",
+                         min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> dict:
+        """Latents of an SAE, filtered by top domain, minimum density and words in the explanation.
+
+        sort_by: density | confidence | max_act | latent."""
+        return latents_api(backend, sae, sort_by, descending, domain, min_density, query, limit, offset)
+
+    def feature_endpoint(sae: str, latent: int) -> dict:
+        """One latent's dashboard: explanation, scores, statistics, contexts, quantiles, histogram, logit lens."""
+        return feature_api(backend, sae, latent)
+
+    gr.api(latents_endpoint, api_name="latents")
+    gr.api(feature_endpoint, api_name="feature")
+    load = (functools.partial(open_sae, backend), filters, [table, status, latent, *dashboard])
+    return opener, {"sae": sae, "latent": latent, "load": load, "steer": steer_btn}

@@ -1,0 +1,89 @@
+"""The SAE Explorer app: a header and one tab per module of explorer/tabs, wired together here.
+
+``build_app(backend)`` takes any object with the Backend facade's methods (docs/service_api.md);
+explorer/ never imports torch or the backend package. Theme and CSS are launch options in
+Gradio 6 (``demo.launch(**launch_options())``).
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from .tabs import browse, compare, coverage, search, steer
+from .tabs import map as feature_map
+
+CSS = Path(__file__).resolve().parent.parent / "assets" / "style.css"
+TITLE = "SAE Explorer"
+
+
+def header_html(workspace: str, saes: pd.DataFrame, domains: list[str]) -> str:
+    """The title bar: workspace name, its SAEs (with width and architecture) and corpus domains."""
+    chips = "".join(
+        f'<span class="chip" title="{html.escape(str(r.get("architecture", "")), quote=True)}">'
+        f'{html.escape(str(r["name"]))} <small>{html.escape(str(r.get("architecture", "")))}'
+        f' · {int(r["d_sae"]):,}</small></span>' for r in saes.to_dict("records"))
+    return (f'<div class="app-header"><div><h1>{TITLE}</h1><div class="sub">workspace <b>{html.escape(workspace)}</b>'
+            f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domains: '
+            f'{html.escape(", ".join(domains))}</div></div><div class="chips">{chips}</div></div>')
+
+
+def steer_with(edits: pd.DataFrame | None, latent: float | None, sae: str) -> tuple:
+    """Add the Browse tab's latent to the Steer tab's edits and switch there."""
+    if latent is None:
+        raise gr.Error("Open a latent first, then steer with it.")
+    return steer.add_edit(edits, int(latent)), sae, gr.Tabs(selected="steer")
+
+
+def pick_unique(sae: str, evt: gr.SelectData) -> tuple:
+    """A row of the Coverage tab's unique-latents table, opened in Browse."""
+    return browse.Opener.target(*browse.row_pick(evt, sae))
+
+
+def on_first_select(tab: gr.Tab, load: tuple[Callable, list, list]) -> None:
+    """Run a tab's initial load the first time the tab is opened, not on every page load."""
+    fn, inputs, outputs = load
+    done = gr.State(False)
+
+    def first(already: bool, *args: Any) -> tuple:
+        return (True, *([gr.skip()] * len(outputs) if already else fn(*args)))
+
+    tab.select(first, [done, *inputs], [done, *outputs], api_visibility="private")
+
+
+def build_app(backend: Any) -> gr.Blocks:
+    """The whole UI for one open workspace; every action is also a named API endpoint (docs/api.md)."""
+    saes = backend.saes()
+    names = [str(n) for n in saes["name"]]
+    with gr.Blocks(title=TITLE) as demo:
+        gr.HTML(header_html(backend.workspace_name, saes, backend.domains()))
+        with gr.Tabs() as tabs:
+            with gr.Tab("Browse", id="browse"):
+                opener, b = browse.build(backend, names, tabs)
+            with gr.Tab("Search", id="search"):
+                search.build(backend, names, opener)
+            with gr.Tab("Map", id="map") as map_tab:
+                on_first_select(map_tab, feature_map.build(backend, names, opener))
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                on_first_select(compare_tab, compare.build(backend, names, opener))
+            with gr.Tab("Steer", id="steer"):
+                st = steer.build(backend, names)
+            if backend.subdomains():  # the Coverage tab only where the workspace has subdomain SAEs
+                with gr.Tab("Coverage", id="coverage") as cov_tab:
+                    cov = coverage.build(backend, names)
+                on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
+                opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
+        b["steer"].click(steer_with, [st["edits"], b["latent"], b["sae"]], [st["edits"], st["sae"], tabs],
+                         api_visibility="private")
+        demo.load(*b["load"], api_visibility="private")
+    return demo
+
+
+def launch_options() -> dict:
+    """Theme and CSS for ``demo.launch`` (Gradio 6 takes them there, not in gr.Blocks)."""
+    theme = gr.themes.Soft(primary_hue="orange", secondary_hue="amber", neutral_hue="slate",
+                           radius_size="sm", spacing_size="sm")
+    return {"theme": theme, "css_paths": [CSS]}

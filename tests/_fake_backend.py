@@ -1,0 +1,144 @@
+"""A small in-memory stand-in for backend.service.Backend, following docs/service_api.md.
+
+Used by the handler tests so that they need no built workspace: it returns the contract's
+dataclasses and DataFrames with the contract's columns, and raises BackendError with one-line
+messages for bad input, like the real facade.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from backend.service import BackendError, CompareResult, Context, FeatureView, TextSearchResult
+
+MAX_TEXT = 20_000
+DOMAINS = ["general", "code", "legal"]
+WORDS = [" the", " <b>", " &", "\n", " Paris", " def", " licence", " of", "(", " x", " -", " and"]
+
+
+class FakeBackend:
+    """Three SAEs of 40 latents each with deterministic pseudo-random statistics."""
+
+    workspace_name = "fake"
+    D_SAE = 40
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self._saes = ["topk", "relu", "boost"]
+        self._lat = {}
+        for s in self._saes:
+            n = self.D_SAE
+            self._lat[s] = pd.DataFrame({
+                "latent": np.arange(n),
+                "label": [f"{WORDS[i % len(WORDS)].strip() or 'newline'} tokens in {DOMAINS[i % 3]} text"
+                          for i in range(n)],
+                "confidence": rng.uniform(0, 1, n).round(3),
+                "density": rng.uniform(0, 0.05, n),
+                "mean_act": rng.uniform(0.5, 2, n),
+                "max_act": rng.uniform(2, 8, n),
+                "top_domain": [DOMAINS[i % 3] for i in range(n)],
+            })
+
+    def _check(self, sae: str, latent: int | None = None) -> pd.DataFrame:
+        if sae not in self._lat:
+            raise BackendError(f"unknown SAE {sae!r}; this workspace has {', '.join(self._saes)}")
+        if latent is not None and not 0 <= int(latent) < self.D_SAE:
+            raise BackendError(f"latent {latent} is out of range for SAE {sae!r} (0..{self.D_SAE - 1})")
+        return self._lat[sae]
+
+    def saes(self) -> pd.DataFrame:
+        return pd.DataFrame({
+            "name": self._saes, "architecture": ["topk", "relu", "batchtopk"], "d_sae": [self.D_SAE] * 3,
+            "k": [8, None, 4], "l0": [8.0, 20.5, 4.0], "fvu": [0.3, 0.25, 0.4], "ce_recovered": [0.8, 0.85, 0.7],
+            "dead_frac": [0.0, 0.1, 0.02], "n_latents_indexed": [self.D_SAE] * 3,
+        })
+
+    def domains(self) -> list[str]:
+        return list(DOMAINS)
+
+    def subdomains(self) -> list[str]:
+        return []
+
+    def latents(self, sae: str, *, sort_by: str = "density", descending: bool = True, domain: str | None = None,
+                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
+        df = self._check(sae)
+        df = df[df["density"] >= min_density]
+        if domain:
+            df = df[df["top_domain"] == domain]
+        if query:
+            df = df[df["label"].str.contains(query, case=False, regex=False)]
+        return df.sort_values(sort_by, ascending=not descending).iloc[offset:offset + limit].reset_index(drop=True)
+
+    def _context(self, latent: int, r: int, scale: float) -> Context:
+        tokens = [WORDS[(latent + r + i) % len(WORDS)] for i in range(12)]
+        acts = [round(scale * max(0.0, np.sin(i + latent + r)), 3) for i in range(12)]
+        focus = int(np.argmax(acts))
+        return Context(tokens, acts, focus, f"doc-{r}", DOMAINS[r % 3], acts[focus])
+
+    def feature(self, sae: str, latent: int) -> FeatureView:
+        row = self._check(sae, latent).iloc[int(latent)]
+        top = [self._context(int(latent), r, float(row.max_act)) for r in range(4)]
+        bands = [(f"{lo}-{lo + 20}% of max", [self._context(int(latent), lo, row.max_act * lo / 100)])
+                 for lo in (0, 40, 80)]
+        return FeatureView(
+            sae, int(latent), str(row.label), float(row.confidence), 0.7, 0.6, float(row.density), float(row.mean_act),
+            float(row.max_act), [0.0, 1.0, 2.0, 3.0], [30, 10, 2], top, bands, [(" Paris", 2.5), ("<", 1.0)],
+            [(" &", -1.5)], {d: 0.01 * (i + 1) for i, d in enumerate(DOMAINS)}, [(" Paris", 3.2)])
+
+    def _text(self, text: str) -> str:
+        if not text.strip():
+            raise BackendError("the text is empty: type something to search")
+        if len(text) > MAX_TEXT:
+            raise BackendError(f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}")
+        return text
+
+    def search_text(self, sae: str, text: str, top_n: int = 10) -> TextSearchResult:
+        self._check(sae)
+        tokens = [" " + w if i else w for i, w in enumerate(self._text(text).split())]
+        lat = list(range(min(top_n, 3)))
+        acts = {k: [float((i + k) % 3) for i in range(len(tokens))] for k in lat}
+        top = pd.DataFrame({"latent": lat, "label": [self._lat[sae].label[k] for k in lat],
+                            "max_act": [max(acts[k]) for k in lat], "mean_act": [float(np.mean(acts[k])) for k in lat],
+                            "n_tokens_fired": [sum(a > 0 for a in acts[k]) for k in lat]})
+        per_token = [[(k, acts[k][i]) for k in lat if acts[k][i] > 0] for i in range(len(tokens))]
+        return TextSearchResult(tokens, top, per_token, acts)
+
+    def search_features(self, query: str, sae: str | None = None, limit: int = 50) -> pd.DataFrame:
+        q = self._text(query)
+        names = [sae] if sae else self._saes
+        frames = [self._check(s).assign(sae=s) for s in names]
+        df = pd.concat(frames)
+        df = df[df["label"].str.contains(q, case=False, regex=False)].assign(score=1.0)
+        return df[["sae", "latent", "label", "confidence", "density", "score"]].head(limit).reset_index(drop=True)
+
+    def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
+        self._check(sae, latent)
+        target = other_sae or sae
+        lab = self._check(target)
+        ids = [(int(latent) + j) % self.D_SAE for j in range(1, k + 1)]
+        return pd.DataFrame({"sae": target, "latent": ids, "cosine": [1 - 0.05 * j for j in range(k)],
+                             "label": [lab.label[i] for i in ids]})
+
+    def feature_map(self, sae: str | None = None) -> pd.DataFrame:
+        names = [sae] if sae else self._saes
+        frames = []
+        for s in names:
+            df = self._check(s)
+            t = np.arange(len(df))
+            frames.append(df.assign(sae=s, x=np.cos(t), y=np.sin(t) * (1 + names.index(s))))
+        return pd.concat(frames)[["sae", "latent", "x", "y", "density", "top_domain", "label", "confidence"]]
+
+    def compare(self, saes: list[str], threshold: float = 0.7) -> CompareResult:
+        if len(saes) < 2:
+            raise BackendError("pick at least two SAEs to compare")
+        for s in saes:
+            self._check(s)
+        metrics = self.saes().set_index("name").loc[saes].reset_index()
+        a, b = saes[0], saes[1]
+        cos = np.linspace(1.0, 0.2, self.D_SAE)
+        matches = pd.DataFrame({"sae_a": a, "latent_a": range(self.D_SAE), "label_a": self._lat[a].label,
+                                "sae_b": b, "latent_b": range(self.D_SAE), "label_b": self._lat[b].label,
+                                "cosine": cos})
+        low = matches[matches.cosine < threshold]
+        unmatched = pd.DataFrame({"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine})
+        return CompareResult(metrics, matches, unmatched.reset_index(drop=True))
