@@ -40,7 +40,7 @@ cfg = TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=32, dtype="float32",
 sae = TopKTrainingSAE(cfg)
 opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (d_sae / 2**14) ** 0.5)
 def step(b):
-    out = sae.training_forward_pass(TrainStepInput(sae_in=b, coefficients={}, dead_neuron_mask=None, n_training_steps=0))
+    out = sae.training_forward_pass(TrainStepInput(sae_in=b, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
     opt.zero_grad(); out.loss.backward(); opt.step()
 step(x[:bs]); t = time.perf_counter(); n = 0
 for s in range(0, len(x) - bs + 1, bs):
