@@ -195,12 +195,17 @@ class Backend(SteeringViews):
         tokens = adapter.token_strings(batch.input_ids[batch.keep_mask].tolist())
         mx, mean = lat.max(0).values, lat.mean(0)
         fired = (lat > 0).sum(0)
-        top = torch.topk(mx, min(top_n, len(mx))).indices.tolist()
-        top = [i for i in top if mx[i] > 0]
-        labels = self.index.labels(sae).set_index("latent")["label"]
+        # Rank by activation relative to each latent's max on the index corpus: raw values are dominated
+        # by a few latents that fire very strongly on the first token of any text.
+        info = self.index.labels(sae).set_index("latent")
+        ref = torch.ones_like(mx)
+        ref[torch.tensor(info.index.to_numpy())] = torch.tensor(info["max_act"].to_numpy(), dtype=mx.dtype).clamp_min(1e-6)
+        rel = mx / ref
+        top = [i for i in torch.topk(rel, min(top_n, len(rel))).indices.tolist() if mx[i] > 0]
+        labels = info["label"]
         table = pd.DataFrame({"latent": top, "label": [labels.get(i, "") for i in top],
-                              "max_act": [float(mx[i]) for i in top], "mean_act": [float(mean[i]) for i in top],
-                              "n_tokens_fired": [int(fired[i]) for i in top]})
+                              "max_act": [float(mx[i]) for i in top], "rel_act": [round(float(rel[i]), 3) for i in top],
+                              "mean_act": [float(mean[i]) for i in top], "n_tokens_fired": [int(fired[i]) for i in top]})
         v, idx = lat.topk(min(3, lat.shape[1]), dim=1)
         per_token = [[(int(j), float(a)) for j, a in zip(ri, rv) if a > 0] for ri, rv in zip(idx.tolist(), v.tolist())]
         return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top})
