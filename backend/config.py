@@ -119,6 +119,8 @@ class SaeConfig:
     """Name of a frozen base SAE: train a residual SAE (no b_dec) on x - base(x)."""
     data: str = "general"
     """Training data: 'general' (the workspace activations) or a subdomain selection name."""
+    tokens: int | None = None
+    """Training tokens for this SAE (overrides train.tokens; epochs repeat over a small cache)."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

@@ -12,7 +12,8 @@ Absorption (first-letter task in the spirit of SAEBench, sized for a CPU): on si
 starting with a letter, a logistic probe on model activations predicts the first letter. For each
 letter the SAE's "main" latent is the one whose decoder row has the highest cosine with the
 probe direction. Absorption rate = share of tokens the probe gets right on which the main latent
-of their letter does not fire while another latent with positive probe projection does.
+of their letter does not fire while another latent whose decoder row has cosine > 0.15 with the
+probe direction does (that latent has absorbed the letter feature on those tokens).
 """
 from __future__ import annotations
 
@@ -170,7 +171,9 @@ def _absorbed(sae, X, Xn, y, W, sd, use) -> dict:
     Wd = F.normalize(sae.W_dec.float(), dim=1)
     main = (F.normalize(probe, dim=1) @ Wd.T).argmax(1)  # (26,) main latent per letter
     z = sae.encode(X) > 0  # (n, d_sae)
-    aligned = (Wd @ probe.T) > 0  # (d_sae, 26): latents with positive projection on each letter's probe
+    # (d_sae, 26): latents whose direction carries the letter (cosine with its probe above 0.15,
+    # several standard deviations of the cosine between random directions in d = 576)
+    aligned = (Wd @ F.normalize(probe, dim=1).T) > 0.15
     main_fires = z[torch.arange(len(y)), main[y]]
     other = (z.float() @ aligned.float())[torch.arange(len(y)), y] > 0
     absorbed = int((right & ~main_fires & other).sum())

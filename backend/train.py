@@ -254,6 +254,19 @@ class Trainer:
                 q = 1 - min(self.cfg.k / self.cfg.d_sae, 0.5)
                 self.sae.threshold.copy_(torch.quantile(pre, q, dim=0).clamp_min(1e-3))
 
+    @torch.no_grad()
+    def calibrate_threshold(self, source: ActivationSource, n_batches: int = 8) -> None:
+        """BatchTopK's inference threshold: the mean over batches of the (k*N)-th largest activation, so
+        that the exported JumpReLU keeps k latents per token on average (the running value lags training)."""
+        vals = []
+        for i, x in enumerate(source.batches(self.tcfg.batch_size, self.tcfg.seed + 1)):
+            if i >= n_batches:
+                break
+            act = torch.relu(self.sae.pre_acts(self._prepare(x)))
+            vals.append(float(act.reshape(-1).topk(self.cfg.k * len(x)).values[-1]))
+        if vals:
+            self.bt_threshold = sum(vals) / len(vals)
+
     # ---- export / checkpoint ----------------------------------------------------------------
     def export(self) -> Sae:
         """A copy of the SAE on raw activations (scale folded in; batchtopk becomes jumprelu)."""
@@ -314,7 +327,7 @@ def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_d
     out_dir = Path(out_dir)
     if base is not None and int(base.W_dec.shape[1]) != source.d_in:
         raise SaeError(f"base SAE expects d_in={int(base.W_dec.shape[1])} but the activations have d={source.d_in}")
-    total = tcfg.tokens or source.n_tokens
+    total = cfg.tokens or tcfg.tokens or source.n_tokens
     tr = Trainer(cfg, tcfg, source.d_in, total, base=base, hook_name=hook_name, model_name=model_name)
     ckpt = out_dir.with_name(f".{out_dir.name}.checkpoint")
     if resume and (ckpt / "state.json").exists():
@@ -348,6 +361,8 @@ def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_d
     finally:
         bar.close()
     secs = time.time() - t0
+    if cfg.architecture == "batchtopk":
+        tr.calibrate_threshold(source)
     sae = tr.export()
     sae.save(out_dir)
     metrics = {"train": {"tokens": tr.tokens, "steps": tr.step, "seconds": round(secs, 2),
