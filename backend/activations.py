@@ -11,9 +11,6 @@ renamed into place when complete: an interrupted build leaves no half cache behi
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .adapters.base import ModelAdapter
+from .atomic import atomic_dir
 
 _DT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -113,9 +111,7 @@ class ShardCache:
         progress: bool = True,
     ) -> "ShardCache":
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-        try:
+        with atomic_dir(out) as tmp:
             names, buf, n_buf, total = [], [], 0, 0
 
             def flush() -> None:
@@ -145,11 +141,6 @@ class ShardCache:
             meta = {"site": site, "model": adapter.model_id, "d_in": adapter.d_model, "n_tokens": total,
                     "dtype": dtype, "shards": names}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return ShardCache(out)
 
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ import torch.nn.functional as F
 from .adapters.causal_lm import resolve_device
 from .adapters.recsys import RecsysAdapter, SASRec, SASRecConfig
 from .assets import asset_path, cache_root
+from .atomic import atomic_dir
 from .config import ModelConfig
 from .corpora import Doc
 
@@ -159,16 +157,9 @@ def train_recommender(out: str | Path | None = None, epochs: int = 40, seed: int
                "train_seconds": round(seconds, 1), "epochs": epochs, "users": len(seqs),
                "protocol": "leave-last-out; full ranking over all items, user history excluded"}
     dest = Path(out) if out else cache_root() / "models" / EMBEDDED_ID
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    try:
+    with atomic_dir(dest) as tmp:
         model.save(tmp, items)
         (tmp / "metrics.json").write_text(pd.Series(metrics).to_json(indent=1))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"[sasrec] {metrics['sasrec']} vs popularity {metrics['popularity']} in {seconds:.0f} s -> {dest}", flush=True)
     return metrics

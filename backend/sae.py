@@ -17,15 +17,15 @@ sae.safetensors) loads too. Weights are read with safetensors only; nothing is u
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_dir
 from torch import nn
 
 INFERENCE_ARCHS = ("relu", "topk", "jumprelu")
@@ -127,23 +127,15 @@ class Sae(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the SAELens layout atomically (temp folder, then rename over ``path``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-        try:
+        with atomic_dir(path) as tmp:
             tensors = {n: p.detach().float().cpu().contiguous() for n, p in
                        (("W_enc", self.W_enc), ("W_dec", self.W_dec), ("b_enc", self.b_enc), ("b_dec", self.b_dec))}
             if self.cfg.architecture in ("jumprelu", "batchtopk"):
                 tensors["threshold"] = self.threshold.detach().float().cpu().contiguous()
             save_file(tensors, str(tmp / "sae_weights.safetensors"))
             (tmp / "cfg.json").write_text(json.dumps(self.inference_cfg(), indent=1))
-            keep = [f for f in ("metrics.json",) if (path / f).exists()]
-            for f in keep:
-                shutil.copy2(path / f, tmp / f)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if (path / "metrics.json").exists():
+                shutil.copy2(path / "metrics.json", tmp / "metrics.json")
         return path
 
 

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import losses
+from .atomic import atomic_dir
 from .config import SaeConfig, TrainConfig
 from .sae import Sae, SaeCfg, SaeError
 
@@ -298,13 +298,9 @@ class Trainer:
         tensors["since_fired"] = self.since_fired.clone()
         scalars = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "bt_threshold": self.bt_threshold,
                    "adam_steps": adam_steps}
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".ckpt-"))
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(scalars))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(scalars))
 
     def load_checkpoint(self, folder: Path) -> None:
         t = load_file(str(folder / "state.safetensors"))

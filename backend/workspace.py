@@ -13,7 +13,6 @@ Models are cached outside the workspace (``<cache>/models``), shared by all work
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 import yaml
 
 from .activations import ShardCache
+from .atomic import atomic_write_text
 from .config import WorkspaceConfig
 from .corpora import load_docs, make_windows
 
@@ -114,13 +114,6 @@ def open_workspace(path: str | Path) -> Workspace:
     if not (p / CONFIG_NAME).exists():
         raise FileNotFoundError(f"{p} is not a workspace (no {CONFIG_NAME}); build one with `python -m backend build CONFIG`")
     return Workspace(p, WorkspaceConfig.load(p / CONFIG_NAME))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:

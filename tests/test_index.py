@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from backend.label import Explanation, LatentEvidence, StatisticalLabeller, detection_scores
+from backend.label import LatentEvidence, StatisticalLabeller, detection_scores
 from backend.store import IndexReader, IndexWriter
 from backend.topk import StreamingTopK
 

@@ -7,8 +7,6 @@ as safetensors under ``<cache>/models/<id>/`` and later loads read those (~1 s).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from ..assets import AssetError, asset_path, cache_root
+from ..atomic import atomic_dir
 from ..config import ModelConfig
 from .base import Intervention, Site, TokenBatch
 from .hooks import StopForward, capture_and_stop, scoped_hook
@@ -66,16 +65,9 @@ def _embedded_cache(model_id: str, verbose: bool) -> Path:
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model and copy the weights.
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(q.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{model_id}-"))
-    try:
+    with atomic_dir(out) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         print(f"[model] cached safetensors in {out} ({time.time() - t0:.1f} s)", flush=True)
     return out

