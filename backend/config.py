@@ -193,8 +193,8 @@ class EvalConfig:
     """Context windows (spread over domains) for CE loss / KL / perplexity with SAEs spliced in."""
     n_tokens: int = 20_000
     """Cached activation tokens for reconstruction metrics and the absorption probe."""
-    coverage_f1: float = 0.5
-    """Coverage: a token type counts as captured when a latent detects it with at least this F1."""
+    coverage_f1: float = 0.3
+    """Coverage: a token is captured by a latent that fires on it and whose label names it with this detection F1."""
     coverage_cos: float = 0.7
     """Coverage: a latent has a match in the reference SAE when some decoder cosine reaches this."""
 

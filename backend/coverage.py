@@ -4,9 +4,8 @@ For a subdomain and a set of SAEs, over held-out subdomain text (windows of the 
 no SAE trained on) and general text (the general activation cache):
 
 - tail-concept recall: a token type t of the subdomain text is *captured* by an SAE when some
-  latent j is a detector for it: F1(j, t) = 2 C[t, j] / (n_t + m_j) >= ``eval.coverage_f1``,
-  where C[t, j] counts the occurrences of t on which j fires, n_t the occurrences of t and m_j the
-  firings of j, all over subdomain + general tokens. Plotted against the token's frequency in
+  latent fires on it whose label (backend/label.py) names t and whose label detection F1 on
+  held-out text is at least ``eval.coverage_f1``. Plotted against the token's frequency in
   the general corpus;
 - cumulative coverage: token types sorted from rare to common in the general corpus, the running
   share of subdomain token occurrences whose type is captured;
@@ -31,6 +30,7 @@ import torch
 
 from .activations import stream_activations
 from .evaluate import ce_metrics, reference_passes
+from .store import IndexReader
 from .workspace import Workspace, atomic_write_text
 
 
@@ -45,30 +45,27 @@ def _fires(sae, acts: torch.Tensor, batch: int = 4096) -> sp.csr_matrix:
     return sp.vstack(parts).tocsr()
 
 
-def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, gen_tok: np.ndarray, f_gen: sp.csr_matrix,
-                  f1_threshold: float) -> pd.DataFrame:
-    """Per subdomain token type: occurrences, best detector latent and its F1, captured or not.
-
-    F1 is measured over subdomain and general tokens together, so a latent that also fires all
-    over general text is not a detector for a subdomain token.
-    """
-    token_ids = np.concatenate([sub_tok, gen_tok])
-    fires = sp.vstack([f_sub, f_gen]).tocsr()
-    types, inv = np.unique(token_ids, return_inverse=True)
+def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, tok_str: list[str], labels: pd.DataFrame,
+                  min_confidence: float) -> pd.DataFrame:
+    """Per subdomain token type: captured when a latent whose label names the token (with detection
+    confidence >= min_confidence) fires on at least one of its occurrences in the subdomain text."""
+    types, inv, counts = np.unique(sub_tok, return_inverse=True, return_counts=True)
     onehot = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))), shape=(len(types), len(inv)))
-    C = (onehot @ fires).tocoo()  # (types, d_sae) co-occurrence counts
-    n_t = np.asarray(onehot.sum(1)).ravel()
-    m_j = np.asarray(fires.sum(0)).ravel()
-    f1 = 2 * C.data / (n_t[C.row] + m_j[C.col])
-    best = np.zeros(len(types))
-    best_j = np.full(len(types), -1)
-    order = np.argsort(f1)  # ascending: the last write per row is its max
-    best[C.row[order]] = f1[order]
-    best_j[C.row[order]] = C.col[order]
-    sub_types, sub_counts = np.unique(sub_tok, return_counts=True)
-    pos = np.searchsorted(types, sub_types)
-    return pd.DataFrame({"token_id": sub_types, "count": sub_counts, "best_f1": best[pos], "best_latent": best_j[pos],
-                         "captured": best[pos] >= f1_threshold})
+    C = (onehot @ f_sub).tocsr()  # (types, d_sae): occurrences of each type on which each latent fires
+    naming: dict[str, list[tuple[int, float]]] = {}
+    for latent, conf, toks in labels[["latent", "confidence", "top_tokens"]].itertuples(index=False):
+        if conf >= min_confidence:
+            for t in json.loads(toks):
+                naming.setdefault(t, []).append((int(latent), float(conf)))
+    captured = np.zeros(len(types), bool)
+    by = np.full(len(types), -1)
+    conf_of = np.zeros(len(types))
+    for i, s in enumerate(tok_str):
+        for latent, conf in sorted(naming.get(s, []), key=lambda lc: -lc[1]):
+            if C[i, latent] > 0:
+                captured[i], by[i], conf_of[i] = True, latent, conf
+                break
+    return pd.DataFrame({"token_id": types, "count": counts, "best_f1": conf_of, "best_latent": by, "captured": captured})
 
 
 def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndarray:
@@ -95,6 +92,7 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     gen_tok = np.concatenate([gen.load_shard(i)["token_ids"].numpy() for i in range(len(gen.shards))])[: len(gen_acts)]
     gen_freq = pd.Series(gen_tok).value_counts()
     tok_str = adapter.token_strings
+    index = IndexReader(ws.index_path)
     out: dict = {"subdomain": subdomain, "reference": reference, "f1_threshold": f1_threshold,
                  "cos_threshold": cos_threshold, "n_sub_tokens": int(len(sub_tok)), "n_gen_tokens": int(len(gen_tok)),
                  "saes": {}}
@@ -104,7 +102,8 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     out["clean_ce"] = clean_ce
     for name, sae in saes.items():
         f_sub, f_gen = _fires(sae, sub_acts), _fires(sae, gen_acts)
-        cap = token_capture(sub_tok, f_sub, gen_tok, f_gen, f1_threshold)
+        types = np.unique(sub_tok)
+        cap = token_capture(sub_tok, f_sub, tok_str(types.tolist()), index.labels(name), f1_threshold)
         cap["gen_freq"] = cap["token_id"].map(gen_freq).fillna(0).astype(int)
         cap = cap.sort_values(["gen_freq", "count"], ascending=[True, False])
         cum = (cap["count"] * cap["captured"]).cumsum() / cap["count"].sum()

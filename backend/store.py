@@ -38,7 +38,7 @@ SORT_KEYS = ("density", "confidence", "max_act", "latent")
 SQL_LATENTS_BY = {(c, d): _LATENTS_SQL.format(col=c, direction=d) for c in SORT_KEYS for d in ("ASC", "DESC")}
 SQL_SEARCH_LABELS = """SELECT sae, latent, label, confidence, density FROM latents
                        WHERE (? = '' OR sae = ?) AND label ILIKE ? ESCAPE '\\' ORDER BY confidence DESC, density DESC LIMIT ?"""
-SQL_LABELS = "SELECT latent, label, confidence, density, max_act FROM latents WHERE sae = ?"
+SQL_LABELS = "SELECT latent, label, confidence, density, max_act, top_tokens FROM latents WHERE sae = ?"
 SQL_MAP = "SELECT m.sae, m.latent, m.x, m.y, m.jx, m.jy, l.density, l.top_domain, l.label, l.confidence " \
           "FROM map m JOIN latents l USING (sae, latent) WHERE (? = '' OR m.sae = ?) ORDER BY m.sae, m.latent"
 
