@@ -7,9 +7,9 @@ import pandas as pd
 from .. import render_research as rr
 
 INTRO = (
-    "A token type of the subdomain counts as **captured** by an SAE when one of its latents detects it "
-    "(F1 of 'latent fires' against 'token is this type' at or above the threshold, on held-out subdomain text). "
-    "General SAEs miss the rare subdomain tokens on the left of the recall plot: the *dark matter*."
+    "A token type of the held-out subdomain text counts as **captured** by an SAE when one of its latents fires on it "
+    "and that latent's label names the token with a detection F1 (on held-out text) at or above the workspace's "
+    "threshold. Rare subdomain tokens, on the left of the recall plot, are the *dark matter* general SAEs miss."
 )
 
 
@@ -33,7 +33,7 @@ def unique_table(backend, cov: dict, sae: str | None) -> pd.DataFrame:
     df = rr.unique_latents(cov, sae or "")
     if sae and len(df):
         labels = backend.latents(sae, sort_by="latent", descending=False, limit=100_000)
-        df = df.merge(labels[["latent", "label", "confidence", "density"]], on="latent", how="left")
+        df = df.merge(labels[["latent", "label", "confidence", "density"]], on="latent", how="left").round(3)
     return df
 
 
