@@ -1,36 +1,70 @@
-"""2-D maps of decoder directions (UMAP on unit decoder rows, cosine metric), computed at index time.
+"""2-D maps of decoder directions, computed at index time (pure: arrays in, coordinates out).
 
-Pure: arrays in, coordinates out. umap-learn's numba warm-up (~35 s the first time in a process)
-happens here, during indexing, never on a request.
+Each latent is placed by its unit decoder row w_i = W_dec[i] / |W_dec[i]|, so two latents land near
+each other when their output directions have a high cosine. UMAP (cosine metric) runs on the rows
+projected onto their top ``PROJ_DIM`` right singular vectors (uncentred, so inner products are kept
+as well as a rank-64 subspace can keep them): the neighbour search is then ~10x cheaper than in 576-d.
+
+Hazards:
+- umap-learn's numba JIT costs ~35 s the first time in a process (PERF.md); it happens here, during
+  indexing, never on a request. ``import umap`` is deferred so the PCA path never pays for it.
+- The PCA is an eigendecomposition of the small (d, d) Gram matrix, not an SVD of the (n, d) matrix:
+  LAPACK's SVD of 18,432 x 576 takes seconds, and multi-threaded LAPACK on a busy 2-core machine
+  spin-waits (a 576 x 576 eigh: 1 s with 2 threads under load, 0.06 s with 1), so it runs on 1 thread.
+- Fewer than ``MIN_UMAP`` rows: UMAP's k-NN graph is meaningless, so the first two principal
+  components are returned instead (also when ``method="pca"``).
 """
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+MIN_UMAP = 10
+PROJ_DIM = 64
+
+
+def unit_rows(W: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    W = np.asarray(W, dtype=np.float32)
+    return W / np.linalg.norm(W, axis=1, keepdims=True).clip(1e-8)
+
+
+def _top_axes(W: np.ndarray, n: int) -> np.ndarray:
+    """(d, n) leading eigenvectors of W^T W (the right singular vectors of W), signs fixed so that
+    each axis' largest-magnitude loading is positive (layouts are reproducible across runs)."""
+    with threadpool_limits(1):  # a (d, d) problem: threads only add contention
+        _, evecs = np.linalg.eigh((W.T @ W).astype(np.float64))  # ascending eigenvalues
+    V = evecs[:, ::-1][:, :n]
+    V *= np.sign(V[np.abs(V).argmax(0), np.arange(V.shape[1])])
+    return V.astype(np.float32)
+
+
+def pca_2d(W_dec: np.ndarray) -> np.ndarray:
+    """(n, 2) coordinates on the first two principal components of the (centred) unit rows."""
+    W = unit_rows(W_dec)
+    centred = W - W.mean(0)
+    return (centred @ _top_axes(centred, 2)).astype(np.float32)
 
 
 def layout(W_dec: np.ndarray, seed: int = 0, n_neighbors: int = 15, method: str = "umap") -> np.ndarray:
-    """(n, 2) coordinates for decoder rows (n, d): UMAP (cosine) after a 64-d PCA, or the first two
-    principal components (method="pca", and always for fewer than 20 rows)."""
-    W = W_dec / np.linalg.norm(W_dec, axis=1, keepdims=True).clip(1e-8)
-    centred = W - W.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    if len(W) < 20 or method == "pca":
-        return (centred @ vt[:2].T).astype(np.float32)
+    """(n, 2) coordinates for decoder rows (n, d): UMAP with the cosine metric, or PCA (see module doc)."""
+    if method not in ("umap", "pca"):
+        raise ValueError(f"map method {method!r}: use 'umap' or 'pca'")
+    W = unit_rows(W_dec)
+    if method == "pca" or len(W) < MIN_UMAP:
+        return pca_2d(W)
     import umap
 
-    W = centred @ vt[:64].T  # PCA to 64 dims first: the neighbour search is 10x cheaper
-
+    if W.shape[1] > PROJ_DIM:
+        W = W @ _top_axes(W, PROJ_DIM)
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(W) - 1), min_dist=0.1, metric="cosine", random_state=seed,
-                        n_epochs=200, low_memory=True)
+                        n_epochs=200, low_memory=True, n_jobs=1)
     return reducer.fit_transform(W).astype(np.float32)
 
 
 def joint_layout(mats: dict[str, np.ndarray], seed: int = 0, method: str = "umap") -> dict[str, np.ndarray]:
-    """One layout over all SAEs' decoder rows together, split back per SAE."""
+    """One layout of all SAEs' decoder rows together (shared coordinates), split back per SAE."""
     names = list(mats)
     xy = layout(np.concatenate([mats[n] for n in names]), seed, method=method)
-    out, s = {}, 0
-    for n in names:
-        out[n] = xy[s : s + len(mats[n])]
-        s += len(mats[n])
-    return out
+    bounds = np.cumsum([0] + [len(mats[n]) for n in names])
+    return {n: xy[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}

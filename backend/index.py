@@ -1,53 +1,81 @@
 """Build the feature index of a workspace: contexts, stats, labels, logit lens and maps -> DuckDB.
 
-Model activations over the indexing windows are computed once and encoded by every SAE. Per SAE,
-three cheap encode passes over the cached activations:
-1. firing counts, sums, max, per-domain counts, (latent, token) firing pairs, and the top-k
-   activating tokens by a streaming threshold-filtered merge (backend/topk.py);
-2. a histogram per latent over (0, max] and uniform samples from ``n_quantiles`` activation bands
-   (the same merge, on random keys);
-3. per-token activations of the latent over each chosen context (+- context_radius tokens).
-Every 5th window is held out of all of that and used only to score the labels.
+Pipeline (``build_index``):
+1. ``collect``: activations of a deterministic subset of windows spread across corpora
+   (~``index.max_tokens`` tokens), read from the workspace's activation cache for the windows it holds
+   (preferred when choosing) and from one model pass for the rest; they stay in memory (float16) and
+   every SAE encodes them, so the model runs at most once however many SAEs there are. Every 5th indexed window
+   (20%) is HELD OUT: it never contributes to statistics or contexts, only to label detection scores.
+2. Per SAE, ONE encode pass over the train rows (``CHUNK`` tokens at a time) yields the sparse
+   firings (row, latent, value); per chunk: firing counts, sums, maxima, per-domain counts, and the
+   top-k rows per latent by a streaming threshold-filtered merge (backend/topk.py: only candidates
+   above a latent's current k-th best are merged, O(candidates) per chunk, PERF.md: 0.7 s vs 165 s).
+   The firings are kept (``Firings``: 12 bytes per nonzero), so that the rest needs no re-encode:
+   - a histogram per latent, ``N_BINS`` equal bins over (0, max];
+   - ``n_quantiles`` bands of equal width over (0, max] and ``per_quantile`` uniform samples from
+     each (the same merge on uniform random keys = reservoir sampling without replacement);
+   - each chosen context's per-token activations of its latent (a sorted-key lookup);
+   - (latent, token) firing counts for the labeller (backend/label.py).
+   The held-out rows are encoded once more (20% of the tokens) for the detection scores.
+3. Logit lens: W_dec[l] @ U^T (U the unembedding, skipped when the adapter has none), top and
+   bottom 10 tokens per latent.
+4. Maps: UMAP (or PCA) of unit decoder rows per SAE and jointly (backend/feature_map.py).
+Everything is written through store.IndexWriter: built aside, renamed into place.
+
+Hazards: memory is n_tokens x d x 2 bytes for the activations (1M x 576: 1.15 GB) plus 12 bytes per
+nonzero latent for one SAE's firings (1M tokens at L0 32: 384 MB). Latent statistics describe the
+train split only; ``density`` is firings / train tokens.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
+from safetensors import safe_open
 
-from .activations import stream_activations
+from .activations import ShardCache, stream_activations
+from .config import IndexConfig
 from .feature_map import joint_layout, layout
-from .label import LatentEvidence, StatisticalLabeller, detection_scores
-from .sae import load_sae
+from .label import (
+    Labeller,
+    LatentEvidence,
+    StatisticalLabeller,
+    bigrams_around,
+    detection_scores,
+)
+from .sae import check_site, load_sae
 from .store import IndexWriter
 from .topk import StreamingTopK
 
 CHUNK = 4096
 N_BINS = 20
+HOLDOUT_EVERY = 5
 
 
 @dataclass
 class IndexActs:
-    """Kept-token activations of the indexing windows, in window order."""
+    """Kept-token activations of the indexing windows, in window order (rows of one window are contiguous)."""
 
-    acts: torch.Tensor  # (n, d) float16
-    token: np.ndarray  # (n,)
+    acts: torch.Tensor  # (n, d) float16, on the CPU
+    token: np.ndarray  # (n,) token id
     window: np.ndarray  # (n,) row of the windows table
-    pos: np.ndarray  # (n,)
-    domain: np.ndarray  # (n,) domain index
-    heldout: np.ndarray  # (n,) bool
+    domain: np.ndarray  # (n,) domain index into ``domains``
+    heldout: np.ndarray  # (n,) bool: the row's window is held out for label scoring
     domains: list[str]
-    tokstr: np.ndarray  # (vocab,) object: rendered token strings (only ids that occur are filled)
-    source: np.ndarray  # (n_windows,) object
+    tokstr: np.ndarray  # (max id + 1,) object: rendered strings of the ids that occur
+    source: np.ndarray  # (n_windows,) object: source of every windows-table row
 
-    def window_span(self) -> tuple[np.ndarray, np.ndarray]:
-        """(start row, end row) of the window each row belongs to."""
+    def window_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first row, end row) of the window each row belongs to."""
         change = np.r_[True, self.window[1:] != self.window[:-1]]
         starts = np.nonzero(change)[0]
         ends = np.r_[starts[1:], len(self.window)]
@@ -55,193 +83,305 @@ class IndexActs:
         return starts[seg], ends[seg]
 
 
-def index_windows(windows: pd.DataFrame, max_tokens: int, seed: int = 0) -> pd.DataFrame:
-    """A deterministic subset of windows spread evenly across corpora, ~max_tokens tokens in all."""
+@dataclass
+class Firings:
+    """Every nonzero activation of one SAE on the train rows: key = row * d_sae + latent, strictly
+    increasing (rows are encoded in order, nonzero() is row-major), and its value."""
+
+    key: np.ndarray  # (nnz,) int64
+    value: np.ndarray  # (nnz,) float32
+    d_sae: int
+
+    def lookup(self, rows: np.ndarray, latents: np.ndarray) -> np.ndarray:
+        """Activation of latents[i] on rows[i] (0 where it did not fire), by binary search."""
+        if len(self.key) == 0:
+            return np.zeros(len(rows), np.float32)
+        k = rows.astype(np.int64) * self.d_sae + latents
+        i = np.searchsorted(self.key, k).clip(max=len(self.key) - 1)
+        return np.where(self.key[i] == k, self.value[i], 0).astype(np.float32)
+
+    def slices(self, size: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(rows, latents, values) in slices of ``size`` nonzeros (bounded temporaries)."""
+        for s in range(0, len(self.key), size):
+            r, c = np.divmod(self.key[s : s + size], self.d_sae)
+            yield r, c, self.value[s : s + size]
+
+
+def index_windows(windows: pd.DataFrame, max_tokens: int, seed: int = 0,
+                  prefer: np.ndarray | None = None) -> pd.DataFrame:
+    """A deterministic subset of windows spread evenly across corpora, ~max_tokens tokens in all:
+    each corpus' windows are shuffled (``prefer``-red rows first: those already in the activation
+    cache, itself a seeded uniform sample), then taken round-robin (1st of every corpus, 2nd, ...)."""
     shuffled = windows.sample(frac=1.0, random_state=seed)
-    rank = shuffled.groupby("corpus").cumcount()
-    ordered = shuffled.assign(_r=rank.to_numpy()).sort_values(["_r"], kind="stable")
-    keep = ordered["token_ids"].map(len).cumsum() <= max_tokens
-    return ordered[keep.to_numpy()].drop(columns="_r").sort_index()
+    if prefer is not None:
+        shuffled = shuffled.iloc[np.argsort(~shuffled.index.isin(prefer), kind="stable")]
+    rank = shuffled.groupby("corpus").cumcount().to_numpy()
+    ordered = shuffled.iloc[np.argsort(rank, kind="stable")]
+    keep = ordered["token_ids"].map(len).cumsum().to_numpy() <= max_tokens
+    return ordered[keep].sort_index()
 
 
-def collect(ws, progress: bool) -> IndexActs:
+def _cached_windows(ws, adapter, windows: pd.DataFrame) -> tuple[ShardCache | None, np.ndarray]:
+    """The workspace's activation cache (if it was made by this model at this site) and the windows it
+    holds completely: their cached token ids equal windows.token_ids (this also rejects the window cut by
+    the cache's token budget, windows with special tokens, and a cache older than windows.parquet)."""
+    try:
+        cache = ws.activation_source()
+    except FileNotFoundError:
+        return None, np.zeros(0, np.int64)
+    made_by = (cache.site, cache.meta.get("model"), cache.d_in)
+    if made_by != (ws.config.activations.site, adapter.model_id, adapter.d_model):
+        return None, np.zeros(0, np.int64)
+    tok, win = [], []
+    for path in cache.shards:  # only the small id tensors, not the activations
+        with safe_open(str(path), "np") as f:
+            tok.append(f.get_tensor("token_ids"))
+            win.append(f.get_tensor("window").astype(np.int64))
+    tok, win = np.concatenate(tok), np.concatenate(win)
+    win = np.where(win < len(windows), win, -1)
+    u, first, counts = np.unique(win, return_index=True, return_counts=True)
+    ok = (u >= 0) & (counts == windows["token_ids"].map(len).to_numpy()[u.clip(0)])
+    for j in np.nonzero(ok)[0]:  # a window's rows are contiguous in the cache, in position order
+        ok[j] = np.array_equal(tok[first[j] : first[j] + counts[j]], windows["token_ids"].iat[u[j]])
+    return cache, u[ok]
+
+
+def collect(ws, progress: bool = True) -> IndexActs:
+    """Activations of the indexing windows: read from the workspace's activation cache where it holds
+    them, the rest from one model pass (stream_activations); see the module doc."""
     adapter, site = ws.adapter(verbose=progress), ws.config.activations.site
-    w = index_windows(ws.windows(), ws.config.index.max_tokens, ws.config.train.seed)
-    chunks = list(stream_activations(adapter, w, site, ws.config.activations.batch_size, progress=progress, desc="index acts"))
-    token = torch.cat([c.token_ids for c in chunks]).numpy()
-    window = torch.cat([c.window for c in chunks]).numpy()
-    domains = sorted(w["domain"].unique())
-    dom_of = {d: i for i, d in enumerate(domains)}
-    wdom = ws.windows()["domain"].map(dom_of).to_numpy()
-    order_in = {wid: i for i, wid in enumerate(w.index)}
-    held = np.array([order_in[int(x)] % 5 == 4 for x in window]) if len(window) else np.zeros(0, bool)
+    allw = ws.windows()
+    cache, cached = _cached_windows(ws, adapter, allw)
+    w = index_windows(allw, ws.config.index.max_tokens, ws.config.train.seed, prefer=cached)
+    hit = w.index.isin(cached)
+    chunks = list(stream_activations(adapter, w[~hit], site, ws.config.activations.batch_size, progress=progress,
+                                     desc="index activations"))
+    parts = [(c.acts.half(), c.token_ids.numpy(), c.window.numpy()) for c in chunks]
+    for i in range(len(cache.shards) if cache is not None and hit.any() else 0):
+        sh = cache.load_shard(i)
+        m = np.isin(sh["window"].numpy(), w.index[hit])
+        parts.append((sh["acts"][torch.from_numpy(m)].half(), sh["token_ids"].numpy()[m], sh["window"].numpy()[m]))
+    if not parts or not sum(len(p[1]) for p in parts):
+        raise ValueError("the indexing corpus is empty: check the workspace's corpora and index.max_tokens")
+    window = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    order = np.argsort(window, kind="stable")  # window order; rows of a window stay in position order
+    window, token = window[order], np.concatenate([p[1] for p in parts]).astype(np.int64)[order]
+    acts = torch.cat([p[0] for p in parts])[torch.from_numpy(order)]
+    domains, domain = np.unique(allw["domain"].to_numpy()[window], return_inverse=True)
+    held = np.searchsorted(w.index.to_numpy(), window) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
     uniq = np.unique(token)
-    tokstr = np.empty(int(uniq.max()) + 1 if len(uniq) else 1, dtype=object)
+    tokstr = np.empty(int(uniq.max()) + 1, dtype=object)
     tokstr[uniq] = adapter.token_strings(uniq.tolist())
-    return IndexActs(torch.cat([c.acts for c in chunks]).half(), token, window, torch.cat([c.pos for c in chunks]).numpy(),
-                     wdom[window], held, domains, tokstr, ws.windows()["source"].to_numpy())
+    return IndexActs(acts, token, window, domain, held, domains.tolist(), tokstr, allw["source"].to_numpy())
 
 
-def _encode_chunks(sae, acts: torch.Tensor, rows: np.ndarray):
-    """Yield (row ids, rows, cols, vals) of nonzero latents, chunk by chunk, for the given rows."""
+def encode_sparse(sae, acts: torch.Tensor, rows: np.ndarray, device: torch.device | str = "cpu"):
+    """Yield (rows, latents, values, chunk max (d_sae,)) of the nonzero latents, CHUNK rows at a time."""
     with torch.inference_mode():
         for s in range(0, len(rows), CHUNK):
             r = rows[s : s + CHUNK]
-            lat = sae.encode(acts[torch.from_numpy(r)].float())
+            lat = sae.encode(acts[torch.from_numpy(r)].to(device).float())  # (chunk, d_sae)
             rr, cc = torch.nonzero(lat > 0, as_tuple=True)
-            yield r, r[rr.numpy()], cc.numpy(), lat[rr, cc].numpy()
+            yield r[rr.cpu().numpy()], cc.cpu().numpy(), lat[rr, cc].cpu().numpy(), lat.amax(0).cpu().numpy()
 
 
-def index_sae(name: str, sae, ia: IndexActs, cfg, adapter, rng: np.random.Generator) -> dict[str, pd.DataFrame]:
+def _pair_counts(rows: np.ndarray, latents: np.ndarray, token: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """(d_sae, vocab) counts of firings of each latent on each token (duplicates summed)."""
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (latents, token[rows])), shape=shape)
+
+
+def _ragged(flat: np.ndarray, lengths: np.ndarray, type_: pa.DataType) -> pa.ListArray:
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_))
+
+
+def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembed: torch.Tensor | None,
+              token_strings: Callable[[list[int]], list[str]], seed: int = 0, device: torch.device | str = "cpu",
+              labeller: Labeller | None = None) -> dict[str, pa.Table]:
+    """Index one SAE over ``ia``: returns the ``saes``, ``latents`` and ``contexts`` tables (see module doc)."""
     d_sae = int(sae.W_dec.shape[0])
-    train = np.nonzero(~ia.heldout)[0]
-    held = np.nonzero(ia.heldout)[0]
-    n_dom = len(ia.domains)
-    V = len(ia.tokstr)
-    fires = np.zeros(d_sae)
-    sums = np.zeros(d_sae)
-    mx = np.zeros(d_sae)
-    dom_fires = np.zeros((d_sae, n_dom))
-    dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
+    train, held = np.nonzero(~ia.heldout)[0], np.nonzero(ia.heldout)[0]
+    n_dom, V = len(ia.domains), len(ia.tokstr)
+    fires, sums, mx = np.zeros(d_sae), np.zeros(d_sae), np.zeros(d_sae, np.float32)
+    dom_fires = np.zeros(d_sae * n_dom)
     top = StreamingTopK(d_sae, cfg.top_k)
-    pairs: list[np.ndarray] = []
-    for _, r, c, v in _encode_chunks(sae, ia.acts, train):  # pass 1
-        np.add.at(fires, c, 1)
-        np.add.at(sums, c, v)
-        np.maximum.at(mx, c, v)
-        np.add.at(dom_fires, (c, ia.domain[r]), 1)
-        pairs.append(c.astype(np.int64) * V + ia.token[r])
+    keys, vals = [], []
+    for r, c, v, cmax in encode_sparse(sae, ia.acts, train, device):  # the one encode pass
+        fires += np.bincount(c, minlength=d_sae)
+        sums += np.bincount(c, weights=v, minlength=d_sae)
+        np.maximum(mx, cmax, out=mx)
+        dom_fires += np.bincount(c * n_dom + ia.domain[r], minlength=d_sae * n_dom)
         top.update(c, v.astype(np.float64), r)
-    n_bands = cfg.n_quantiles
-    hist = np.zeros((d_sae, N_BINS), dtype=np.int64)
-    samples = StreamingTopK(d_sae * n_bands, cfg.per_quantile)
-    for _, r, c, v in _encode_chunks(sae, ia.acts, train):  # pass 2
-        frac = v / np.maximum(mx[c], 1e-12)
-        np.add.at(hist, (c, np.minimum((frac * N_BINS).astype(int), N_BINS - 1)), 1)
-        band = np.minimum((frac * n_bands).astype(int), n_bands - 1)
-        samples.update(c * n_bands + band, rng.random(len(c)), r)
-    held_pairs = [c.astype(np.int64) * V + ia.token[r] for _, r, c, _ in _encode_chunks(sae, ia.acts, held)]
-    # contexts: top-k and quantile samples -> rows -> per-token activations of that latent
-    g, rank, _, row = top.items()
-    qg, qrank, _, qrow = samples.items()
-    ctx = pd.DataFrame({"latent": np.r_[g, qg // n_bands], "kind": ["top"] * len(g) + [f"q{b}" for b in qg % n_bands],
-                        "rank": np.r_[rank, qrank], "row": np.r_[row, qrow]})
-    contexts = _context_frames(name, sae, ctx, ia, cfg.context_radius)
-    expl = _labels(sae, ia, pairs, held_pairs, dom_fires / np.maximum(dom_tokens, 1), top, V)
-    logits = _logit_lens(sae, adapter)
-    n = max(len(train), 1)
-    rates = dom_fires / np.maximum(dom_tokens, 1)
-    lat = pd.DataFrame({
-        "sae": name, "latent": np.arange(d_sae), "density": fires / n, "mean_act": sums / np.maximum(fires, 1),
-        "max_act": mx, "hist_edges": [np.linspace(0, m, N_BINS + 1).round(4).tolist() for m in mx],
-        "hist_counts": hist.tolist(), "label": [e.label for e in expl], "confidence": [e.confidence for e in expl],
+        keys.append(r.astype(np.int64) * d_sae + c)
+        vals.append(v)
+    fired = Firings(np.concatenate(keys), np.concatenate(vals), d_sae)
+    del keys, vals
+    # histogram, quantile-band samples and label pair counts from the kept firings (no re-encode)
+    nb = cfg.n_quantiles
+    hist = np.zeros(d_sae * N_BINS, np.int64)
+    bands = StreamingTopK(d_sae * nb, cfg.per_quantile)
+    rng = np.random.default_rng(seed)
+    pairs = sp.csr_matrix((d_sae, V), dtype=np.float32)
+    for r, c, v in fired.slices():
+        frac = v / mx[c]  # in (0, 1]
+        hist += np.bincount(c * N_BINS + np.minimum((frac * N_BINS).astype(np.int64), N_BINS - 1), minlength=len(hist))
+        bands.update(c * nb + np.minimum((frac * nb).astype(np.int64), nb - 1), rng.random(len(c)), r)
+        pairs = pairs + _pair_counts(r, c, ia.token, (d_sae, V))
+    held_pairs = sp.csr_matrix((d_sae, V), dtype=np.float32)
+    for r, c, _, _ in encode_sparse(sae, ia.acts, held, device):
+        held_pairs = held_pairs + _pair_counts(r, c, ia.token, (d_sae, V))
+    dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
+    rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
+    g, _, _, row = top.items()
+    ev = LatentEvidence(pairs, np.bincount(ia.token[train], minlength=V).astype(float),
+                        bigrams_around(g, row, ia.token, ia.window, d_sae), rates, ia.domains,
+                        lambda ids: ia.tokstr[ids].tolist())
+    expl = (labeller or StatisticalLabeller()).explain(ev)
+    detection_scores(expl, held_pairs, np.bincount(ia.token[held], minlength=V).astype(float))
+    logit_top, logit_bottom = logit_lens(sae.W_dec, unembed, token_strings)
+    edges = np.linspace(0, 1, N_BINS + 1)[None, :] * mx[:, None].astype(np.float64)  # (d_sae, N_BINS + 1)
+    latents = pa.table({
+        "sae": [name] * d_sae, "latent": np.arange(d_sae, dtype=np.int32), "density": fires / max(len(train), 1),
+        "mean_act": sums / np.maximum(fires, 1), "max_act": mx.astype(np.float64),
+        "hist_edges": _ragged(edges.ravel(), np.full(d_sae, N_BINS + 1), pa.float64()),
+        "hist_counts": _ragged(hist, np.full(d_sae, N_BINS), pa.int64()),
+        "label": [e.label for e in expl], "confidence": [e.confidence for e in expl],
         "precision": [e.precision for e in expl], "recall": [e.recall for e in expl],
-        "top_domain": [ia.domains[int(i)] if rates[j].sum() > 0 else "" for j, i in enumerate(rates.argmax(1))],
+        "top_domain": [ia.domains[int(j)] if rates[i].sum() > 0 else "" for i, j in enumerate(rates.argmax(1))],
         "top_tokens": [json.dumps(ia.tokstr[e.tokens].tolist()) for e in expl],
-        "logit_top": logits[0], "logit_bottom": logits[1],
+        "top_token_scores": [json.dumps(e.scores) for e in expl],
+        "logit_top": logit_top, "logit_bottom": logit_bottom,
         "domain_rates": [json.dumps(dict(zip(ia.domains, r.round(6).tolist()))) for r in rates],
     })
-    arch = getattr(sae.cfg, "architecture", "")
-    saes = pd.DataFrame([{"sae": name, "architecture": arch, "d_in": int(sae.W_dec.shape[1]), "d_sae": d_sae,
-                          "n_tokens": len(train), "n_heldout": len(held)}])
-    return {"latents": lat, "contexts": contexts, "saes": saes}
+    qg, _, _, qrow = bands.items()
+    contexts = context_table(name, np.r_[g, qg // nb], np.r_[np.zeros(len(g), np.int64), 1 + qg % nb],
+                             np.r_[row, qrow], fired, ia, cfg.context_radius)
+    saes = pa.table({"sae": [name], "architecture": [arch], "d_in": [int(sae.W_dec.shape[1])], "d_sae": [d_sae],
+                     "n_tokens": [len(train)], "n_heldout": [len(held)], "n_quantiles": [nb]})
+    return {"saes": saes, "latents": latents, "contexts": contexts}
 
 
-def _context_frames(name: str, sae, ctx: pd.DataFrame, ia: IndexActs, radius: int) -> pd.DataFrame:
-    start, end = ia.window_span()
-    center = ctx["row"].to_numpy()
-    offs = np.arange(-radius, radius + 1)
-    rows = center[:, None] + offs[None, :]  # (n_ctx, 2r+1)
+def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.ndarray, fired: Firings,
+                  ia: IndexActs, radius: int) -> pa.Table:
+    """Context rows: the tokens within +-radius of each center row (inside its window) and the latent's
+    activation on each. band 0 = top-k (kind 'top'), b >= 1 = quantile band b-1 (kind 'q<b-1>');
+    rank = position by activation at the center, descending, within (latent, kind)."""
+    start, end = ia.window_bounds()
+    rows = center[:, None] + np.arange(-radius, radius + 1)[None, :]  # (n_ctx, 2r+1)
     valid = (rows >= start[center][:, None]) & (rows < end[center][:, None])
-    rows = np.where(valid, rows, 0)
-    latent = ctx["latent"].to_numpy()
-    # activations of each context's latent on its rows: encode each needed row once
-    need_rows, need_lat = rows[valid], np.broadcast_to(latent[:, None], rows.shape)[valid]
-    vals = np.zeros(len(need_rows), dtype=np.float32)
-    order = np.argsort(need_rows, kind="stable")
-    sr = need_rows[order]
-    uniq = np.unique(sr)
-    with torch.inference_mode():
-        for s in range(0, len(uniq), CHUNK):
-            u = uniq[s : s + CHUNK]
-            lat = sae.encode(ia.acts[torch.from_numpy(u)].float())
-            lo, hi = np.searchsorted(sr, u[0]), np.searchsorted(sr, u[-1], side="right")
-            sel = order[lo:hi]
-            vals[sel] = lat[torch.from_numpy(np.searchsorted(u, need_rows[sel])), torch.from_numpy(need_lat[sel])].numpy()
-    acts = np.zeros(rows.shape, dtype=np.float32)
-    acts[valid] = vals
-    toks = ia.tokstr[ia.token[rows]]
-    out_tokens, out_acts, focus = [], [], []
-    for i in range(len(ctx)):
-        m = valid[i]
-        out_tokens.append(toks[i][m].tolist())
-        out_acts.append(acts[i][m].round(4).tolist())
-        focus.append(int(radius - (~m[:radius]).sum()))
-    win = ia.window[center]
-    return pd.DataFrame({"sae": name, "latent": latent, "kind": ctx["kind"].to_numpy(), "rank": ctx["rank"].to_numpy(),
-                         "tokens": out_tokens, "acts": out_acts, "focus": focus, "source": ia.source[win],
-                         "domain": [ia.domains[d] for d in ia.domain[center]], "max_act": acts[:, radius]})
+    lengths = valid.sum(1)
+    flat_rows = rows[valid]
+    acts = fired.lookup(flat_rows, np.repeat(latent, lengths))
+    max_act = fired.lookup(center, latent)
+    order = np.lexsort((-max_act, band, latent))
+    first = np.r_[True, (latent[order][1:] != latent[order][:-1]) | (band[order][1:] != band[order][:-1])]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order)) - group_start
+    kinds = np.array(["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
+    return pa.table({
+        "sae": [name] * len(center), "latent": latent.astype(np.int32), "kind": kinds[band].tolist(), "rank": rank,
+        "window_row": ia.window[center], "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
+        "acts": _ragged(acts, lengths, pa.float32()), "focus": (radius - (~valid[:, :radius]).sum(1)).astype(np.int32),
+        "source": ia.source[ia.window[center]].tolist(), "domain": [ia.domains[d] for d in ia.domain[center]],
+        "max_act": max_act,
+    })
 
 
-def _labels(sae, ia: IndexActs, pairs, held_pairs, rates, top: StreamingTopK, V: int):
-    d_sae = int(sae.W_dec.shape[0])
+def logit_lens(W_dec: torch.Tensor, U: torch.Tensor | None, token_strings: Callable[[list[int]], list[str]],
+               n: int = 10, chunk: int = 1024, margin: int = 8) -> tuple[list[str], list[str]]:
+    """JSON [[token, score], ...] of the n highest and n lowest entries of W_dec[l] @ U^T per latent
+    ("[]" for every latent when the model has no unembedding).
 
-    def to_csr(keys: list[np.ndarray]) -> sp.csr_matrix:
-        k = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        u, c = np.unique(k, return_counts=True)
-        return sp.csr_matrix((c.astype(np.float64), (u // V, u % V)), shape=(d_sae, V))
-
-    train = ~ia.heldout
-    freq = np.bincount(ia.token[train], minlength=V).astype(float)
-    g, _, _, row = top.items()
-    prev_ok = (row > 0) & (ia.window[np.maximum(row - 1, 0)] == ia.window[row])
-    bigrams: list[list[tuple[int, int]]] = [[] for _ in range(d_sae)]
-    for gi, r, ok in zip(g, row, prev_ok):
-        if ok:
-            bigrams[gi].append((int(ia.token[r - 1]), int(ia.token[r])))
-    shares = rates / np.maximum(rates.sum(1, keepdims=True), 1e-12)
-    ev = LatentEvidence(to_csr(pairs), freq, bigrams, shares, ia.domains, lambda ids: ia.tokstr[ids].tolist())
-    expl = StatisticalLabeller().explain(ev)
-    detection_scores(expl, to_csr(held_pairs), np.bincount(ia.token[~train], minlength=V).astype(float))
-    return expl
-
-
-def _logit_lens(sae, adapter, n: int = 10, chunk: int = 512) -> tuple[list[str], list[str]]:
-    U = adapter.unembed()
-    d_sae = int(sae.W_dec.shape[0])
+    W_dec @ U^T is d_sae x vocab x d_in multiply-adds (18,432 x 49,152 x 576: 1 TFLOP, 7 s in fp32 on
+    2 cores), so candidates (the n + margin extremes) come from a bfloat16 product (3x faster) and
+    are rescored exactly in float32; only a token within bf16 error of the margin-th could be missed."""
+    d_sae = int(W_dec.shape[0])
     if U is None:
         return ["[]"] * d_sae, ["[]"] * d_sae
-    tops, bots = [], []
+    ids, vals = [], []
     with torch.inference_mode():
+        U = U.to(W_dec.device, torch.float32)
+        Ut16 = U.T.to(torch.bfloat16).contiguous()
+        m = min(n + margin, U.shape[0])
         for s in range(0, d_sae, chunk):
-            scores = sae.W_dec[s : s + chunk].float() @ U.T.to(sae.W_dec.device)  # (chunk, vocab)
-            for sign, out in ((1, tops), (-1, bots)):
-                v, i = (sign * scores).topk(n, dim=1)
-                for vr, ir in zip(v.tolist(), i.tolist()):
-                    out.append(json.dumps([[t, round(sign * x, 3)] for t, x in zip(adapter.token_strings(ir), vr)]))
-    return tops, bots
+            W = W_dec[s : s + chunk].float()  # (c, d)
+            rough = W.to(torch.bfloat16) @ Ut16  # (c, vocab)
+            cand = torch.cat([rough.topk(m, dim=1).indices, rough.topk(m, dim=1, largest=False).indices], 1)
+            exact = torch.einsum("cd,cmd->cm", W, U[cand])  # (c, 2m) float32
+            hi = exact[:, :m].topk(n, dim=1)
+            lo = exact[:, m:].topk(n, dim=1, largest=False)
+            best = torch.cat([cand[:, :m].gather(1, hi.indices), cand[:, m:].gather(1, lo.indices)], 1)
+            ids.append(best.cpu().numpy())
+            vals.append(torch.cat([hi.values, lo.values], 1).cpu().numpy())
+    I, S = np.concatenate(ids), np.concatenate(vals).astype(np.float64).round(3)
+    uniq, inv = np.unique(I, return_inverse=True)
+    strs = np.array(token_strings(uniq.tolist()), dtype=object)[inv.reshape(I.shape)]
+    top = [json.dumps([[t, float(v)] for t, v in zip(ts[:n], vs[:n])]) for ts, vs in zip(strs, S)]
+    bottom = [json.dumps([[t, float(v)] for t, v in zip(ts[n:], vs[n:])]) for ts, vs in zip(strs, S)]
+    return top, bottom
 
 
-def build_index(ws, progress: bool = True) -> None:
-    """Index every SAE of the workspace into ws.index_path (built aside, swapped in atomically)."""
-    t0 = time.time()
-    ia = collect(ws, progress)
-    adapter, cfg = ws.adapter(verbose=False), ws.config.index
-    rng = np.random.default_rng(ws.config.train.seed)
+def _check_saes(ws) -> None:
+    if not ws.config.saes:
+        raise ValueError("the workspace config lists no SAEs under 'saes:': there is nothing to index")
+    missing = [s.name for s in ws.config.saes if not (ws.sae_dir(s.name) / "cfg.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"SAE(s) {', '.join(missing)} not trained yet (no cfg.json under {ws.path / 'saes'}): "
+                                f"run `python -m backend build {ws.path / 'workspace.yaml'} --steps train` first")
+
+
+def _arch(s) -> str:
+    return f"{s.architecture} (boosted on {s.boost_base})" if s.boost_base else s.architecture
+
+
+def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, Any]], cfg: IndexConfig,
+                unembed: torch.Tensor | None, token_strings: Callable[[list[int]], list[str]], *, seed: int = 0,
+                device: torch.device | str = "cpu", progress: bool = False) -> dict[str, float]:
+    """Index (name, architecture, sae) triples (a lazy iterable: one SAE in memory at a time) over ``ia``
+    and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps."""
+    timings: dict[str, float] = {}
     mats: dict[str, np.ndarray] = {}
-    with IndexWriter(ws.index_path) as writer:
-        for s in tqdm(ws.config.saes, desc="index SAEs", disable=not progress):
-            sae = load_sae(ws.sae_dir(s.name))
-            for table, df in index_sae(s.name, sae, ia, cfg, adapter, rng).items():
-                writer.add(table, df)
-            mats[s.name] = sae.W_dec.detach().float().numpy()
+    with IndexWriter(out) as writer:
+        for name, arch, sae in saes:
+            t = time.perf_counter()
+            for table, frame in index_sae(name, arch, sae, ia, cfg, unembed, token_strings, seed, device).items():
+                writer.add(table, frame)
+            mats[name] = sae.W_dec.detach().float().cpu().numpy()
+            timings[f"sae:{name}_s"] = time.perf_counter() - t
+            if progress:
+                print(f"[index] {name}: {len(mats[name]):,} latents in {timings[f'sae:{name}_s']:.1f} s", flush=True)
+        t = time.perf_counter()
         method = "umap" if cfg.umap else "pca"
-        joint = joint_layout(mats, method=method)
+        joint = joint_layout(mats, seed=seed, method=method)
         for name, W in mats.items():
-            xy = layout(W, method=method)
-            jxy = joint[name]
+            xy = layout(W, seed=seed, method=method)
             writer.add("map", pd.DataFrame({"sae": name, "latent": np.arange(len(W)), "x": xy[:, 0], "y": xy[:, 1],
-                                            "jx": jxy[:, 0], "jy": jxy[:, 1]}))
+                                            "jx": joint[name][:, 0], "jy": joint[name][:, 1]}))
+        timings["maps_s"] = time.perf_counter() - t
+    return timings
+
+
+def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dict[str, float]:
+    """Index every SAE of the workspace into ``out`` (default ws.index_path), built aside and renamed
+    into place. Returns timings in seconds (activations, each SAE, maps, total) and the token count."""
+    _check_saes(ws)
+    t0 = time.perf_counter()
+    ia = collect(ws, progress)
+    adapter = ws.adapter(verbose=False)
+    t_acts = time.perf_counter() - t0
+
+    def saes() -> Iterator[tuple[str, str, Any]]:
+        for s in ws.config.saes:
+            sae = load_sae(ws.sae_dir(s.name), device=adapter.device)
+            check_site(sae, adapter.d_model, ws.config.activations.site)
+            yield s.name, _arch(s), sae
+
+    out = Path(out or ws.index_path)
+    timings = write_index(out, ia, saes(), ws.config.index, adapter.unembed(), adapter.token_strings,
+                          seed=ws.config.train.seed, device=adapter.device, progress=progress)
+    timings.update(tokens=float(len(ia.token)), activations_s=t_acts, total_s=time.perf_counter() - t0)
     if progress:
-        print(f"[index] {len(mats)} SAEs over {len(ia.token):,} tokens in {time.time() - t0:.0f} s -> {ws.index_path}",
-              flush=True)
+        print(f"[index] {len(ws.config.saes)} SAEs over {len(ia.token):,} tokens in {timings['total_s']:.0f} s "
+              f"-> {out}", flush=True)
+    return timings

@@ -1,8 +1,16 @@
 """The Backend facade: everything the UI and API clients ask of a workspace, as plain values.
 
 Contract: docs/service_api.md. Torch stays inside the backend; the index is read through
-store.IndexReader (one connection, a cursor per thread); the model and SAEs load lazily on
-the first request that needs them (search by text, steering) and are cached.
+store.IndexReader (one connection per Backend, a cursor per thread); the model and SAEs load lazily
+on the first request that needs them (search by text, steering) and are cached.
+
+Nearest directions: faiss IndexFlatIP over unit decoder rows (inner product = cosine), one index per
+SAE, built on first use from sae_weights.safetensors (no torch). A boosted composite's latents are
+its base's followed by its residual's, so its rows are the base's rows then the residual's.
+
+Hazards: user text is only ever a query parameter (store.py); text is capped at ``MAX_TEXT``
+characters and at ``MAX_SEARCH_TOKENS`` tokens (or the model's own limit): longer input is cut by the
+adapter's policy (first tokens for text, latest items for a recommender) and ``notice`` says so.
 """
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +28,7 @@ from .store import SORT_KEYS, IndexReader
 from .workspace import Workspace, open_workspace
 
 MAX_TEXT = 20_000
+MAX_SEARCH_TOKENS = 1024
 
 
 class BackendError(ValueError):
@@ -62,6 +72,7 @@ class TextSearchResult:
     top_latents: pd.DataFrame
     per_token: list[list[tuple[int, float]]]
     acts: dict[int, list[float]]
+    notice: str = ""  # e.g. the text was cut to MAX_SEARCH_TOKENS tokens
 
 
 @dataclass
@@ -71,19 +82,41 @@ class CompareResult:
     unmatched: pd.DataFrame
 
 
+def _context(r: dict[str, Any]) -> Context:
+    return Context(list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"],
+                   float(r["max_act"]))
+
+
+def _read_unit_decoder(folder: Path) -> np.ndarray:
+    """Unit-norm decoder rows (d_sae, d_in) float32 of an SAE folder (a boosted one: base rows first)."""
+    from safetensors.numpy import load_file
+
+    W = load_file(str(folder / "sae_weights.safetensors"))["W_dec"].astype(np.float32)
+    base = json.loads((folder / "cfg.json").read_text()).get("saex", {}).get("boost_base")
+    W = W / np.linalg.norm(W, axis=1, keepdims=True).clip(1e-8)
+    return np.ascontiguousarray(np.concatenate([_read_unit_decoder((folder / base).resolve()), W]) if base else W)
+
+
 class Backend(SteeringViews):
     def __init__(self, workspace: str | Path | Workspace):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
         self.workspace_name = self.ws.config.name
         self.model_name = self.ws.config.model.id
         self.index = IndexReader(self.ws.index_path)
-        self._saes: dict[str, object] = {}
-        self._dec: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._sae_table = self.index.saes()
-        self.sae_names = self._sae_table["sae"].tolist()
-        order = [s.name for s in self.ws.config.saes if s.name in self.sae_names]
-        self.sae_names = order + [n for n in self.sae_names if n not in order]
+        self._saes: dict[str, Any] = {}
+        self._faiss: dict[str, Any] = {}
+        table = self.index.saes()
+        self._d_sae = dict(zip(table["sae"], table["d_sae"].astype(int)))
+        self._arch = dict(zip(table["sae"], table["architecture"]))
+        n_q = table["n_quantiles"] if "n_quantiles" in table else [self.ws.config.index.n_quantiles] * len(table)
+        self._n_bands = dict(zip(table["sae"], [int(n) for n in n_q]))
+        order = [s.name for s in self.ws.config.saes if s.name in self._d_sae]
+        self.sae_names = order + sorted(n for n in self._d_sae if n not in order)
+
+    def close(self) -> None:
+        """Release the index file (needed before reopening a rebuilt index in the same process)."""
+        self.index.close()
 
     # ---- lazy heavy parts ----------------------------------------------------------------
     def adapter(self):
@@ -91,10 +124,11 @@ class Backend(SteeringViews):
             return self.ws.adapter(verbose=False)
 
     def _check_sae(self, name: str) -> None:
-        if name not in self.sae_names:
+        if name not in self._d_sae:
             raise BackendError(f"unknown SAE {name!r}; this workspace has: {', '.join(self.sae_names)}")
 
     def sae(self, name: str):
+        """The loaded SAE (torch module), cached."""
         self._check_sae(name)
         with self._lock:
             if name not in self._saes:
@@ -103,23 +137,22 @@ class Backend(SteeringViews):
                 self._saes[name] = load_sae(self.ws.sae_dir(name))
             return self._saes[name]
 
-    def _unit_decoder(self, name: str) -> np.ndarray:
+    def _directions(self, name: str):
+        """faiss IndexFlatIP over the SAE's unit decoder rows (cached); ``.reconstruct_n`` gives them back."""
         self._check_sae(name)
-        if name not in self._dec:
-            from safetensors.numpy import load_file
+        with self._lock:
+            if name not in self._faiss:
+                import faiss
 
-            d = self.ws.sae_dir(name)
-            W = load_file(str(d / "sae_weights.safetensors"))["W_dec"]
-            cfg = json.loads((d / "cfg.json").read_text())
-            base = cfg.get("saex", {}).get("boost_base")
-            if base:  # a boosted composite's latents are the base's followed by the residual's
-                W = np.concatenate([self._unit_decoder(Path(base).name), W])
-            self._dec[name] = W / np.linalg.norm(W, axis=1, keepdims=True).clip(1e-8)
-        return self._dec[name]
+                W = _read_unit_decoder(self.ws.sae_dir(name))
+                index = faiss.IndexFlatIP(W.shape[1])
+                index.add(W)
+                self._faiss[name] = index
+            return self._faiss[name]
 
-    def _check_latent(self, sae: str, latent) -> int:
+    def _check_latent(self, sae: str, latent: Any) -> int:
         self._check_sae(sae)
-        d_sae = int(self._sae_table.set_index("sae").loc[sae, "d_sae"])
+        d_sae = self._d_sae[sae]
         try:
             i = int(latent)
         except (TypeError, ValueError):
@@ -128,17 +161,20 @@ class Backend(SteeringViews):
             raise BackendError(f"latent {i} is out of range: SAE {sae!r} has latents 0..{d_sae - 1}")
         return i
 
+    def _metrics(self, name: str) -> dict[str, Any]:
+        p = self.ws.sae_dir(name) / "metrics.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
     # ---- browse --------------------------------------------------------------------------
     def saes(self) -> pd.DataFrame:
         rows = []
         for name in self.sae_names:
-            p = self.ws.sae_dir(name) / "metrics.json"
-            m = json.loads(p.read_text()) if p.exists() else {}
-            t = self._sae_table.set_index("sae").loc[name]
-            rows.append({"name": name, "architecture": t["architecture"], "d_sae": int(t["d_sae"]),
-                         "k": (json.loads((self.ws.sae_dir(name) / "cfg.json").read_text()).get("k")),
+            m = self._metrics(name)
+            cfg_p = self.ws.sae_dir(name) / "cfg.json"
+            k = json.loads(cfg_p.read_text()).get("k") if cfg_p.exists() else None
+            rows.append({"name": name, "architecture": self._arch[name], "d_sae": self._d_sae[name], "k": k,
                          "l0": m.get("l0"), "fvu": m.get("fvu"), "ce_recovered": m.get("ce_recovered"),
-                         "dead_frac": m.get("dead_frac"), "n_latents_indexed": int(t["d_sae"])})
+                         "dead_frac": m.get("dead_frac"), "n_latents_indexed": self._d_sae[name]})
         return pd.DataFrame(rows)
 
     def domains(self) -> list[str]:
@@ -148,67 +184,72 @@ class Backend(SteeringViews):
                 min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
         self._check_sae(sae)
         if sort_by not in SORT_KEYS:
-            raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}")
-        return self.index.latents(sae, sort_by, descending, domain or "", float(min_density or 0), (query or "")[:200],
-                                  max(1, min(int(limit), 100_000)), max(0, int(offset)))
+            raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}, got {sort_by!r}")
+        return self.index.latents(sae, sort_by, bool(descending), domain or "", float(min_density or 0),
+                                  (query or "")[:200], max(1, min(int(limit), 100_000)), max(0, int(offset)))
 
     def feature(self, sae: str, latent: int) -> FeatureView:
         i = self._check_latent(sae, latent)
         row = self.index.latent(sae, i)
         if row is None:
             raise BackendError(f"latent {i} of {sae!r} is not in the index; rebuild it with `python -m backend index`")
-        ctx = self.index.contexts(sae, i)
-
-        def contexts(kind: str) -> list[Context]:
-            sub = sorted((r for r in ctx if r["kind"] == kind), key=lambda r: -r["max_act"])
-            return [Context(list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"],
-                            float(r["max_act"])) for r in sub]
-
-        bands = sorted({r["kind"] for r in ctx if r["kind"].startswith("q")}, key=lambda k: -int(k[1:]))
-        n_bands = max((int(k[1:]) for k in bands), default=0) + 1
-        quantiles = [(f"{int(k[1:]) * 100 // n_bands}-{(int(k[1:]) + 1) * 100 // n_bands}% of max", contexts(k)) for k in bands]
+        by_kind: dict[str, list[Context]] = {}
+        for r in self.index.contexts(sae, i):  # ordered by kind, then rank (activation, descending)
+            by_kind.setdefault(r["kind"], []).append(_context(r))
+        nb = self._n_bands[sae]
+        bands = sorted((k for k in by_kind if k.startswith("q")), key=lambda k: -int(k[1:]))
+        quantiles = [(f"{int(k[1:]) * 100 // nb}-{(int(k[1:]) + 1) * 100 // nb}% of max", by_kind[k]) for k in bands]
+        toks = json.loads(row["top_tokens"])
+        scores = json.loads(row.get("top_token_scores") or "[]") or [0.0] * len(toks)
         return FeatureView(
-            sae=sae, latent=i, label=row["label"], confidence=float(row["confidence"]), precision=float(row["precision"]),
-            recall=float(row["recall"]), density=float(row["density"]), mean_act=float(row["mean_act"]),
-            max_act=float(row["max_act"]), hist_edges=[float(v) for v in row["hist_edges"]],
-            hist_counts=[int(v) for v in row["hist_counts"]], top_contexts=contexts("top"), quantiles=quantiles,
-            logits_top=[(t, v) for t, v in json.loads(row["logit_top"])],
-            logits_bottom=[(t, v) for t, v in json.loads(row["logit_bottom"])],
-            domain_rates=json.loads(row["domain_rates"]),
-            top_tokens=[(t, 0.0) for t in json.loads(row["top_tokens"])],
+            sae=sae, latent=i, label=row["label"], confidence=float(row["confidence"]),
+            precision=float(row["precision"]), recall=float(row["recall"]), density=float(row["density"]),
+            mean_act=float(row["mean_act"]), max_act=float(row["max_act"]),
+            hist_edges=[float(v) for v in row["hist_edges"]],
+            hist_counts=[int(v) for v in row["hist_counts"]], top_contexts=by_kind.get("top", []), quantiles=quantiles,
+            logits_top=[(t, float(v)) for t, v in json.loads(row["logit_top"])],
+            logits_bottom=[(t, float(v)) for t, v in json.loads(row["logit_bottom"])],
+            domain_rates=json.loads(row["domain_rates"]), top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
         )
 
     # ---- search ----------------------------------------------------------------------------
     def search_text(self, sae: str, text: str, top_n: int = 10) -> TextSearchResult:
+        """Latents firing on the text, ranked by max activation relative to each latent's indexed max
+        (raw values favour a few latents that fire hard on the first token of any text). Latents that never
+        fired on the index corpus get rel_act 0 and come last."""
         import torch
 
         self._check_sae(sae)
-        if not text or not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise BackendError("type some text to search")
         if len(text) > MAX_TEXT:
-            raise BackendError(f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}: search a shorter passage")
+            raise BackendError(f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}: "
+                               "search a shorter passage")
         model, adapter = self.sae(sae), self.adapter()
-        batch = adapter.tokenize([text], 512)
+        batch = adapter.tokenize([text], MAX_SEARCH_TOKENS)  # the adapter's own truncation policy and limit
+        n_all, n_kept = len(adapter.encode_ids(text)), int(batch.keep_mask.sum())
+        notice = f"the text was cut: searched {n_kept:,} of its {n_all:,} tokens" if n_kept < n_all else ""
         with torch.inference_mode():
-            acts = adapter.capture(batch, self.ws.config.activations.site)[batch.keep_mask]
-            lat = model.encode(acts.float())  # (n, d_sae)
+            acts = adapter.capture(batch, self.ws.config.activations.site)[batch.keep_mask.to(adapter.device)]
+            lat = model.encode(acts.float().to(model.W_dec.device)).cpu()  # (n, d_sae)
+        if len(lat) == 0:
+            raise BackendError("the text has no tokens the model reads (only special tokens?): type some words")
         tokens = adapter.token_strings(batch.input_ids[batch.keep_mask].tolist())
-        mx, mean = lat.max(0).values, lat.mean(0)
-        fired = (lat > 0).sum(0)
-        # Rank by activation relative to each latent's max on the index corpus: raw values are dominated
-        # by a few latents that fire very strongly on the first token of any text.
+        mx, mean, fired = lat.max(0).values, lat.mean(0), (lat > 0).sum(0)
         info = self.index.labels(sae).set_index("latent")
-        ref = torch.ones_like(mx)
-        ref[torch.tensor(info.index.to_numpy())] = torch.tensor(info["max_act"].to_numpy(), dtype=mx.dtype).clamp_min(1e-6)
-        rel = mx / ref
-        top = [i for i in torch.topk(rel, min(top_n, len(rel))).indices.tolist() if mx[i] > 0]
+        ref = torch.zeros_like(mx)
+        ref[torch.tensor(info.index.to_numpy())] = torch.tensor(info["max_act"].to_numpy(), dtype=mx.dtype)
+        # a latent that never fired on the index corpus has no reference (and an empty dashboard): rank it last
+        rel = torch.where(ref > 0, mx / ref.clamp_min(1e-12), torch.zeros_like(mx))
+        top = [i for i in torch.topk(rel, min(int(top_n), len(rel))).indices.tolist() if mx[i] > 0]
         labels = info["label"]
         table = pd.DataFrame({"latent": top, "label": [labels.get(i, "") for i in top],
                               "max_act": [float(mx[i]) for i in top], "rel_act": [round(float(rel[i]), 3) for i in top],
-                              "mean_act": [float(mean[i]) for i in top], "n_tokens_fired": [int(fired[i]) for i in top]})
+                              "mean_act": [float(mean[i]) for i in top],
+                              "n_tokens_fired": [int(fired[i]) for i in top]})
         v, idx = lat.topk(min(3, lat.shape[1]), dim=1)
         per_token = [[(int(j), float(a)) for j, a in zip(ri, rv) if a > 0] for ri, rv in zip(idx.tolist(), v.tolist())]
-        return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top})
+        return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top}, notice)
 
     def search_features(self, query: str, sae: str | None = None, limit: int = 50) -> pd.DataFrame:
         q = (query or "").strip()
@@ -223,14 +264,13 @@ class Backend(SteeringViews):
     def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
         i = self._check_latent(sae, latent)
         target = other_sae or sae
-        W_t = self._unit_decoder(target)
-        cos = W_t @ self._unit_decoder(sae)[i]
-        if target == sae:
-            cos[i] = -np.inf
-        top = np.argsort(-cos)[: max(1, min(int(k), 200))]
+        k = max(1, min(int(k), 200))
+        query = self._directions(sae).reconstruct(i)[None, :]
+        cos, idx = self._directions(target).search(query, k + 1)
+        hits = [(int(j), float(c)) for j, c in zip(idx[0], cos[0]) if j >= 0 and not (target == sae and j == i)][:k]
         labels = self.index.labels(target).set_index("latent")["label"]
-        return pd.DataFrame({"sae": target, "latent": top, "cosine": cos[top].round(4),
-                             "label": [labels.get(int(j), "") for j in top]})
+        return pd.DataFrame({"sae": target, "latent": [j for j, _ in hits], "cosine": [round(c, 4) for _, c in hits],
+                             "label": [labels.get(j, "") for j, _ in hits]})
 
     def feature_map(self, sae: str | None = None) -> pd.DataFrame:
         if sae:
@@ -242,27 +282,26 @@ class Backend(SteeringViews):
 
     # ---- compare ----------------------------------------------------------------------------
     def compare(self, saes: list[str], threshold: float = 0.7) -> CompareResult:
+        """Best decoder match (max cosine) of every latent of saes[0] in each other SAE."""
         saes = [s for s in (saes or []) if s]
         if len(saes) < 2:
             raise BackendError("pick at least two SAEs to compare")
         for s in saes:
             self._check_sae(s)
-        metrics = self.saes().set_index("name").loc[saes].reset_index()
+        scalar = [{k: v for k, v in self._metrics(s).items() if not isinstance(v, (dict, list))} for s in saes]
+        metrics = pd.DataFrame([{"name": s, **m} for s, m in zip(saes, scalar)])
         a = saes[0]
-        Wa = self._unit_decoder(a)
+        Wa = self._directions(a).reconstruct_n(0, self._d_sae[a])
         la = self.index.labels(a).set_index("latent")["label"]
         matches, unmatched = [], []
         for b in saes[1:]:
-            Wb = self._unit_decoder(b)
-            best = np.zeros(len(Wa))
-            arg = np.zeros(len(Wa), dtype=int)
-            for s in range(0, len(Wa), 2048):
-                c = Wa[s : s + 2048] @ Wb.T
-                arg[s : s + 2048], best[s : s + 2048] = c.argmax(1), c.max(1)
+            cos, idx = self._directions(b).search(Wa, 1)
+            best, arg = cos[:, 0].astype(np.float64), idx[:, 0]
             lb = self.index.labels(b).set_index("latent")["label"]
-            order = np.argsort(-best)
+            order = np.argsort(-best, kind="stable")
             matches.append(pd.DataFrame({"sae_a": a, "latent_a": order, "label_a": [la.get(int(i), "") for i in order],
-                                         "sae_b": b, "latent_b": arg[order], "label_b": [lb.get(int(j), "") for j in arg[order]],
+                                         "sae_b": b, "latent_b": arg[order],
+                                         "label_b": [lb.get(int(j), "") for j in arg[order]],
                                          "cosine": best[order].round(4)}))
             miss = np.nonzero(best < threshold)[0]
             unmatched.append(pd.DataFrame({"sae": a, "latent": miss, "label": [la.get(int(i), "") for i in miss],

@@ -1,30 +1,55 @@
-"""The only module that touches DuckDB: the workspace's feature index.
+"""The only module that touches DuckDB: the workspace's feature index (one file, ``index.duckdb``).
 
-Writing: ``IndexWriter`` opens a temporary database beside the target, bulk-inserts pandas
-frames (never executemany), sorts the big tables by (sae, latent) so that a latent's rows are
-contiguous (a per-latent query then reads one small range), and renames the file into place.
+Tables (schemas in ``SCHEMA``; small nested values are JSON text, token/activation lists are native):
+- ``saes``: one row per SAE: architecture, widths, indexed and held-out token counts, quantile bands;
+- ``latents``: one row per (sae, latent): density, mean/max activation, histogram, label with its
+  detection precision/recall/confidence, top domain, top tokens (+ log-odds), logit lens, domain rates;
+- ``contexts``: one row per (sae, latent, kind, rank): kind ``top`` or ``q<band>``, the rendered tokens
+  and the latent's activation on each, the focus (max) position, source, domain;
+- ``map``: per-SAE (x, y) and joint (jx, jy) 2-D coordinates of the decoder directions.
+
+Writing: ``IndexWriter`` appends frames (pandas or Arrow, never executemany) to a private staging
+database as they come, so memory stays bounded by one SAE; on a clean exit it copies every table,
+sorted by (sae, latent), into a fresh file and renames that over the target. A latent's rows are then
+contiguous, and a per-latent query reads one small range (PERF.md: 1.6 ms vs 29 ms unsorted).
+Hazard: readers that hold the old file open keep reading the old inode until they reopen, and DuckDB
+shares one database instance per path within a process, so a reader opened while an older one of the
+same path is still open sees the OLD file too: close every reader, then reopen.
 
 Reading: ``IndexReader`` holds one read-only connection and hands each thread its own cursor.
-All SQL is constant text with ``?`` parameters; values are never formatted into SQL.
+All SQL is constant text with ``?`` parameters; values are never formatted into SQL (table and
+column names come only from the constant whitelists below).
 """
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
+from typing import Any, Self
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
-# Tables and the column order that defines them; created from frames by name.
-TABLES = {
-    "saes": ["sae", "architecture", "d_in", "d_sae", "n_tokens", "n_heldout"],
-    "latents": ["sae", "latent", "density", "mean_act", "max_act", "hist_edges", "hist_counts", "label", "confidence",
-                "precision", "recall", "top_domain", "top_tokens", "logit_top", "logit_bottom", "domain_rates"],
-    "contexts": ["sae", "latent", "kind", "rank", "tokens", "acts", "focus", "source", "domain", "max_act"],
-    "map": ["sae", "latent", "x", "y", "jx", "jy"],
+SCHEMA: dict[str, str] = {
+    "saes": "sae VARCHAR, architecture VARCHAR, d_in INTEGER, d_sae INTEGER, n_tokens BIGINT, n_heldout BIGINT, "
+            "n_quantiles INTEGER",
+    "latents": "sae VARCHAR, latent INTEGER, density DOUBLE, mean_act DOUBLE, max_act DOUBLE, hist_edges DOUBLE[], "
+               "hist_counts BIGINT[], label VARCHAR, confidence DOUBLE, precision DOUBLE, recall DOUBLE, "
+               "top_domain VARCHAR, top_tokens VARCHAR, top_token_scores VARCHAR, logit_top VARCHAR, "
+               "logit_bottom VARCHAR, domain_rates VARCHAR",
+    "contexts": "sae VARCHAR, latent INTEGER, kind VARCHAR, rank INTEGER, window_row BIGINT, tokens VARCHAR[], "
+                "acts FLOAT[], focus INTEGER, source VARCHAR, domain VARCHAR, max_act FLOAT",
+    "map": "sae VARCHAR, latent INTEGER, x FLOAT, y FLOAT, jx FLOAT, jy FLOAT",
 }
-_SORT = {"latents": "sae, latent", "contexts": "sae, latent, kind, rank", "map": "sae, latent", "saes": "sae"}
+TABLES: dict[str, list[str]] = {t: [c.split()[0] for c in s.split(", ")] for t, s in SCHEMA.items()}
+_SORT = {"saes": "sae", "latents": "sae, latent", "contexts": "sae, latent, kind, rank", "map": "sae, latent"}
+# DDL/DML constants, one per table, built once from the whitelists above (never from input).
+SQL_CREATE = {t: f"CREATE TABLE {t} ({s})" for t, s in SCHEMA.items()}
+SQL_APPEND = {t: f"INSERT INTO {t} BY NAME SELECT * FROM frame" for t in SCHEMA}
+SQL_COPY_SORTED = {t: f"CREATE TABLE out.{t} AS SELECT * FROM {t} ORDER BY {_SORT[t]}" for t in SCHEMA}
+SQL_ATTACH = "ATTACH ? AS out"
+SQL_DETACH = "DETACH out"
 
 SQL_SAES = "SELECT * FROM saes ORDER BY sae"
 SQL_DOMAINS = "SELECT DISTINCT top_domain AS d FROM latents WHERE top_domain <> '' ORDER BY d"
@@ -37,10 +62,13 @@ SORT_KEYS = ("density", "confidence", "max_act", "latent")
 # One constant query per (sort key, direction): column names come from this whitelist only.
 SQL_LATENTS_BY = {(c, d): _LATENTS_SQL.format(col=c, direction=d) for c in SORT_KEYS for d in ("ASC", "DESC")}
 SQL_SEARCH_LABELS = """SELECT sae, latent, label, confidence, density FROM latents
-                       WHERE (? = '' OR sae = ?) AND label ILIKE ? ESCAPE '\\' ORDER BY confidence DESC, density DESC LIMIT ?"""
+    WHERE (? = '' OR sae = ?) AND label ILIKE ? ESCAPE '\\'
+    ORDER BY confidence DESC, density DESC LIMIT ?"""
 SQL_LABELS = "SELECT latent, label, confidence, density, max_act, top_tokens FROM latents WHERE sae = ?"
 SQL_MAP = "SELECT m.sae, m.latent, m.x, m.y, m.jx, m.jy, l.density, l.top_domain, l.label, l.confidence " \
           "FROM map m JOIN latents l USING (sae, latent) WHERE (? = '' OR m.sae = ?) ORDER BY m.sae, m.latent"
+
+Frame = pd.DataFrame | pa.Table
 
 
 def _contains(text: str) -> str:
@@ -48,41 +76,65 @@ def _contains(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+
+
 class IndexWriter:
-    """Context manager: collect frames, then write them all to ``path`` atomically."""
+    """Context manager: ``add`` frames table by table; the index appears at ``path`` only on success.
+
+    Nothing half-written is ever at ``path``: an exception inside the block (or in the final copy)
+    removes the staging and output files and leaves any previous index untouched.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.building")
-        self.frames: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
+        tag = f"{os.getpid()}-{threading.get_ident()}"
+        self.staging = self.path.with_name(f".{self.path.name}.{tag}.staging")
+        self.tmp = self.path.with_name(f".{self.path.name}.{tag}.building")
+        self.con: duckdb.DuckDBPyConnection | None = None
 
-    def add(self, table: str, df: pd.DataFrame) -> None:
-        self.frames[table].append(df[TABLES[table]])
-
-    def __enter__(self) -> "IndexWriter":
+    def __enter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(self.staging)
+        _remove(self.tmp)
+        self.con = duckdb.connect(str(self.staging))
+        for sql in SQL_CREATE.values():
+            self.con.execute(sql)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
-            return
-        self.tmp.unlink(missing_ok=True)
-        con = duckdb.connect(str(self.tmp))
+    def add(self, table: str, frame: Frame) -> None:
+        """Append a frame holding (at least) the columns of ``table``; types are cast to the schema."""
+        assert self.con is not None, "use IndexWriter as a context manager"
+        cols = TABLES[table]
+        data = frame.select(cols) if isinstance(frame, pa.Table) else frame[cols]
+        self.con.register("frame", data)
         try:
-            for table, parts in self.frames.items():
-                frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=TABLES[table])
-                con.register("frame", frame)
-                # Table names come from the TABLES constant above, never from input.
-                con.execute(f"CREATE TABLE {table} AS SELECT * FROM frame ORDER BY {_SORT[table]}")  # noqa: S608
-                con.unregister("frame")
-            con.execute("CHECKPOINT")
+            self.con.execute(SQL_APPEND[table])
         finally:
-            con.close()
-        os.replace(self.tmp, self.path)
+            self.con.unregister("frame")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.con is not None
+        done = False
+        try:
+            if exc_type is None:
+                self.con.execute(SQL_ATTACH, [str(self.tmp)])
+                for sql in SQL_COPY_SORTED.values():
+                    self.con.execute(sql)
+                self.con.execute(SQL_DETACH)
+                done = True
+        finally:
+            self.con.close()
+            _remove(self.staging)
+            if done:
+                os.replace(self.tmp, self.path)
+            _remove(self.tmp)
 
 
 class IndexReader:
-    """One read-only connection per process; a cursor per thread."""
+    """One read-only connection per process; a cursor per thread (DuckDB cursors are not thread-safe)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -100,21 +152,24 @@ class IndexReader:
     def df(self, sql: str, params: list | tuple = ()) -> pd.DataFrame:
         return self._cur().execute(sql, list(params)).df()
 
+    def rows(self, sql: str, params: list | tuple = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, without a DataFrame (the feature page's hot path)."""
+        cur = self._cur().execute(sql, list(params))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
     def saes(self) -> pd.DataFrame:
         return self.df(SQL_SAES)
 
     def domains(self) -> list[str]:
         return self.df(SQL_DOMAINS)["d"].tolist()
 
-    def latent(self, sae: str, latent: int) -> dict | None:
-        d = self.df(SQL_LATENT, (sae, latent))
-        return None if d.empty else d.iloc[0].to_dict()
+    def latent(self, sae: str, latent: int) -> dict[str, Any] | None:
+        r = self.rows(SQL_LATENT, (sae, latent))
+        return r[0] if r else None
 
-    def contexts(self, sae: str, latent: int) -> list[dict]:
-        """A latent's context rows as dicts (no DataFrame: this is the feature page's hot path)."""
-        cur = self._cur().execute(SQL_CONTEXTS, [sae, latent])
-        cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+    def contexts(self, sae: str, latent: int) -> list[dict[str, Any]]:
+        return self.rows(SQL_CONTEXTS, (sae, latent))
 
     def latents(self, sae: str, sort_by: str, descending: bool, domain: str, min_density: float, query: str,
                 limit: int, offset: int) -> pd.DataFrame:

@@ -73,10 +73,18 @@ def context_html(ctx: Any, vmax: float) -> str:
     return f'<div class="ctx">{tokens_html(ctx.tokens, ctx.acts, vmax, ctx.focus)}<div class="meta">{meta}</div></div>'
 
 
-def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.") -> str:
+def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.",
+                  show: int | None = None) -> str:
+    """Context cards; past the first ``show`` of them, the rest sit in a collapsed "more" block."""
     if not contexts:
         return f'<p class="muted">{html.escape(empty)}</p>'
-    return "".join(context_html(c, vmax) for c in contexts)
+    contexts = list(contexts)
+    head, rest = (contexts, []) if show is None else (contexts[:show], contexts[show:])
+    out = "".join(context_html(c, vmax) for c in head)
+    if rest:
+        out += (f'<details class="band more"><summary>{len(rest)} more contexts</summary>'
+                f'{"".join(context_html(c, vmax) for c in rest)}</details>')
+    return out
 
 
 def quantiles_html(bands: Sequence[tuple[str, Sequence[Any]]], vmax: float) -> str:
@@ -124,6 +132,23 @@ def feature_card_html(fv: Any, n_contexts: int = 4) -> str:
     return (f'<div class="card">{feature_header_html(fv)}<h4>Top contexts</h4>'
             f'{contexts_html(list(fv.top_contexts)[:n_contexts], fv.max_act)}'
             f'{logits_html(list(fv.logits_top)[:5], list(fv.logits_bottom)[:5])}</div>')
+
+
+def heatmap_html(tokens: Sequence[str], acts: Sequence[float], focus: int | None = None,
+                 max_act: float | None = None) -> str:
+    """Tokens coloured by activation (``max_act`` defaults to the largest of ``acts``), ``focus`` outlined."""
+    vmax = max_act if max_act is not None else max((float(a) for a in acts), default=0.0)
+    return tokens_html(tokens, acts, vmax, focus)
+
+
+def context_card_html(ctx: Any) -> str:
+    """One context on its own scale (its own max activation), with its source and domain."""
+    return context_html(ctx, ctx.max_act)
+
+
+def dashboard_html(fv: Any, n_contexts: int = 4) -> str:
+    """A compact, self-contained dashboard of one latent (the Compare tab shows two side by side)."""
+    return feature_card_html(fv, n_contexts)
 
 
 def text_heatmap_html(tokens: Sequence[str], acts: Sequence[float], per_token: Sequence[Sequence[tuple[int, float]]],

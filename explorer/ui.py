@@ -20,13 +20,14 @@ CSS = Path(__file__).resolve().parent.parent / "assets" / "style.css"
 TITLE = "SAE Explorer"
 
 
-def header_html(workspace: str, saes: pd.DataFrame, domains: list[str]) -> str:
-    """The title bar: workspace name, its SAEs (with width and architecture) and corpus domains."""
+def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: str = "") -> str:
+    """The title bar: workspace name, model, its SAEs (with width and architecture) and corpus domains."""
     chips = "".join(
         f'<span class="chip" title="{html.escape(str(r.get("architecture", "")), quote=True)}">'
         f'{html.escape(str(r["name"]))} <small>{html.escape(str(r.get("architecture", "")))}'
         f' · {int(r["d_sae"]):,}</small></span>' for r in saes.to_dict("records"))
     return (f'<div class="app-header"><div><h1>{TITLE}</h1><div class="sub">workspace <b>{html.escape(workspace)}</b>'
+            f'{f" · model <b>{html.escape(model)}</b>" if model else ""}'
             f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domains: '
             f'{html.escape(", ".join(domains))}</div></div><div class="chips">{chips}</div></div>')
 
@@ -59,23 +60,23 @@ def build_app(backend: Any) -> gr.Blocks:
     saes = backend.saes()
     names = [str(n) for n in saes["name"]]
     with gr.Blocks(title=TITLE) as demo:
-        gr.HTML(header_html(backend.workspace_name, saes, backend.domains()))
+        gr.HTML(header_html(backend.workspace_name, saes, backend.domains(), str(getattr(backend, "model_name", ""))))
         with gr.Tabs() as tabs:
-            with gr.Tab("Browse", id="browse"):
+            with gr.Tab("Browse", id="browse", elem_id="tab-browse"):
                 opener, b = browse.build(backend, names, tabs)
-            with gr.Tab("Search", id="search"):
+            with gr.Tab("Search", id="search", elem_id="tab-search"):
                 search.build(backend, names, opener)
-            with gr.Tab("Map", id="map") as map_tab:
+            with gr.Tab("Map", id="map", elem_id="tab-map") as map_tab:
                 on_first_select(map_tab, feature_map.build(backend, names, opener))
-            with gr.Tab("Compare", id="compare") as compare_tab:
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 on_first_select(compare_tab, compare.build(backend, names, opener))
-            with gr.Tab("Steer", id="steer"):
+            with gr.Tab("Coverage", id="coverage", elem_id="tab-coverage") as cov_tab:
+                cov = coverage.build(backend, names)
+            with gr.Tab("Steer", id="steer", elem_id="tab-steer"):
                 st = steer.build(backend, names)
-            if backend.subdomains():  # the Coverage tab only where the workspace has subdomain SAEs
-                with gr.Tab("Coverage", id="coverage") as cov_tab:
-                    cov = coverage.build(backend, names)
-                on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
-                opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
+        if backend.subdomains():  # nothing to load in a workspace without subdomain SAEs
+            on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
+        opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
         b["steer"].click(steer_with, [st["edits"], b["latent"], b["sae"]], [st["edits"], st["sae"], tabs],
                          api_visibility="private")
         demo.load(*b["load"], api_visibility="private")

@@ -12,7 +12,7 @@ import pytest
 
 from backend.service import Context
 from explorer import render
-from tests._fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 
 
 class Spans(HTMLParser):
@@ -168,3 +168,23 @@ def test_to_json_gives_plain_values():
     odd = render.to_json({"x": np.float32(1.5), "n": float("nan"), "df": pd.DataFrame({"a": [1.0, math.nan]})})
     assert odd == {"x": 1.5, "n": None, "df": [{"a": 1.0}, {"a": None}]}
     json.dumps(value), json.dumps(res)
+
+
+def test_public_helpers_match_the_brief():
+    out = render.heatmap_html(["<script>", " a&b", "\n"], [0.0, 1.0, 2.0], focus=2)
+    spans = parse(out)
+    assert [s["text"] for s in spans] == ["<script>", "·a&b", "↵"] and "&lt;script&gt;" in out
+    assert "focus" in spans[2]["class"] and spans[0]["style"].startswith("background:#ffffff")
+    ctx = Context(["x", " y"], [0.5, 1.0], 1, "wiki/Paris", "general", 1.0)
+    card = render.context_card_html(ctx)
+    assert "wiki/Paris" in card and "general" in card and len(parse(card)) == 2
+    fv = FakeBackend().feature("relu", 2)
+    assert "relu · latent 2" in render.dashboard_html(fv)
+
+
+def test_contexts_past_the_first_few_are_collapsed():
+    ctxs = [Context(["a"], [1.0], 0, f"doc{i}", "general", 1.0) for i in range(5)]
+    out = render.contexts_html(ctxs, 1.0, show=2)
+    assert out.count('class="ctx"') == 5 and "3 more contexts" in out
+    assert out.index("<details") > out.index("doc1") and out.index("<details") < out.index("doc2")
+    assert "<details" not in render.contexts_html(ctxs, 1.0)

@@ -11,7 +11,7 @@ import pytest
 from explorer import ui
 from explorer.tabs import browse, compare, search
 from explorer.tabs import map as feature_map
-from tests._fake_backend import FakeBackend
+from tests.fake_backend import FakeBackend
 
 SQLISH = "'; DROP TABLE latents; -- OR 1=1"
 
@@ -28,7 +28,7 @@ def select(row: list) -> gr.SelectData:
 def test_latent_list_sorts_filters_and_pages(fb):
     table, status = browse.list_latents(fb, "topk", "density (high first)", browse.ALL_DOMAINS, 0, "", 1)
     assert list(table.columns) == browse.LIST_COLUMNS and len(table) == fb.D_SAE
-    assert table["density %"].is_monotonic_decreasing and "latents 1-40" in status
+    assert table["dens. %"].is_monotonic_decreasing and "latents 1-40" in status
     code, _ = browse.list_latents(fb, "topk", "latent id", "code", 0.0, "", 1)
     assert set(code["domain"]) == {"code"} and code["latent"].is_monotonic_increasing
     words, _ = browse.list_latents(fb, "topk", "confidence (high first)", None, None, " licence ", 1)
@@ -70,18 +70,24 @@ def test_row_pick_and_target(fb):
 
 
 def test_json_endpoints_return_values_or_an_error(fb):
-    assert browse.latents_api(fb, "topk", limit=3)["latents"][0].keys() >= {"latent", "label", "density"}
+    lat = browse.latents_api(fb, "topk", "max_act", 3)
+    assert len(lat) == 3 and lat[0].keys() >= {"latent", "label", "density"}
+    assert lat[0]["max_act"] >= lat[1]["max_act"] >= lat[2]["max_act"]
     assert "unknown SAE" in browse.latents_api(fb, "zzz")["error"]
     assert browse.feature_api(fb, "topk", 1)["latent"] == 1
     assert "out of range" in browse.feature_api(fb, "topk", 10**9)["error"]
     assert search.search_text_api(fb, "topk", "one two")["tokens"] == ["one", " two"]
     assert "limit" in search.search_text_api(fb, "topk", "x" * 100_000)["error"]
-    assert search.search_features_api(fb, SQLISH)["results"] == []
-    assert len(search.nearest_api(fb, "topk", 1, k=3, other_sae="relu")["results"]) == 3
-    assert len(feature_map.map_api(fb)["points"]) == 3 * fb.D_SAE
+    assert search.search_features_api(fb, SQLISH) == []
+    assert "empty" in search.search_features_api(fb, "")["error"]
+    assert len(search.nearest_api(fb, "topk", 1, k=3, other_sae="relu")) == 3
+    assert "out of range" in search.nearest_api(fb, "topk", -1)["error"]
+    assert "error" in browse.feature_api(fb, "topk", None)
+    assert len(feature_map.map_api(fb)) == 3 * fb.D_SAE and len(feature_map.map_api(fb, "relu")) == fb.D_SAE
     assert "unknown SAE" in feature_map.map_api(fb, "zz")["error"]
     assert compare.compare_api(fb, ["topk", "relu"])["matches"]
     assert "at least two" in compare.compare_api(fb, ["topk"])["error"]
+    assert "at least two" in compare.compare_api(fb, None)["error"]
 
 
 def test_search_text_colours_by_a_chosen_latent(fb):
@@ -160,16 +166,32 @@ def test_compare_tables_and_match_cards(fb):
     assert "cannot open" in bad_a
 
 
-def test_app_builds_with_every_endpoint(fb):
+def test_app_builds_with_every_endpoint_and_tabs_in_order(fb):
     demo = ui.build_app(fb)
     names = {f.api_name for f in demo.fns.values() if f.api_visibility == "public"}
-    assert {"feature", "search_text", "search_features", "map", "compare", "latents", "nearest"} <= names
+    assert {"feature", "search_text", "search_features", "map", "compare", "latents", "nearest", "steer",
+            "coverage"} <= names
+    tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.id]
+    assert tabs == ["Browse", "Search", "Map", "Compare", "Coverage", "Steer"]
     assert ui.launch_options()["css_paths"][0].exists()
 
 
+def test_long_text_is_cut_with_a_notice(fb):
+    with pytest.warns(UserWarning, match="cut to its first"):
+        table, heat, state, latent = search.search_text(fb, "topk", "word " * 500, 5)
+    assert len(state["tokens"]) == fb.MAX_TOKENS and "cut to its first" in heat
+    assert "cut to its first" in search.heatmap(state, latent)  # re-colouring keeps the notice
+    assert search.search_text_api(fb, "topk", "word " * 500)["notice"]
+
+
+def test_coverage_row_opens_browse(fb):
+    sae, latent, tabs = ui.pick_unique("relu", select([17, 0.2, 1.5, "label"]))
+    assert (sae, latent, tabs.selected) == ("relu", 17, "browse")
+
+
 def test_header_and_steer_handoff(fb):
-    out = ui.header_html("w<s>", fb.saes(), ["code"])
-    assert "w&lt;s&gt;" in out and "3 SAEs" in out and "relu" in out
+    out = ui.header_html("w<s>", fb.saes(), ["code"], "smol<lm>")
+    assert "w&lt;s&gt;" in out and "3 SAEs" in out and "relu" in out and "model <b>smol&lt;lm&gt;</b>" in out
     edits, sae, tabs = ui.steer_with(None, 12, "relu")
     assert list(edits["latent"]) == [12] and sae == "relu" and tabs.selected == "steer"
     edits2, _, _ = ui.steer_with(pd.DataFrame(edits), 13, "relu")

@@ -23,7 +23,8 @@ SORTS: dict[str, tuple[str, bool]] = {
 }
 ALL_DOMAINS = "all domains"
 PAGE_SIZE = 200
-LIST_COLUMNS = ["latent", "explanation", "conf.", "density %", "domain"]
+TOP_SHOWN = 8  # top contexts shown open; the rest behind "N more contexts"
+LIST_COLUMNS = ["latent", "explanation", "conf.", "dens. %", "domain"]
 NEAREST_COLUMNS = ["sae", "latent", "cosine", "label"]
 NEAREST_HEADERS = {"cosine": "cos", "label": "explanation"}
 
@@ -47,7 +48,7 @@ def list_latents(backend: Any, sae: str, sort: str, domain: str | None, min_dens
         return pd.DataFrame(columns=LIST_COLUMNS), _warn(e)
     table = render.tidy(pd.DataFrame({
         "latent": df["latent"].astype(int), "explanation": df["label"].fillna(""), "conf.": df["confidence"],
-        "density %": (df["density"].astype("float64") * 100).map(lambda v: float(f"{v:.3g}")),
+        "dens. %": (df["density"].astype("float64") * 100).map(lambda v: float(f"{v:.3g}")),
         "domain": df["top_domain"].fillna(""),
     }), {"conf.": 2})
     first = (page_i - 1) * PAGE_SIZE
@@ -72,7 +73,7 @@ def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
     except ValueError:
         near = empty
     return (render.feature_header_html(fv), render.histogram_figure(fv.hist_edges, fv.hist_counts),
-            render.domain_figure(fv.domain_rates), render.contexts_html(fv.top_contexts, fv.max_act),
+            render.domain_figure(fv.domain_rates), render.contexts_html(fv.top_contexts, fv.max_act, show=TOP_SHOWN),
             render.quantiles_html(fv.quantiles, fv.max_act), render.logits_html(fv.logits_top, fv.logits_bottom), near)
 
 
@@ -95,20 +96,21 @@ def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | 
     return (str(row[sae_col]) if sae_col is not None else default_sae), latent
 
 
-def latents_api(backend: Any, sae: str, sort_by: str = "density", descending: bool = True, domain: str = "",
-                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> dict:
+def latents_api(backend: Any, sae: str, sort_by: str = "density", limit: int = 200, descending: bool = True,
+                domain: str = "", min_density: float = 0.0, query: str = "", offset: int = 0) -> list | dict:
+    """The latent records, or {"error": message}."""
     try:
-        df = backend.latents(sae, sort_by=sort_by, descending=descending, domain=domain or None,
-                             min_density=min_density, query=query, limit=limit, offset=offset)
-    except ValueError as e:
+        df = backend.latents(sae, sort_by=sort_by, descending=bool(descending), domain=domain or None,
+                             min_density=float(min_density), query=query or "", limit=int(limit), offset=int(offset))
+    except (ValueError, TypeError) as e:
         return {"error": str(e)}
-    return {"sae": sae, "latents": render.to_json(df)}
+    return render.to_json(df)
 
 
 def feature_api(backend: Any, sae: str, latent: int) -> dict:
     try:
         return render.to_json(backend.feature(sae, int(latent)))
-    except ValueError as e:
+    except (ValueError, TypeError, OverflowError) as e:
         return {"error": str(e)}
 
 
@@ -165,14 +167,14 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
             with gr.Accordion("Samples across activation quantiles", open=False):
                 quant = gr.HTML()
             with gr.Row():
-                with gr.Column(scale=1, min_width=260):
+                with gr.Column(scale=2, min_width=260):
                     gr.Markdown("#### Logit lens")
                     logits = gr.HTML()
-                with gr.Column(scale=1, min_width=300):
+                with gr.Column(scale=3, min_width=340):
                     gr.Markdown("#### Nearest decoder directions")
                     nearest = gr.Dataframe(pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS),
                                            interactive=False, show_label=False, max_height=320, wrap=True,
-                                           column_widths=["19%", "18%", "13%", "50%"], elem_id="nearest-list")
+                                           column_widths=["20%", "14%", "13%", "53%"], elem_id="nearest-list")
     dashboard = [head, hist, dom, contexts, quant, logits, nearest]
     filters = [sae, sort, domain, min_density, query, page]
     show = functools.partial(show_feature, backend)
@@ -194,12 +196,12 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
     opener.wire(table.select, pick_listed, [sae])
     opener.wire(nearest.select, pick_nearest, [])
 
-    def latents_endpoint(sae: str, sort_by: str = "density", descending: bool = True, domain: str = "",
-                         min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> dict:
-        """Latents of an SAE, filtered by top domain, minimum density and words in the explanation.
+    def latents_endpoint(sae: str, sort_by: str = "density", limit: int = 200, descending: bool = True,
+                         domain: str = "", min_density: float = 0.0, query: str = "", offset: int = 0) -> list | dict:
+        """Latents of an SAE as records, filtered by top domain, minimum density and words in the explanation.
 
         sort_by: density | confidence | max_act | latent."""
-        return latents_api(backend, sae, sort_by, descending, domain, min_density, query, limit, offset)
+        return latents_api(backend, sae, sort_by, limit, descending, domain, min_density, query, offset)
 
     def feature_endpoint(sae: str, latent: int) -> dict:
         """One latent's dashboard: explanation, scores, statistics, contexts, quantiles, histogram, logit lens."""

@@ -11,9 +11,9 @@ from .. import render
 from .browse import Opener, row_pick
 
 MATCH_COLUMNS = ["sae_a", "latent_a", "label_a", "sae_b", "latent_b", "label_b", "cosine"]
-UNMATCHED_COLUMNS = ["sae", "latent", "label", "best_cosine"]
+UNMATCHED_COLUMNS = ["sae", "latent", "label", "best_cosine", "vs"]
 HEADERS = {"sae_a": "SAE A", "latent_a": "id A", "label_a": "explanation A", "sae_b": "SAE B", "latent_b": "id B",
-           "label_b": "explanation B", "label": "explanation", "best_cosine": "best cos"}
+           "label_b": "explanation B", "label": "explanation", "best_cosine": "best cos", "vs": "in SAE"}
 
 
 def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -62,8 +62,8 @@ def show_match(backend: Any, evt: gr.SelectData) -> tuple[str, str]:
 
 def compare_api(backend: Any, saes: list[str], threshold: float = 0.7) -> dict:
     try:
-        return render.to_json(backend.compare(list(saes), threshold=float(threshold)))
-    except ValueError as e:
+        return render.to_json(backend.compare(list(saes or []), threshold=float(threshold)))
+    except (ValueError, TypeError) as e:
         return {"error": str(e)}
 
 
@@ -74,7 +74,7 @@ def _pick_unmatched(evt: gr.SelectData) -> tuple:
 def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     """Lay out the tab; returns its first comparison (fn, inputs, outputs), run when the tab is first opened."""
     with gr.Row(elem_classes=["bar"]):
-        saes = gr.CheckboxGroup(sae_names, value=sae_names[:2], label="SAEs (the first is matched against the others)",
+        saes = gr.CheckboxGroup(sae_names, value=sae_names[:3], label="SAEs (the first is matched against the others)",
                                 scale=3)
         threshold = gr.Slider(0.3, 0.99, value=0.7, step=0.01, label="match threshold (decoder cosine)", scale=2)
         go_btn = gr.Button("Compare", variant="primary", scale=0, min_width=120)
@@ -83,17 +83,18 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
         with gr.Column(scale=2, min_width=320):
             metrics = gr.Dataframe(interactive=False, show_label=False, max_height=340, elem_id="compare-metrics")
         with gr.Column(scale=3, min_width=480):
-            pareto = gr.Plot(show_label=False)
+            pareto = gr.Plot(show_label=False, elem_id="compare-pareto")
     with gr.Row():
         with gr.Column(scale=3, min_width=480):
             gr.Markdown("#### Matched latents (best decoder cosine)")
             matches = gr.Dataframe(pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS), interactive=False,
                                    show_label=False, max_height=360, wrap=True, elem_id="compare-matches",
-                                   column_widths=["9%", "8%", "27%", "9%", "8%", "27%", "12%"])
+                                   column_widths=["12%", "7%", "25%", "12%", "7%", "25%", "12%"])
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### Unmatched latents (select to open)")
             unmatched = gr.Dataframe(pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS), interactive=False,
-                                     show_label=False, max_height=360, wrap=True)
+                                     show_label=False, max_height=360, wrap=True, elem_id="compare-unmatched",
+                                     column_widths=["17%", "12%", "45%", "12%", "14%"])
     with gr.Row():
         card_a = gr.HTML(render.message_html("Select a match to compare its two latents.", "info"))
         card_b = gr.HTML()

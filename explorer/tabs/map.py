@@ -84,9 +84,9 @@ def open_pick(text: str, choice: str | None) -> tuple:
         raise gr.Error(str(e)) from None
 
 
-def map_api(backend: Any, sae: str = "") -> dict:
+def map_api(backend: Any, sae: str = "") -> list | dict:
     try:
-        return {"points": render.to_json(backend.feature_map(sae or None))}
+        return render.to_json(backend.feature_map(sae or None))
     except ValueError as e:
         return {"error": str(e)}
 
@@ -121,7 +121,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     pick.submit(functools.partial(show_card, backend), [pick, choice], card, api_visibility="private")
     opener.wire(open_btn.click, open_pick, [pick, choice])
 
-    def map_endpoint(sae: str = "") -> dict:
+    def map_endpoint(sae: str = "") -> list | dict:
         """Map coordinates of every latent (sae empty: the joint map of all SAEs) with density, domain, label."""
         return map_api(backend, sae)
 

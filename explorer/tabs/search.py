@@ -48,8 +48,13 @@ def search_text(backend: Any, sae: str, text: str, top_n: float = 10) -> tuple[p
     table = display(res.top_latents, TEXT_COLUMNS, {"max_act": 1, "mean_act": 2})
     state = {"sae": sae, "tokens": list(res.tokens), "per_token": [list(map(list, pt)) for pt in res.per_token],
              "acts": {int(k): list(map(float, v)) for k, v in res.acts.items()}}
+    notice = getattr(res, "notice", "")
+    if notice:
+        gr.Warning(notice)
+    note = render.message_html(notice, "info") if notice else ""
+    state["notice"] = note
     if table.empty:
-        return table, render.message_html("No latent fires on this text.", "info"), state, None
+        return table, note + render.message_html("No latent fires on this text.", "info"), state, None
     latent = int(table["latent"].iloc[0])
     return table, heatmap(state, latent), state, latent
 
@@ -61,7 +66,7 @@ def heatmap(state: dict, latent: float | None) -> str:
     acts = state["acts"].get(int(latent))
     if acts is None:
         return render.message_html(f"Latent {int(latent)} is not among this text's top latents.", "info")
-    return render.text_heatmap_html(state["tokens"], acts, state["per_token"], int(latent))
+    return state.get("notice", "") + render.text_heatmap_html(state["tokens"], acts, state["per_token"], int(latent))
 
 
 def open_chosen(state: dict, latent: float | None) -> tuple:
@@ -101,22 +106,22 @@ def nearest(backend: Any, sae: str, latent: float | None, k: float = 10,
 
 def search_text_api(backend: Any, sae: str, text: str, top_n: int = 10) -> dict:
     try:
-        return render.to_json(backend.search_text(sae, text, top_n=int(top_n)))
-    except ValueError as e:
+        return render.to_json(backend.search_text(sae, text or "", top_n=int(top_n)))
+    except (ValueError, TypeError) as e:
         return {"error": str(e)}
 
 
-def search_features_api(backend: Any, query: str, sae: str = "", limit: int = 50) -> dict:
+def search_features_api(backend: Any, query: str, sae: str = "", limit: int = 50) -> list | dict:
     try:
-        return {"results": render.to_json(backend.search_features(query, sae=sae or None, limit=int(limit)))}
-    except ValueError as e:
+        return render.to_json(backend.search_features(query, sae=sae or None, limit=int(limit)))
+    except (ValueError, TypeError) as e:
         return {"error": str(e)}
 
 
-def nearest_api(backend: Any, sae: str, latent: int, k: int = 10, other_sae: str = "") -> dict:
+def nearest_api(backend: Any, sae: str, latent: int, k: int = 10, other_sae: str = "") -> list | dict:
     try:
-        return {"results": render.to_json(backend.nearest(sae, int(latent), k=int(k), other_sae=other_sae or None))}
-    except ValueError as e:
+        return render.to_json(backend.nearest(sae, int(latent), k=int(k), other_sae=other_sae or None))
+    except (ValueError, TypeError, OverflowError) as e:
         return {"error": str(e)}
 
 
@@ -191,11 +196,11 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
         """Which latents fire on a text: tokens, top latents, per-token top latents, activations of the top latents."""
         return search_text_api(backend, sae, text, top_n)
 
-    def search_features_endpoint(query: str, sae: str = "", limit: int = 50) -> dict:
+    def search_features_endpoint(query: str, sae: str = "", limit: int = 50) -> list | dict:
         """Latents whose explanation contains the query words (sae empty: all SAEs)."""
         return search_features_api(backend, query, sae, limit)
 
-    def nearest_endpoint(sae: str, latent: int, k: int = 10, other_sae: str = "") -> dict:
+    def nearest_endpoint(sae: str, latent: int, k: int = 10, other_sae: str = "") -> list | dict:
         """The k decoder directions nearest (cosine) to a latent's, in its own SAE or in other_sae."""
         return nearest_api(backend, sae, latent, k, other_sae)
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from backend.service import BackendError, CompareResult, Context, FeatureView, TextSearchResult
+from backend.service import (
+    BackendError,
+    CompareResult,
+    Context,
+    FeatureView,
+    TextSearchResult,
+)
 
 MAX_TEXT = 20_000
 DOMAINS = ["general", "code", "legal"]
@@ -20,7 +26,9 @@ class FakeBackend:
     """Three SAEs of 40 latents each with deterministic pseudo-random statistics."""
 
     workspace_name = "fake"
+    model_name = "fake-lm"
     D_SAE = 40
+    MAX_TOKENS = 64
 
     def __init__(self) -> None:
         rng = np.random.default_rng(0)
@@ -59,6 +67,12 @@ class FakeBackend:
     def subdomains(self) -> list[str]:
         return []
 
+    def coverage(self, subdomain: str) -> dict:
+        raise BackendError(f"no subdomain {subdomain!r}: this workspace has no subdomain SAEs")
+
+    def shift_report(self) -> dict | None:
+        return None
+
     def latents(self, sae: str, *, sort_by: str = "density", descending: bool = True, domain: str | None = None,
                 min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
         df = self._check(sae)
@@ -95,13 +109,16 @@ class FakeBackend:
     def search_text(self, sae: str, text: str, top_n: int = 10) -> TextSearchResult:
         self._check(sae)
         tokens = [" " + w if i else w for i, w in enumerate(self._text(text).split())]
+        notice = ""
+        if len(tokens) > self.MAX_TOKENS:
+            tokens, notice = tokens[:self.MAX_TOKENS], f"the text was cut to its first {self.MAX_TOKENS} tokens"
         lat = list(range(min(top_n, 3)))
         acts = {k: [float((i + k) % 3) for i in range(len(tokens))] for k in lat}
         top = pd.DataFrame({"latent": lat, "label": [self._lat[sae].label[k] for k in lat],
                             "max_act": [max(acts[k]) for k in lat], "mean_act": [float(np.mean(acts[k])) for k in lat],
                             "n_tokens_fired": [sum(a > 0 for a in acts[k]) for k in lat]})
         per_token = [[(k, acts[k][i]) for k in lat if acts[k][i] > 0] for i in range(len(tokens))]
-        return TextSearchResult(tokens, top, per_token, acts)
+        return TextSearchResult(tokens, top, per_token, acts, notice)
 
     def search_features(self, query: str, sae: str | None = None, limit: int = 50) -> pd.DataFrame:
         q = self._text(query)
@@ -140,5 +157,6 @@ class FakeBackend:
                                 "sae_b": b, "latent_b": range(self.D_SAE), "label_b": self._lat[b].label,
                                 "cosine": cos})
         low = matches[matches.cosine < threshold]
-        unmatched = pd.DataFrame({"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine})
+        unmatched = pd.DataFrame({"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine,
+                                  "vs": b})
         return CompareResult(metrics, matches, unmatched.reset_index(drop=True))
