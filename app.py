@@ -1,7 +1,7 @@
 """SAE Explorer: open a workspace (building it first from a config if needed) and serve the UI.
 
-    python app.py                                   # the demo workspace (configs/demo.yaml), built if absent
-    python app.py --workspace workspaces/tiny       # an existing workspace
+    python app.py                                   # text, protein and recommender demo workspaces, built if absent
+    python app.py --workspace workspaces/tiny       # an existing workspace (repeat --workspace to serve several)
     python app.py --config my.yaml --port 7861 --host 0.0.0.0 --auth me:secret
 
 Binds 127.0.0.1 unless --host says otherwise. The backend (torch, DuckDB) is opened here and
@@ -14,16 +14,17 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = "configs/demo.yaml"
+DEFAULT_CONFIGS = ["configs/demo.yaml", "configs/protein.yaml", "configs/recsys.yaml"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python app.py",
-                                description="SAE Explorer: browse, search, map and compare SAE latents.")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--workspace", help="an existing workspace folder (with index.duckdb)")
-    src.add_argument("--config",
-                     help=f"a workspace config; the workspace is built first if absent (default {DEFAULT_CONFIG})")
+                                description="SAE Explorer: browse, search, map, compare and steer SAE latents.")
+    p.add_argument("--workspace", action="append", default=[],
+                   help="an existing workspace folder (with index.duckdb); repeat to serve several")
+    p.add_argument("--config", action="append", default=[],
+                   help="a workspace config; the workspace is built first if absent; repeat to serve several "
+                        f"(default: {' '.join(DEFAULT_CONFIGS)})")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--auth", help="require a login, given as user:password")
@@ -33,43 +34,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def open_workspace_dir(args: argparse.Namespace) -> Path:
-    """The workspace folder to serve; builds it from the config when its index is missing."""
-    if args.workspace:
-        path = Path(args.workspace)
+def workspace_dirs(args: argparse.Namespace) -> list[Path]:
+    """The workspace folders to serve, in order; builds each config's workspace when its index is missing."""
+    out = []
+    for w in args.workspace:
+        path = Path(w)
         if not (path / "index.duckdb").exists():
             raise FileNotFoundError(f"{path} has no index.duckdb: build it with `python -m backend build CONFIG` "
                                     "or start with --config CONFIG")
-        return path
+        out.append(path)
+    configs = args.config or ([] if args.workspace else DEFAULT_CONFIGS)
     from backend.workspace import create_workspace
 
-    config = args.config or DEFAULT_CONFIG
-    ws = create_workspace(config)
-    if not ws.index_path.exists():
-        from backend.build import build_workspace
+    for config in configs:
+        ws = create_workspace(config)
+        if not ws.index_path.exists():
+            from backend.build import build_workspace
 
-        print(f"[app] building workspace {ws.path} from {config} (first run only)...", flush=True)
-        build_workspace(config, ws.path, verbose=True)
-    return ws.path
+            print(f"[app] building workspace {ws.path} from {config} (first run only)...", flush=True)
+            build_workspace(config, ws.path, verbose=True)
+        out.append(ws.path)
+    return out
+
+
+def mount_paths(backends: list) -> list[tuple[str, str, str]]:
+    """(name, modality, url path): the first workspace at /, the others at /<name>/."""
+    return [(b.workspace_name, b.modality, "/" if i == 0 else f"/{b.workspace_name}/") for i, b in enumerate(backends)]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        path = open_workspace_dir(args)
         from backend.service import Backend
 
-        backend = Backend(path)
+        backends = [Backend(p) for p in workspace_dirs(args)]
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    names = [b.workspace_name for b in backends]
+    if len(set(names)) != len(names):
+        print(f"error: workspace names must differ to be served together, got {names}", file=sys.stderr)
+        return 2
     from explorer.ui import build_app, launch_options
 
-    demo = build_app(backend)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    print(f"[app] serving workspace {backend.workspace_name} on http://{args.host}:{args.port}", flush=True)
-    demo.launch(server_name=args.host, server_port=args.port, auth=auth, show_error=True, **launch_options())
+    paths = mount_paths(backends)
+    if len(backends) == 1:
+        print(f"[app] serving workspace {names[0]} on http://{args.host}:{args.port}", flush=True)
+        build_app(backends[0]).launch(server_name=args.host, server_port=args.port, auth=auth, show_error=True,
+                                      **launch_options())
+        return 0
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    # mount the sub-paths first: the app at "/" would otherwise catch their requests
+    for b, (name, _, path) in sorted(zip(backends, paths), key=lambda bp: bp[1][2] == "/"):
+        gr.mount_gradio_app(app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=True,
+                            **launch_options())
+        print(f"[app] workspace {name} ({b.modality}) at http://{args.host}:{args.port}{path}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

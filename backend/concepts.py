@@ -119,21 +119,28 @@ def top_activation_enrichment(latents, labels, concepts: Sequence[str], top_n: i
     Rows (latent, concept): n_top (firing positions used, <= top_n), share, base_rate, lift, p, q."""
     z, y = _t(latents).float(), _t(labels).float()
     N, L = z.shape
-    k = min(top_n, N)
-    vals, idx = torch.topk(z.T, k, dim=1)  # (L, k)
+    vals, idx = torch.topk(z.T, min(top_n, N), dim=1)  # (L, k)
     firing = (vals > 0).float()  # (L, k)
     hits = torch.einsum("lk,lkc->lc", firing, y[idx])  # (L, C)
-    n_top = firing.sum(1, keepdim=True)  # (L, 1)
-    share = torch.where(n_top > 0, hits / n_top.clamp_min(1), torch.zeros_like(hits))
-    base = y.mean(0, keepdim=True)  # (1, C)
-    lift = torch.where(base > 0, share / base.clamp_min(1e-12), torch.zeros_like(share))
-    hits_n, n_c = hits.numpy().round(), y.sum(0).numpy()[None, :]
-    p = _enrichment_p(hits_n, N, np.broadcast_to(n_c, hits_n.shape), np.broadcast_to(n_top.numpy(), hits_n.shape))
-    C = y.shape[1]
+    return enrichment_table(hits.numpy(), firing.sum(1).numpy(), y.sum(0).numpy(), N, concepts)
+
+
+def enrichment_table(hits: np.ndarray, n_top: np.ndarray, n_concept: np.ndarray, n_total: int,
+                     concepts: Sequence[str]) -> pd.DataFrame:
+    """The ``top_activation_enrichment`` frame from counts: hits (L, C) concept positives among each
+    latent's n_top (L,) top positions; n_concept (C,) positives among all n_total positions."""
+    hits = np.round(hits)
+    L, C = hits.shape
+    n_top = np.asarray(n_top, dtype=float)[:, None]
+    share = np.divide(hits, n_top, out=np.zeros_like(hits, dtype=float), where=n_top > 0)
+    base = np.asarray(n_concept, dtype=float)[None, :] / max(n_total, 1)
+    lift = np.divide(share, base, out=np.zeros_like(share), where=base > 0)
+    p = _enrichment_p(hits, n_total, np.broadcast_to(np.asarray(n_concept)[None, :], hits.shape),
+                      np.broadcast_to(n_top, hits.shape))
     return pd.DataFrame({
         "latent": np.repeat(np.arange(L), C), "concept": np.tile(np.asarray(concepts, dtype=object), L),
-        "n_top": np.repeat(n_top.numpy()[:, 0].astype(np.int64), C), "hits": hits_n.ravel().astype(np.int64),
-        "share": share.numpy().ravel(), "base_rate": np.tile(base.numpy()[0], L), "lift": lift.numpy().ravel(),
+        "n_top": np.repeat(n_top[:, 0].astype(np.int64), C), "hits": hits.ravel().astype(np.int64),
+        "share": share.ravel(), "base_rate": np.tile(base[0], L), "lift": lift.ravel(),
         "p_value": p.ravel(), "q_value": bh_qvalues(p).ravel(),
     })
 

@@ -55,6 +55,8 @@ class CorpusConfig:
     """Keep at most this many documents (after dedup), chosen deterministically."""
     max_windows: int | None = None
     """Keep at most this many context windows from this corpus."""
+    annotations: str | None = None
+    """Protein user corpus: a .csv/.tsv/.parquet/.jsonl table protein_id, start, end, concept (0-based, end exclusive)."""
 
     def __post_init__(self) -> None:
         for f in ("max_docs", "max_windows"):

@@ -182,12 +182,32 @@ def _absorbed(sae, X, Xn, y, W, sd, use) -> dict:
             "probe_accuracy": float(right.float().mean())}
 
 
+@torch.inference_mode()
+def classifier_metrics(adapter, sae, site: str, windows: pd.DataFrame, batch_size: int = 8) -> dict:
+    """Protein classifier (reads <cls> after the last block): with the SAE spliced in at the residues,
+    mean KL(clean || spliced) of the class distribution, mean |delta p| of the predicted class, and the
+    share of sequences whose predicted class is unchanged."""
+    kl = dp = same = 0.0
+    n = 0
+    for i in range(0, len(windows), batch_size):
+        b = adapter.batch_from_ids(list(windows["token_ids"].iloc[i : i + batch_size]))
+        p = adapter.class_probs(b).float()
+        with adapter.intervene(site, _splice_fn(sae, b.keep_mask, "sae")):
+            q = adapter.class_probs(b).float()
+        kl += float((p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum())
+        top = p.argmax(1)
+        dp += float((q.gather(1, top[:, None]) - p.gather(1, top[:, None])).abs().sum())
+        same += float((q.argmax(1) == top).sum())
+        n += len(p)
+    return {"classifier_kl": kl / max(n, 1), "classifier_abs_dp": dp / max(n, 1), "classifier_agree": same / max(n, 1)}
+
+
 def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
     """metrics.json for every SAE of the workspace (skips SAEs already evaluated unless force)."""
     ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
     from .sae import load_sae
 
-    adapter, site = ws.adapter(verbose=False), ws.config.activations.site
+    adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.modality
     cache = ws.activation_source()
     x = cache.all_acts(n_tokens)
     tok = torch.cat([cache.load_shard(i)["token_ids"] for i in range(len(cache.shards))])[: len(x)]
@@ -203,12 +223,18 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
         xs = x if s.data == "general" else ws.activation_source(s.data).all_acts(n_tokens)
         m = reconstruction_metrics(sae, xs, s.matryoshka_widths or None)
         m["decoder_max_cos"] = cos_stats(sae.W_dec)
-        refs = refs or reference_passes(adapter, site, sample)
-        m.update(ce_metrics(adapter, sae, site, refs=refs))
-        m.update(absorption(adapter, sae, x, tok))
+        if kind in ("text", "recsys"):  # next-token / next-item CE with the SAE spliced in
+            refs = refs or reference_passes(adapter, site, sample)
+            m.update(ce_metrics(adapter, sae, site, refs=refs))
+        elif getattr(adapter, "head", "") == "classifier":
+            m.update(classifier_metrics(adapter, sae, site, sample))
+        if kind == "text":  # the first-letter task needs words
+            m.update(absorption(adapter, sae, x, tok))
         write_metrics(d, m)
         if progress:
-            print(f"[eval] {s.name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  CE recovered {m['ce_recovered']:.3f}  "
+            down = (f"CE recovered {m['ce_recovered']:.3f}" if "ce_recovered" in m else
+                    f"classifier KL {m['classifier_kl']:.4f}" if "classifier_kl" in m else "")
+            print(f"[eval] {s.name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  {down}  "
                   f"absorption {m.get('absorption_rate')}", flush=True)
 
 

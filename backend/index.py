@@ -74,6 +74,10 @@ class IndexActs:
     tokstr: np.ndarray  # (max id + 1,) object: rendered strings of the ids that occur
     source: np.ndarray  # (n_windows,) object: source of every windows-table row
 
+    def offsets(self) -> np.ndarray:
+        """(n,) each row's offset among its window's kept tokens (rows of a window are contiguous, in order)."""
+        return np.arange(len(self.window)) - self.window_bounds()[0]
+
     def window_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(first row, end row) of the window each row belongs to."""
         change = np.r_[True, self.window[1:] != self.window[:-1]]
@@ -197,8 +201,9 @@ def _ragged(flat: np.ndarray, lengths: np.ndarray, type_: pa.DataType) -> pa.Lis
 
 def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembed: torch.Tensor | None,
               token_strings: Callable[[list[int]], list[str]], seed: int = 0, device: torch.device | str = "cpu",
-              labeller: Labeller | None = None) -> dict[str, pa.Table]:
-    """Index one SAE over ``ia``: returns the ``saes``, ``latents`` and ``contexts`` tables (see module doc)."""
+              labeller: Labeller | None = None, concepts: tuple[np.ndarray, list[str]] | None = None) -> dict[str, pa.Table]:
+    """Index one SAE over ``ia``: returns the ``saes``, ``latents`` and ``contexts`` tables (see module doc),
+    and ``concepts`` when token concept labels (n, C) are given (protein and recommender workspaces)."""
     d_sae = int(sae.W_dec.shape[0])
     train, held = np.nonzero(~ia.heldout)[0], np.nonzero(ia.heldout)[0]
     n_dom, V = len(ia.domains), len(ia.tokstr)
@@ -228,8 +233,10 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
         bands.update(c * nb + np.minimum((frac * nb).astype(np.int64), nb - 1), rng.random(len(c)), r)
         pairs = pairs + _pair_counts(r, c, ia.token, (d_sae, V))
     held_pairs = sp.csr_matrix((d_sae, V), dtype=np.float32)
+    held_fire = sp.csr_matrix((len(ia.token), d_sae), dtype=np.float32)
     for r, c, _, _ in encode_sparse(sae, ia.acts, held, device):
         held_pairs = held_pairs + _pair_counts(r, c, ia.token, (d_sae, V))
+        held_fire = held_fire + sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=held_fire.shape)
     dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
     rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
     g, _, _, row = top.items()
@@ -238,6 +245,15 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
                         lambda ids: ia.tokstr[ids].tolist())
     expl = (labeller or StatisticalLabeller()).explain(ev)
     detection_scores(expl, held_pairs, np.bincount(ia.token[held], minlength=V).astype(float))
+    tables: dict[str, pa.Table] = {}
+    if concepts is not None:
+        cm = concept_matches(fired, train, held, held_fire, top.items(), mx, *concepts)
+        tables["concepts"] = pa.Table.from_pandas(cm.assign(sae=name), preserve_index=False)
+        best = cm.sort_values("confidence", ascending=False).drop_duplicates("latent")
+        for r in best.itertuples(index=False):  # a concept beats the token label when it predicts firing better
+            e = expl[int(r.latent)]
+            if r.confidence > e.confidence:
+                e.label, e.confidence, e.precision, e.recall = r.concept, r.confidence, r.conf_precision, r.conf_recall
     logit_top, logit_bottom = logit_lens(sae.W_dec, unembed, token_strings)
     edges = np.linspace(0, 1, N_BINS + 1)[None, :] * mx[:, None].astype(np.float64)  # (d_sae, N_BINS + 1)
     latents = pa.table({
@@ -258,7 +274,65 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
                              np.r_[row, qrow], fired, ia, cfg.context_radius)
     saes = pa.table({"sae": [name], "architecture": [arch], "d_in": [int(sae.W_dec.shape[1])], "d_sae": [d_sae],
                      "n_tokens": [len(train)], "n_heldout": [len(held)], "n_quantiles": [nb]})
-    return {"saes": saes, "latents": latents, "contexts": contexts}
+    return {"saes": saes, "latents": latents, "contexts": contexts, **tables}
+
+
+def concept_matches(fired: Firings, train: np.ndarray, held: np.ndarray, held_fire: sp.csr_matrix, top_items,
+                    mx: np.ndarray, labels: np.ndarray, names: list[str], per_latent: int = 3,
+                    max_q: float = 0.05, min_lift: float = 1.5) -> pd.DataFrame:
+    """Latent-concept matches of one SAE (backend/concepts.py), two ways, each checked on held-out rows:
+
+    - ``f1`` (InterPLM): on the train rows, precision/recall/F1 of "fires above t x max" against the
+      concept over thresholds t, with a Bonferroni x BH-corrected hypergeometric p; the ``per_latent``
+      best-F1 significant concepts per latent whose precision is >= ``min_lift`` x the concept's base rate;
+    - ``top`` (RecSAE): the concept most over-represented among the latent's indexed top activations
+      (q <= max_q, lift >= 1.5, >= 3 hits).
+    Confidence (RecSAE): on the held-out rows, predict "the latent fires" from the concept alone:
+    conf_precision = P(fires | concept), conf_recall = P(concept | fires), confidence = their F1."""
+    from .concepts import ConceptAccumulator, assign_concepts, enrichment_table
+
+    d_sae, C = fired.d_sae, labels.shape[1]
+    acc = ConceptAccumulator(mx, C)
+    for s in range(0, len(train), CHUNK):  # dense chunks rebuilt from the kept firings (no re-encode)
+        rows = train[s : s + CHUNK]
+        lo, hi = np.searchsorted(fired.key, [rows[0] * d_sae, (rows[-1] + 1) * d_sae])
+        r, c = np.divmod(fired.key[lo:hi], d_sae)
+        z = np.zeros((len(rows), d_sae), np.float32)
+        z[np.searchsorted(rows, r), c] = fired.value[lo:hi]
+        acc.add(torch.from_numpy(z), torch.from_numpy(labels[rows]))
+    f1 = acc.result(names)
+    # lift = precision / base rate: a frequent concept (a popular-item band, one gender) would otherwise
+    # match every dense latent on F1 alone
+    f1["lift"] = f1["precision"] / (f1["n_concept"] / max(acc.n, 1)).clip(lower=1e-12)
+    f1 = f1[(f1["q_value"] <= max_q) & (f1["tp"] > 0) & (f1["lift"] >= min_lift)]
+    f1 = f1.sort_values(["latent", "f1"], ascending=[True, False])
+    f1 = f1.groupby("latent").head(per_latent).assign(method="f1")
+    g, _, _, row = top_items
+    yl = labels[row].astype(np.float64)  # (n_top_pairs, C)
+    hits = np.zeros((d_sae, C))
+    np.add.at(hits, g, yl)
+    n_train = labels[train].sum(0)
+    enr = enrichment_table(hits, np.bincount(g, minlength=d_sae), n_train, len(train), names)
+    top = assign_concepts(enr, max_q=max_q, min_lift=min_lift).assign(method="top")
+    out = pd.concat([f1[["latent", "concept", "method", "threshold", "precision", "recall", "f1", "lift", "q_value"]],
+                     top[["latent", "concept", "method", "share", "lift", "q_value"]]], ignore_index=True)
+    # held-out confidence of every candidate pair
+    Y = sp.csr_matrix(labels[held].astype(np.float32))  # (n_held, C)
+    both = (held_fire[held].T @ Y).toarray()  # (d_sae, C)
+    n_fire = np.asarray(held_fire[held].sum(0)).ravel()
+    n_c = np.asarray(Y.sum(0)).ravel()
+    col = {c: j for j, c in enumerate(names)}
+    li, ci = out["latent"].to_numpy(np.int64), out["concept"].map(col).to_numpy(np.int64)
+    b = both[li, ci]
+    prec = np.divide(b, n_c[ci], out=np.zeros_like(b), where=n_c[ci] > 0)
+    rec = np.divide(b, n_fire[li], out=np.zeros_like(b), where=n_fire[li] > 0)
+    out["conf_precision"], out["conf_recall"] = prec, rec
+    out["confidence"] = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(b), where=(prec + rec) > 0)
+    out["support"] = n_c[ci].astype(np.int64)
+    cols = ["latent", "concept", "method", "threshold", "precision", "recall", "f1", "share", "lift", "q_value",
+            "conf_precision", "conf_recall", "confidence", "support"]
+    return out.reindex(columns=cols).astype({"latent": np.int32}).sort_values(["latent", "confidence"],
+                                                                               ascending=[True, False])
 
 
 def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.ndarray, fired: Firings,
@@ -281,7 +355,8 @@ def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.nd
     kinds = np.array(["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
     return pa.table({
         "sae": [name] * len(center), "latent": latent.astype(np.int32), "kind": kinds[band].tolist(), "rank": rank,
-        "window_row": ia.window[center], "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
+        "window_row": ia.window[center], "win_offset": (center - (radius - (~valid[:, :radius]).sum(1))
+                                                    - start[center]).astype(np.int32), "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
         "acts": _ragged(acts, lengths, pa.float32()), "focus": (radius - (~valid[:, :radius]).sum(1)).astype(np.int32),
         "source": ia.source[ia.window[center]].tolist(), "domain": [ia.domains[d] for d in ia.domain[center]],
         "max_act": max_act,
@@ -337,7 +412,8 @@ def _arch(s) -> str:
 
 def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, Any]], cfg: IndexConfig,
                 unembed: torch.Tensor | None, token_strings: Callable[[list[int]], list[str]], *, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = False) -> dict[str, float]:
+                device: torch.device | str = "cpu", progress: bool = False,
+                concepts: tuple[np.ndarray, list[str]] | None = None) -> dict[str, float]:
     """Index (name, architecture, sae) triples (a lazy iterable: one SAE in memory at a time) over ``ia``
     and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps."""
     timings: dict[str, float] = {}
@@ -345,7 +421,8 @@ def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, A
     with IndexWriter(out) as writer:
         for name, arch, sae in saes:
             t = time.perf_counter()
-            for table, frame in index_sae(name, arch, sae, ia, cfg, unembed, token_strings, seed, device).items():
+            for table, frame in index_sae(name, arch, sae, ia, cfg, unembed, token_strings, seed, device,
+                                          concepts=concepts).items():
                 writer.add(table, frame)
             mats[name] = sae.W_dec.detach().float().cpu().numpy()
             timings[f"sae:{name}_s"] = time.perf_counter() - t
@@ -377,9 +454,12 @@ def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dic
             check_site(sae, adapter.d_model, ws.config.activations.site)
             yield s.name, _arch(s), sae
 
+    from .beyond import token_concepts
+
+    concepts = token_concepts(ws, ws.windows(), ia.window, ia.offsets(), ia.token)  # None for text
     out = Path(out or ws.index_path)
     timings = write_index(out, ia, saes(), ws.config.index, adapter.unembed(), adapter.token_strings,
-                          seed=ws.config.train.seed, device=adapter.device, progress=progress)
+                          seed=ws.config.train.seed, device=adapter.device, progress=progress, concepts=concepts)
     timings.update(tokens=float(len(ia.token)), activations_s=t_acts, total_s=time.perf_counter() - t0)
     if progress:
         print(f"[index] {len(ws.config.saes)} SAEs over {len(ia.token):,} tokens in {timings['total_s']:.0f} s "

@@ -43,6 +43,7 @@ class Context:
     source: str
     domain: str
     max_act: float
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # protein annotations (start, end, concept)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class FeatureView:
     logits_bottom: list[tuple[str, float]]
     domain_rates: dict[str, float]
     top_tokens: list[tuple[str, float]] = field(default_factory=list)
+    concepts: list[dict[str, Any]] = field(default_factory=list)  # concept matches (protein, recommender)
 
 
 @dataclass
@@ -102,7 +104,9 @@ class Backend(SteeringViews):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
         self.workspace_name = self.ws.config.name
         self.model_name = self.ws.config.model.id
+        self.modality = self.ws.modality  # 'text' | 'protein' | 'recsys'
         self.index = IndexReader(self.ws.index_path)
+        self._windows: pd.DataFrame | None = None
         self._lock = threading.Lock()
         self._saes: dict[str, Any] = {}
         self._faiss: dict[str, Any] = {}
@@ -195,7 +199,12 @@ class Backend(SteeringViews):
             raise BackendError(f"latent {i} of {sae!r} is not in the index; rebuild it with `python -m backend index`")
         by_kind: dict[str, list[Context]] = {}
         for r in self.index.contexts(sae, i):  # ordered by kind, then rank (activation, descending)
-            by_kind.setdefault(r["kind"], []).append(_context(r))
+            c = _context(r)
+            if self.modality == "protein" and r.get("win_offset") is not None:
+                from .beyond import context_spans
+
+                c.spans = context_spans(self.ws, self.windows(), r["window_row"], r["win_offset"], len(c.tokens))
+            by_kind.setdefault(r["kind"], []).append(c)
         nb = self._n_bands[sae]
         bands = sorted((k for k in by_kind if k.startswith("q")), key=lambda k: -int(k[1:]))
         quantiles = [(f"{int(k[1:]) * 100 // nb}-{(int(k[1:]) + 1) * 100 // nb}% of max", by_kind[k]) for k in bands]
@@ -210,7 +219,29 @@ class Backend(SteeringViews):
             logits_top=[(t, float(v)) for t, v in json.loads(row["logit_top"])],
             logits_bottom=[(t, float(v)) for t, v in json.loads(row["logit_bottom"])],
             domain_rates=json.loads(row["domain_rates"]), top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
+            concepts=[{k: (None if isinstance(v, float) and v != v else v) for k, v in c.items() if k != "sae"}
+                      for c in self.index.concepts(sae, i)],
         )
+
+    def example_input(self, n: int = 20) -> str:
+        """A real input to steer with: a text prompt, a protein sequence (an annotated window's residues,
+        SUMO site windows first) or a user's last ``n`` items as raw ids (recommender)."""
+        if self.modality == "text":
+            return "Tell me about your favourite place."
+        w = self.windows()
+        adapter = self.adapter()
+        if self.modality == "protein":
+            pick = w[w["doc_id"].astype(str).str.startswith("sumo_pos")]
+            ids = list((pick if len(pick) else w)["token_ids"].iloc[0])
+            return "".join(adapter.token_strings(ids))
+        ids = list(w["token_ids"].iloc[0])[-n:]
+        return " ".join(str(adapter.items[int(i) - 1]["id"]) for i in ids)
+
+    def windows(self) -> pd.DataFrame:
+        """The workspace's windows table (cached; for context provenance and annotation spans)."""
+        if self._windows is None:
+            self._windows = self.ws.windows()
+        return self._windows
 
     # ---- search ----------------------------------------------------------------------------
     def search_text(self, sae: str, text: str, top_n: int = 10) -> TextSearchResult:

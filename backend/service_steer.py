@@ -68,6 +68,45 @@ class SteeringViews:
         assert last is not None
         return last
 
+    # ---- steering beyond text ---------------------------------------------------------
+    def steer_outcome(self, sae: str, inputs: str, edits, *, k: int = 10, motif: str = "", n_iters: int = 50,
+                      seed: int = 0) -> dict:
+        """The model's output before and after latent edits, for workspaces whose model does not generate text.
+
+        Protein (classifier head): class probabilities of ``inputs`` (a sequence) before and after, edits at
+        the residues. Protein with a masked-LM head and a ``motif`` (regex): iterative masked resampling of
+        the sequence with and without the edits, same seed. Recommender: the top-k next items after
+        ``inputs`` (space-separated item ids, oldest first) before and after, with their genre mixes."""
+        from .service import BackendError
+
+        model, adapter = self.sae(sae), self.adapter()
+        site = self.ws.config.activations.site
+        try:
+            checked = validate_edits(parse_edits(edits), int(model.W_dec.shape[0]))
+            if self.modality == "protein":
+                if motif and getattr(adapter, "head", "") == "mlm":
+                    from .steering import make_intervention
+
+                    runs = {name: adapter.steer_masked_resample(inputs, site, fn, motif, n_iters=int(n_iters),
+                                                                seed=int(seed))
+                            for name, fn in (("before", None), ("after", make_intervention(model, checked)))}
+                    return {"kind": "resample", **{n: {"final": r.final, "matched_at": r.matched_at,
+                                                       "changes": len(r.trajectory)} for n, r in runs.items()},
+                            "start": runs["before"].start, "motif": motif}
+                from .proteins import classifier_shift
+
+                return {"kind": "classifier", **classifier_shift(adapter, model, site, inputs, checked)}
+            if self.modality == "recsys":
+                from .recsys import ablate_recommendations
+
+                return {"kind": "recommendations", **ablate_recommendations(adapter, model, site, inputs, checked,
+                                                                             k=int(k))}
+        except BackendError:
+            raise
+        except ValueError as e:  # bad sequence letters, unknown item ids, bad edits, no head...
+            raise BackendError(str(e)) from None
+        raise BackendError("this is a text workspace: steer it by generation (the Steer tab, /steer)")
+
     # ---- research views --------------------------------------------------------------
     def subdomains(self) -> list[str]:
         return [p.stem for p in sorted((self.ws.path / "coverage").glob("*.json"))]

@@ -6,7 +6,9 @@ Tables (schemas in ``SCHEMA``; small nested values are JSON text, token/activati
   detection precision/recall/confidence, top domain, top tokens (+ log-odds), logit lens, domain rates;
 - ``contexts``: one row per (sae, latent, kind, rank): kind ``top`` or ``q<band>``, the rendered tokens
   and the latent's activation on each, the focus (max) position, source, domain;
-- ``map``: per-SAE (x, y) and joint (jx, jy) 2-D coordinates of the decoder directions.
+- ``map``: per-SAE (x, y) and joint (jx, jy) 2-D coordinates of the decoder directions;
+- ``concepts`` (protein and recommender workspaces): latent-concept matches with train F1 / enrichment
+  and held-out confidence (backend/index.py ``concept_matches``); empty for text workspaces.
 
 Writing: ``IndexWriter`` appends frames (pandas or Arrow, never executemany) to a private staging
 database as they come, so memory stays bounded by one SAE; on a clean exit it copies every table,
@@ -38,12 +40,17 @@ SCHEMA: dict[str, str] = {
                "hist_counts BIGINT[], label VARCHAR, confidence DOUBLE, precision DOUBLE, recall DOUBLE, "
                "top_domain VARCHAR, top_tokens VARCHAR, top_token_scores VARCHAR, logit_top VARCHAR, "
                "logit_bottom VARCHAR, domain_rates VARCHAR",
-    "contexts": "sae VARCHAR, latent INTEGER, kind VARCHAR, rank INTEGER, window_row BIGINT, tokens VARCHAR[], "
+    "contexts": "sae VARCHAR, latent INTEGER, kind VARCHAR, rank INTEGER, window_row BIGINT, win_offset INTEGER, "
+                "tokens VARCHAR[], "
                 "acts FLOAT[], focus INTEGER, source VARCHAR, domain VARCHAR, max_act FLOAT",
     "map": "sae VARCHAR, latent INTEGER, x FLOAT, y FLOAT, jx FLOAT, jy FLOAT",
+    "concepts": "sae VARCHAR, latent INTEGER, concept VARCHAR, method VARCHAR, threshold DOUBLE, precision DOUBLE, "
+                "recall DOUBLE, f1 DOUBLE, share DOUBLE, lift DOUBLE, q_value DOUBLE, conf_precision DOUBLE, "
+                "conf_recall DOUBLE, confidence DOUBLE, support BIGINT",
 }
 TABLES: dict[str, list[str]] = {t: [c.split()[0] for c in s.split(", ")] for t, s in SCHEMA.items()}
-_SORT = {"saes": "sae", "latents": "sae, latent", "contexts": "sae, latent, kind, rank", "map": "sae, latent"}
+_SORT = {"saes": "sae", "latents": "sae, latent", "contexts": "sae, latent, kind, rank", "map": "sae, latent",
+         "concepts": "sae, latent, confidence DESC"}
 # DDL/DML constants, one per table, built once from the whitelists above (never from input).
 SQL_CREATE = {t: f"CREATE TABLE {t} ({s})" for t, s in SCHEMA.items()}
 SQL_APPEND = {t: f"INSERT INTO {t} BY NAME SELECT * FROM frame" for t in SCHEMA}
@@ -54,6 +61,8 @@ SQL_DETACH = "DETACH out"
 SQL_SAES = "SELECT * FROM saes ORDER BY sae"
 SQL_DOMAINS = "SELECT DISTINCT top_domain AS d FROM latents WHERE top_domain <> '' ORDER BY d"
 SQL_LATENT = "SELECT * FROM latents WHERE sae = ? AND latent = ?"
+SQL_CONCEPTS = "SELECT * FROM concepts WHERE sae = ? AND latent = ? ORDER BY confidence DESC"
+SQL_TABLE_NAMES = "SELECT table_name FROM information_schema.tables"
 SQL_CONTEXTS = "SELECT * FROM contexts WHERE sae = ? AND latent = ? ORDER BY kind, rank"
 _LATENTS_SQL = """SELECT latent, label, confidence, density, mean_act, max_act, top_domain FROM latents
     WHERE sae = ? AND density >= ? AND (? = '' OR top_domain = ?) AND (? = '' OR label ILIKE ? ESCAPE '\\')
@@ -142,6 +151,8 @@ class IndexReader:
             raise FileNotFoundError(f"no feature index at {self.path}: run `python -m backend index --workspace DIR`")
         self.con = duckdb.connect(str(self.path), read_only=True)
         self._local = threading.local()
+        # an index written before the concepts table existed simply has no concept matches
+        self.tables = set(self.df(SQL_TABLE_NAMES)["table_name"])
 
     def _cur(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cur", None)
@@ -170,6 +181,10 @@ class IndexReader:
 
     def contexts(self, sae: str, latent: int) -> list[dict[str, Any]]:
         return self.rows(SQL_CONTEXTS, (sae, latent))
+
+    def concepts(self, sae: str, latent: int) -> list[dict[str, Any]]:
+        """Concept matches of one latent (protein and recommender workspaces), best confidence first."""
+        return self.rows(SQL_CONCEPTS, (sae, latent)) if "concepts" in self.tables else []
 
     def latents(self, sae: str, sort_by: str, descending: bool, domain: str, min_density: float, query: str,
                 limit: int, offset: int) -> pd.DataFrame:

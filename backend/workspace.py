@@ -34,6 +34,13 @@ class Workspace:
         self.config = config
         self._adapter = None
 
+    @property
+    def modality(self) -> str:
+        """'text', 'protein' or 'recsys' (from model.kind)."""
+        from .beyond import modality
+
+        return modality(self)
+
     # ---- paths ----------------------------------------------------------------------
     @property
     def windows_path(self) -> Path:
@@ -74,6 +81,12 @@ class Workspace:
         if self.windows_path.exists() and not force:
             return self.windows()
         a = self.adapter(verbose)
+        from .beyond import modality_windows
+
+        df = modality_windows(self, a, verbose)  # protein / recommender corpora; None for text
+        if df is not None:
+            atomic_write_parquet(df, self.windows_path)
+            return df
         frames = []
         for c in self.config.corpora:
             t0 = time.time()

@@ -47,30 +47,52 @@ def visible_token(token: str) -> str:
     return "".join(out) or '<span class="ws">∅</span>'
 
 
-def token_span(token: str, act: float, vmax: float, focus: bool = False, extra_title: str = "") -> str:
-    """One token coloured by its activation; the hover title shows the exact value."""
+def token_span(token: str, act: float, vmax: float, focus: bool = False, extra_title: str = "",
+               mark: str | None = None) -> str:
+    """One token coloured by its activation; the hover title shows the exact value. ``mark``: the colour
+    of an annotation span drawn under the token."""
     r, g, b = act_rgb(act, vmax)
     fg = "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#1f2328"
     title = html.escape(f"{token!r}  act {act:.3f}{extra_title}", quote=True)
     cls = "tok focus" if focus else "tok"
-    style = f"background:#{r:02x}{g:02x}{b:02x};color:{fg}"
+    style = f"background:#{r:02x}{g:02x}{b:02x};color:{fg}" + (f";box-shadow:inset 0 -4px 0 {mark}" if mark else "")
     return f'<span class="{cls}" style="{style}" title="{title}">{visible_token(token)}</span>'
 
 
 def tokens_html(tokens: Sequence[str], acts: Sequence[float], vmax: float, focus: int | None = None,
-                titles: Sequence[str] | None = None) -> str:
-    spans = [token_span(t, float(a), vmax, i == focus, titles[i] if titles else "")
+                titles: Sequence[str] | None = None, marks: Sequence[str | None] | None = None) -> str:
+    spans = [token_span(t, float(a), vmax, i == focus, titles[i] if titles else "", marks[i] if marks else None)
              for i, (t, a) in enumerate(zip(tokens, acts))]
     return f'<div class="toks">{"".join(spans)}</div>'
 
 
+def span_marks(n: int, spans: Sequence[tuple[int, int, str]]) -> tuple[list[str | None], list[str], str]:
+    """Per-token underline colours, per-token hover notes and a legend for annotation spans
+    (start, end, concept) over n tokens; one colour per concept, the first span wins where they overlap."""
+    colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(dict.fromkeys(c for _, _, c in spans))}
+    marks: list[str | None] = [None] * n
+    notes = [""] * n
+    for a, b, c in spans:
+        for i in range(max(a, 0), min(b, n)):
+            marks[i] = marks[i] or colour[c]
+            notes[i] += f"\n{c}"
+    legend = "".join(f'<span class="span-key"><i style="background:{col}"></i>{html.escape(c)}</span>'
+                     for c, col in colour.items())
+    return marks, notes, legend
+
+
 def context_html(ctx: Any, vmax: float) -> str:
-    """A compact card: the window's tokens as a heatmap, the max token outlined, and where it came from."""
+    """A compact card: the window's tokens as a heatmap, the max token outlined, and where it came from;
+    annotation spans (protein workspaces) are drawn under their tokens with a legend."""
     source = html.escape(str(ctx.source), quote=True)
     meta = (f'<span class="pill">{html.escape(str(ctx.domain))}</span>'
             f'<span class="src" title="{source}">{source}</span>'
             f'<span class="val">max {ctx.max_act:.2f}</span>')
-    return f'<div class="ctx">{tokens_html(ctx.tokens, ctx.acts, vmax, ctx.focus)}<div class="meta">{meta}</div></div>'
+    spans = list(getattr(ctx, "spans", None) or [])
+    marks, notes, legend = span_marks(len(ctx.tokens), spans) if spans else (None, None, "")
+    toks = tokens_html(ctx.tokens, ctx.acts, vmax, ctx.focus, notes, marks)
+    legend = f'<div class="span-legend">{legend}</div>' if legend else ""
+    return f'<div class="ctx">{toks}{legend}<div class="meta">{meta}</div></div>'
 
 
 def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.",
@@ -115,7 +137,27 @@ def feature_header_html(fv: Any) -> str:
     return (f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}</div>'
             f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
             f'<div class="stats">{stats}</div>'
-            + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "") + "</div>")
+            + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "")
+            + concepts_html(getattr(fv, "concepts", None) or []) + "</div>")
+
+
+CONCEPT_METHODS = {"f1": "best-threshold F1", "top": "top-activation enrichment"}
+
+
+def concepts_html(concepts: Sequence[dict[str, Any]], show: int = 6) -> str:
+    """Concept matches of a latent (protein and recommender workspaces): held-out confidence first."""
+    if not concepts:
+        return ""
+    rows = "".join(
+        f'<tr><td><code>{html.escape(str(c["concept"]))}</code></td>'
+        f'<td>{html.escape(CONCEPT_METHODS.get(str(c.get("method")), str(c.get("method"))))}</td>'
+        f'<td><b>{_fmt(c.get("confidence"))}</b></td><td>{_fmt(c.get("conf_precision"))}</td>'
+        f'<td>{_fmt(c.get("conf_recall"))}</td><td>{_fmt(c.get("f1"))}</td><td>{_fmt(c.get("lift"), ".1f")}</td>'
+        f'<td>{_fmt(c.get("q_value"), ".1e")}</td></tr>' for c in list(concepts)[:show])
+    return ('<table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
+            'P(concept | fires) and their F1 = confidence)</caption><tr><th>concept</th><th>found by</th>'
+            '<th>confidence</th><th>P(fires|c)</th><th>P(c|fires)</th><th>train F1</th><th>lift</th><th>q</th></tr>'
+            f'{rows}</table>')
 
 
 def logits_html(top: Sequence[tuple[str, float]], bottom: Sequence[tuple[str, float]]) -> str:

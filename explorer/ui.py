@@ -13,23 +13,41 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from .tabs import browse, compare, coverage, search, steer
+from .tabs import browse, compare, coverage, outcome, search, steer
 from .tabs import map as feature_map
 
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style.css"
 TITLE = "SAE Explorer"
 
 
-def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: str = "") -> str:
-    """The title bar: workspace name, model, its SAEs (with width and architecture) and corpus domains."""
+MODALITY_NAMES = {"text": "text", "protein": "protein LM", "recsys": "recommender"}
+
+
+def switcher_html(current: str, workspaces: list[tuple[str, str, str]] | None) -> str:
+    """Links to the workspaces served by this app: (name, modality, url path) triples."""
+    if not workspaces or len(workspaces) < 2:
+        return ""
+    links = "".join(
+        f'<a class="ws-link{" current" if name == current else ""}" href="{html.escape(path, quote=True)}">'
+        f'{html.escape(name)} <small>{html.escape(MODALITY_NAMES.get(mod, mod))}</small></a>'
+        for name, mod, path in workspaces)
+    return f'<nav class="ws-switch" aria-label="workspaces"><span class="muted">workspaces</span>{links}</nav>'
+
+
+def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: str = "", modality: str = "text",
+                workspaces: list[tuple[str, str, str]] | None = None) -> str:
+    """The title bar: workspace name, model and modality, its SAEs (with width and architecture), corpus
+    domains, and the switcher to the other workspaces this app serves."""
     chips = "".join(
         f'<span class="chip" title="{html.escape(str(r.get("architecture", "")), quote=True)}">'
         f'{html.escape(str(r["name"]))} <small>{html.escape(str(r.get("architecture", "")))}'
         f' · {int(r["d_sae"]):,}</small></span>' for r in saes.to_dict("records"))
+    kind = html.escape(MODALITY_NAMES.get(modality, modality))
     return (f'<div class="app-header"><div><h1>{TITLE}</h1><div class="sub">workspace <b>{html.escape(workspace)}</b>'
-            f'{f" · model <b>{html.escape(model)}</b>" if model else ""}'
+            f'{f" · {kind} model <b>{html.escape(model)}</b>" if model else ""}'
             f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domains: '
-            f'{html.escape(", ".join(domains))}</div></div><div class="chips">{chips}</div></div>')
+            f'{html.escape(", ".join(domains))}</div>{switcher_html(workspace, workspaces)}</div>'
+            f'<div class="chips">{chips}</div></div>')
 
 
 def steer_with(edits: pd.DataFrame | None, latent: float | None, sae: str) -> tuple:
@@ -55,12 +73,15 @@ def on_first_select(tab: gr.Tab, load: tuple[Callable, list, list]) -> None:
     tab.select(first, [done, *inputs], [done, *outputs], api_visibility="private")
 
 
-def build_app(backend: Any) -> gr.Blocks:
-    """The whole UI for one open workspace; every action is also a named API endpoint (docs/api.md)."""
+def build_app(backend: Any, workspaces: list[tuple[str, str, str]] | None = None) -> gr.Blocks:
+    """The whole UI for one open workspace; every action is also a named API endpoint (docs/api.md).
+    ``workspaces``: (name, modality, url path) of every workspace this app serves, for the switcher."""
     saes = backend.saes()
     names = [str(n) for n in saes["name"]]
-    with gr.Blocks(title=TITLE) as demo:
-        gr.HTML(header_html(backend.workspace_name, saes, backend.domains(), str(getattr(backend, "model_name", ""))))
+    modality = getattr(backend, "modality", "text")
+    with gr.Blocks(title=f"{TITLE} · {backend.workspace_name}") as demo:
+        gr.HTML(header_html(backend.workspace_name, saes, backend.domains(), str(getattr(backend, "model_name", "")),
+                            modality, workspaces))
         with gr.Tabs() as tabs:
             with gr.Tab("Browse", id="browse", elem_id="tab-browse"):
                 opener, b = browse.build(backend, names, tabs)
@@ -73,7 +94,7 @@ def build_app(backend: Any) -> gr.Blocks:
             with gr.Tab("Coverage", id="coverage", elem_id="tab-coverage") as cov_tab:
                 cov = coverage.build(backend, names)
             with gr.Tab("Steer", id="steer", elem_id="tab-steer"):
-                st = steer.build(backend, names)
+                st = steer.build(backend, names) if modality == "text" else outcome.build(backend, names)
         if backend.subdomains():  # nothing to load in a workspace without subdomain SAEs
             on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
         opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])

@@ -31,3 +31,19 @@ def tiny_ws():
     from backend.build import build_workspace
 
     return build_workspace(REPO / "configs" / "tiny.yaml", REPO / "workspaces" / "tiny", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def protein_ws():
+    """The tiny protein workspace (configs/protein_tiny.yaml): real ESM-2 8M, Pfam and SUMO proteins, built once."""
+    from backend.build import build_workspace
+
+    return build_workspace(REPO / "configs" / "protein_tiny.yaml", REPO / "workspaces" / "protein_tiny", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def recsys_ws():
+    """The tiny recommender workspace (configs/recsys_tiny.yaml): the embedded SASRec, 300 MovieLens users."""
+    from backend.build import build_workspace
+
+    return build_workspace(REPO / "configs" / "recsys_tiny.yaml", REPO / "workspaces" / "recsys_tiny", verbose=False)

@@ -80,6 +80,7 @@ def test_statistics_and_contexts_match_a_dense_encode(synth_acts, synth_ws):
             center = w0 + int(np.argmin(np.abs(lat[w0 : w0 + 25, j] - c.max_act)))
             lo, hi = max(w0, center - rad), min(w0 + 25, center + rad + 1)
             assert c.focus == center - lo and c.acts[c.focus] == c.max_act
+            assert c.win_offset == lo - w0  # the context's first token's offset among its window's tokens
             assert np.allclose(c.acts, lat[lo:hi, j], rtol=1e-6)
             assert c.tokens == [f"t{t}" for t in synth_acts.token[lo:hi]]
         # quantile samples: each in its band of (0, max], as many as the band holds up to per_quantile

@@ -25,7 +25,7 @@ def _contexts(latent: int, n: int, sae: str = "s") -> pa.Table:
     # written deliberately out of order: the writer sorts by (sae, latent, kind, rank)
     ranks = list(range(n))[::-1]
     return pa.table({"sae": [sae] * n, "latent": [latent] * n, "kind": ["top"] * n, "rank": ranks,
-                     "window_row": ranks, "tokens": [["a", "b"]] * n, "acts": [[0.0, float(10 - r)] for r in ranks],
+                     "window_row": ranks, "win_offset": ranks, "tokens": [["a", "b"]] * n, "acts": [[0.0, float(10 - r)] for r in ranks],
                      "focus": [1] * n, "source": ["doc"] * n, "domain": ["general"] * n,
                      "max_act": [float(10 - r) for r in ranks]})
 
@@ -100,4 +100,4 @@ def test_a_cursor_per_thread(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    assert set(TABLES) == {"saes", "latents", "contexts", "map"}
+    assert set(TABLES) == {"saes", "latents", "contexts", "map", "concepts"}

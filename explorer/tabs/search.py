@@ -11,6 +11,8 @@ import pandas as pd
 from .. import render
 from .browse import Opener, row_pick
 
+INPUT_LABELS = {"text": "text", "protein": "protein sequence (one-letter amino-acid codes)",
+                "recsys": "a user's history: item ids, oldest first, separated by spaces"}
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples.txt"
 ALL_SAES = "all SAEs"
 SAME_SAE = "same SAE"
@@ -138,8 +140,10 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
                 t_sae = gr.Dropdown(sae_names, value=first, label="SAE", scale=1)
                 top_n = gr.Slider(1, 50, value=10, step=1, label="top latents", scale=2)
                 t_btn = gr.Button("Find latents", variant="primary", scale=0, min_width=140)
-            ex = examples()
-            text = gr.Textbox(ex[0] if ex else "", label="text", lines=4, max_lines=12, elem_id="search-text")
+            modality = getattr(backend, "modality", "text")
+            ex = examples() if modality == "text" else [backend.example_input()]
+            text = gr.Textbox(ex[0] if ex else "", label=INPUT_LABELS.get(modality, "text"), lines=4, max_lines=12,
+                              elem_id="search-text")
             if ex:
                 gr.Examples([[e] for e in ex], inputs=text, label="examples")
             state = gr.State({})

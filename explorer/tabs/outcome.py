@@ -1,0 +1,108 @@
+"""Steer tab for models that do not generate text: clamp, scale or ablate latents and compare the
+model's output before and after (protein: the classifier's class probabilities, or masked resampling
+towards a motif when the model has a masked-LM head; recommender: the top-k next items and their genre mix)."""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ..render import message_html
+from .steer import EDIT_COLUMNS, EMPTY_EDITS
+
+INPUT_LABEL = {"protein": "protein sequence (one-letter amino-acid codes)",
+               "recsys": "a user's history: item ids, oldest first, separated by spaces"}
+HELP = {
+    "protein": ("Edits apply at the residues of the SAE's block (error kept, so untouched latents change nothing). "
+                "The shipped ESM-2 is a classifier: its class probabilities are shown before and after. "
+                "A model with a masked-LM head also takes a target motif (regex) and is steered by masked resampling."),
+    "recsys": ("Edits apply to the recommender's hidden state at every item of the history (error kept). "
+               "**zero** ablates a latent, **clamp** pins it (a large value boosts it). The top-k next items are "
+               "shown before and after, with the shift in their genre mix."),
+}
+
+
+def _rows(edits: Any) -> list:
+    return [] if edits is None else pd.DataFrame(edits).values.tolist()
+
+
+def outcome_html(r: dict) -> str:
+    """Before/after view of a ``Backend.steer_outcome`` result."""
+    kind = r.get("kind")
+    if kind == "classifier":
+        rows = "".join(f"<tr><td>{html.escape(str(c))}</td><td>{b:.3f}</td><td>{a:.3f}</td>"
+                       f'<td class="{"pos" if d >= 0 else "neg"}">{d:+.3f}</td></tr>'
+                       for c, b, a, d in zip(r["classes"], r["before"], r["after"], r["delta"]))
+        return ('<table class="concepts"><caption>classifier probabilities</caption><tr><th>class</th>'
+                f'<th>before</th><th>after</th><th>change</th></tr>{rows}</table>')
+    if kind == "recommendations":
+        after_set, before_set = set(r["after_ids"]), set(r["before_ids"])
+
+        def lst(titles: list[str], ids: list[int], other: set) -> str:
+            return "<ol>" + "".join(f'<li class="{"" if i in other else "new"}">{html.escape(t)}</li>'
+                                    for t, i in zip(titles, ids)) + "</ol>"
+        shift = ", ".join(f"{html.escape(g)} {v:+.0%}" for g, v in list(r["genre_shift"].items())[:6] if abs(v) > 1e-9)
+        return (f'<div class="outcome"><div><b>before</b>{lst(r["before"], r["before_ids"], after_set)}</div>'
+                f'<div><b>after</b> <span class="muted">(new items in bold)</span>'
+                f'{lst(r["after"], r["after_ids"], before_set)}</div></div>'
+                f'<p>{r["overlap"]} of {len(r["before_ids"])} items kept · genre-mix change (total variation) '
+                f'<b>{r["tv_distance"]:.2f}</b>{" · " + shift if shift else ""}</p>')
+    if kind == "resample":
+        def run(name: str) -> str:
+            x = r[name]
+            hit = f"motif found at step {x['matched_at']}" if x["matched_at"] is not None else "motif not found"
+            return f'<div><b>{name}</b> ({hit}, {x["changes"]} resampled)<pre>{html.escape(x["final"])}</pre></div>'
+        return f'<div class="outcome">{run("before")}{run("after")}</div>'
+    return message_html(f"unexpected result kind {kind!r}")
+
+
+def genre_frame(r: dict) -> pd.DataFrame:
+    """Genre shares before/after (recommender results), largest change first."""
+    if r.get("kind") != "recommendations":
+        return pd.DataFrame(columns=["genre", "before", "after", "change"])
+    g = list(r["genre_shift"])
+    return pd.DataFrame({"genre": g, "before": [round(r["genre_mix_before"].get(x, 0.0), 3) for x in g],
+                         "after": [round(r["genre_mix_after"].get(x, 0.0), 3) for x in g],
+                         "change": [round(r["genre_shift"][x], 3) for x in g]})
+
+
+def run_outcome(backend: Any, sae: str, inputs: str, edits: Any, k: float, motif: str, seed: float) -> tuple:
+    try:
+        r = backend.steer_outcome(sae, inputs, _rows(edits), k=int(k), motif=motif or "", seed=int(seed))
+    except ValueError as e:
+        return message_html(str(e)), genre_frame({})
+    return outcome_html(r), genre_frame(r)
+
+
+def build(backend: Any, sae_names: list[str]) -> dict:
+    """Lay out the tab; returns the components other tabs wire into (edits table, SAE picker)."""
+    mod = backend.modality
+    with gr.Row():
+        sae = gr.Dropdown(sae_names, value=sae_names[0] if sae_names else None, label="SAE", scale=1)
+        k = gr.Slider(5, 50, value=10, step=1, label="recommendations (k)", visible=mod == "recsys", scale=1)
+        motif = gr.Textbox(label="target motif (regex; masked-LM models only)", visible=mod == "protein", scale=2,
+                           placeholder="e.g. C.{2,4}C.{12}H.{3,5}H")
+        seed = gr.Number(0, label="seed", precision=0, scale=0, min_width=80)
+    edits = gr.Dataframe(EMPTY_EDITS.copy(), headers=EDIT_COLUMNS, datatype=["number", "str", "number"],
+                         column_count=(3, "fixed"), row_count=(1, "dynamic"), interactive=True,
+                         label="latent edits (mode: clamp | scale | zero)")
+    gr.Markdown(HELP[mod], elem_classes=["muted"])
+    inputs = gr.Textbox(backend.example_input(), label=INPUT_LABEL[mod], lines=3)
+    go_btn = gr.Button("Compare before / after", variant="primary")
+    out = gr.HTML(elem_id="outcome")
+    genres = gr.Dataframe(genre_frame({}), label="genre mix", interactive=False, visible=mod == "recsys")
+    go_btn.click(lambda *a: run_outcome(backend, *a), [sae, inputs, edits, k, motif, seed], [out, genres],
+                 api_visibility="private")
+
+    def steer_outcome(sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0) -> dict:
+        """The model's output before and after latent edits ([[latent, mode, value], ...]): protein class
+        probabilities (or masked resampling towards ``motif``), or the recommender's top-k items and genre mix."""
+        try:
+            return backend.steer_outcome(sae, inputs, edits, k=int(k), motif=motif or "", seed=int(seed))
+        except ValueError as e:
+            return {"error": str(e)}
+
+    gr.api(steer_outcome, api_name="steer_outcome")
+    return {"edits": edits, "sae": sae}
