@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         gr.mount_gradio_app(app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=True,
                             **launch_options())
         print(f"[app] workspace {name} ({b.modality}) at http://{args.host}:{args.port}{path}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     return 0
 
 

@@ -146,22 +146,27 @@ CONCEPT_METHODS = {"f1": "best-threshold F1", "top": "top-activation enrichment"
 
 def concepts_html(concepts: Sequence[dict[str, Any]], show: int = 6) -> str:
     """Concept matches of a latent (protein and recommender workspaces): held-out confidence first."""
-    if not concepts:
+    shown = [c for c in concepts if (c.get("confidence") or 0) > 0][:show]
+    if not shown:
         return ""
+    hidden = len(concepts) - len(shown)
     rows = "".join(
         f'<tr><td><code>{html.escape(str(c["concept"]))}</code></td>'
         f'<td>{html.escape(CONCEPT_METHODS.get(str(c.get("method")), str(c.get("method"))))}</td>'
         f'<td><b>{_fmt(c.get("confidence"))}</b></td><td>{_fmt(c.get("conf_precision"))}</td>'
         f'<td>{_fmt(c.get("conf_recall"))}</td><td>{_fmt(c.get("f1"))}</td><td>{_fmt(c.get("lift"), ".1f")}</td>'
-        f'<td>{_fmt(c.get("q_value"), ".1e")}</td></tr>' for c in list(concepts)[:show])
-    return ('<table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
-            'P(concept | fires) and their F1 = confidence)</caption><tr><th>concept</th><th>found by</th>'
+        f'<td>{_fmt(c.get("q_value"), ".1e")}</td></tr>' for c in shown)
+    more = f" · {hidden} more without held-out support" if hidden > 0 else ""
+    return ('<div class="concepts-wrap"><table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
+            f'P(concept | fires) and their F1 = confidence){more}</caption><tr><th>concept</th><th>found by</th>'
             '<th>confidence</th><th>P(fires|c)</th><th>P(c|fires)</th><th>train F1</th><th>lift</th><th>q</th></tr>'
-            f'{rows}</table>')
+            f'{rows}</table></div>')
 
 
 def logits_html(top: Sequence[tuple[str, float]], bottom: Sequence[tuple[str, float]]) -> str:
     """Logit-lens tables: the output tokens this direction promotes and suppresses."""
+    if not top and not bottom:
+        return '<p class="muted">No logit lens: this model has no output embedding (e.g. a classifier head).</p>'
     def table(rows: Sequence[tuple[str, float]], title: str, cls: str) -> str:
         body = "".join(f'<tr><td><code>{visible_token(t)}</code></td><td class="{cls}">{v:+.2f}</td></tr>'
                        for t, v in rows)

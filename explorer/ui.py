@@ -45,7 +45,7 @@ def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: s
     kind = html.escape(MODALITY_NAMES.get(modality, modality))
     return (f'<div class="app-header"><div><h1>{TITLE}</h1><div class="sub">workspace <b>{html.escape(workspace)}</b>'
             f'{f" · {kind} model <b>{html.escape(model)}</b>" if model else ""}'
-            f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domains: '
+            f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domain{"s" if len(domains) != 1 else ""}: '
             f'{html.escape(", ".join(domains))}</div>{switcher_html(workspace, workspaces)}</div>'
             f'<div class="chips">{chips}</div></div>')
 

@@ -35,13 +35,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(workspace: Path, log: Path, limit_s: float = 120):
-    """`python app.py --workspace <workspace> --port <free>` until the block ends; yields (url, startup seconds)."""
+def serve(workspace: Path | list[Path], log: Path, limit_s: float = 120):
+    """`python app.py --workspace <workspace> [--workspace ...] --port <free>` until the block ends;
+    yields (url, startup seconds)."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     t0 = time.time()
+    folders = workspace if isinstance(workspace, list) else [workspace]
+    args = [a for w in folders for a in ("--workspace", str(w))]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--workspace", str(workspace), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "app.py", *args, "--port", str(port)],
                                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -40,13 +40,17 @@ def outcome_html(r: dict) -> str:
     if kind == "recommendations":
         after_set, before_set = set(r["after_ids"]), set(r["before_ids"])
 
-        def lst(titles: list[str], ids: list[int], other: set) -> str:
-            return "<ol>" + "".join(f'<li class="{"" if i in other else "new"}">{html.escape(t)}</li>'
+        def lst(titles: list[str], ids: list[int], other: set, mark: str) -> str:
+            return "<ol>" + "".join(f'<li class="{"" if i in other else mark}">{html.escape(t)}</li>'
                                     for t, i in zip(titles, ids)) + "</ol>"
         shift = ", ".join(f"{html.escape(g)} {v:+.0%}" for g, v in list(r["genre_shift"].items())[:6] if abs(v) > 1e-9)
-        return (f'<div class="outcome"><div><b>before</b>{lst(r["before"], r["before_ids"], after_set)}</div>'
+        hist = r.get("history") or []
+        seen = (f'<p class="muted">history ({len(hist)} items, latest last): '
+                f'{html.escape(" · ".join(hist[-8:]))}</p>' if hist else "")
+        return (f'{seen}<div class="outcome"><div><b>before</b> <span class="muted">(dropped items struck out)</span>'
+                f'{lst(r["before"], r["before_ids"], after_set, "gone")}</div>'
                 f'<div><b>after</b> <span class="muted">(new items in bold)</span>'
-                f'{lst(r["after"], r["after_ids"], before_set)}</div></div>'
+                f'{lst(r["after"], r["after_ids"], before_set, "new")}</div></div>'
                 f'<p>{r["overlap"]} of {len(r["before_ids"])} items kept · genre-mix change (total variation) '
                 f'<b>{r["tv_distance"]:.2f}</b>{" · " + shift if shift else ""}</p>')
     if kind == "resample":
