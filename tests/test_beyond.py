@@ -140,6 +140,18 @@ def test_recsys_ablation_changes_recommendations_and_rejects_unknown_items(rb):
         rb.steer_outcome("topk", "1 2 999999", [])
 
 
+def test_a_genre_latent_pushes_its_genre(rb):
+    """The check behind a genre label: clamping the genre's best latent raises the genre's share of the top-10."""
+    from backend.recsys import concept_steering_effect
+
+    best = rb.index.df("SELECT concept, latent FROM concepts WHERE sae = 'topk' AND concept LIKE 'genre:%' "
+                       "ORDER BY confidence DESC LIMIT 1")
+    genre, latent = best["concept"][0].split(":", 1)[1], int(best["latent"][0])
+    hist = [list(t)[-20:] for t in rb.windows().groupby("doc_id")["token_ids"].last().iloc[:30]]
+    e = concept_steering_effect(rb.adapter(), rb.sae("topk"), rb.ws.config.activations.site, hist, latent, genre)
+    assert e["users"] == 30 and e["share_after"] > e["share_before"] and e["users_gained"] >= 0.5
+
+
 def test_recsys_corpus_must_be_the_catalogue():
     cfg = WorkspaceConfig.from_dict({"name": "r", "model": {"id": "sasrec-ml100k", "kind": "recsys"},
                                      "corpora": [{"name": "wikipedia"}]})
