@@ -5,9 +5,19 @@ coefficients and learning rates do not depend on the model's activation scale; t
 folded back into the weights when saving, so saved SAEs read raw activations and W_dec rows stay
 unit norm (latents and thresholds are divided by c, b_dec too).
 
-TopK and BatchTopK steps are sparse: the encoder forward is one dense matmul, but the decoder
-(F.embedding_bag over the selected latents) and the encoder's weight gradient (index_add over
-the selected (token, latent) pairs) touch only the k active latents per token.
+TopK and BatchTopK steps are sparse. The encoder forward is one dense matmul under no_grad, into a
+reused buffer, that only *selects* the active (token, latent) pairs; everything with a gradient
+touches only those pairs: the decoder is F.embedding_bag over W_dec rows and ``_SelectedPre`` gives
+the encoder a sparse backward (embedding_bag over x_c, one bag per latent, for dW_enc). W_enc is kept
+in a column-major layout (W_enc.t() contiguous) so latent columns are contiguous rows for these
+gathers and the weight gradient needs no transpose.
+
+train.dtype = bfloat16 runs that selection matmul in bfloat16 (oneDNN's AVX512-BF16 GEMM is ~3.5x
+the float32 one on this CPU). Weights, Adam state, values and gradients stay float32: each token's
+top k + 8 bfloat16 candidates are re-scored exactly in float32 (topk.pair_dots) and the top k of
+those exact values are kept, so the kept latents and their values match the float32 path (up to
+float32 summation order). AuxK's dead-latent values are read from the bfloat16 buffer (an auxiliary
+loss; its weight gradient does not depend on them).
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from . import losses
 from .atomic import atomic_dir
 from .config import SaeConfig, TrainConfig
 from .sae import Sae, SaeCfg, SaeError
+from .topk import bucket_order, pair_dots
 
 
 class ActivationSource(Protocol):
@@ -67,31 +78,68 @@ class ArrayActivations:
             yield torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
 
 
-class _SparseEncode(torch.autograd.Function):
-    """vals[n] = pre[rows[n], cols[n]] where pre = (x - b_dec) @ W_enc + b_enc, with a sparse backward:
-    dW_enc[:, j] = sum_{n: cols[n]=j} g_n (x[rows[n]] - b_dec) (a sparse-dense matmul), db_enc[j] = sum g_n.
+class _Pairs:
+    """Selected (token, latent) pairs, rows ascending, with the bag offsets and the by-latent order both sparse
+    backwards use (computed once per step)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n: int, d_sae: int, per_row: int | None = None):
+        self.rows, self.cols = rows, cols
+        if per_row is not None:  # every row holds exactly per_row pairs
+            self.row_offsets = torch.arange(0, n * per_row, per_row, device=rows.device)
+        else:
+            self.row_offsets = bucket_order(rows, n)[1]
+        self.order, self.col_offsets = bucket_order(cols, d_sae)
+        self.rows_by_col = rows[self.order]
+
+
+class _SelectedPre(torch.autograd.Function):
+    """vals[n] = pre[rows[n], cols[n]] with pre = x_c @ W_enc + b_enc, whose values ``v`` the no-grad selection
+    already computed (float32). The backward touches only the selected pairs:
+        dW_enc[:, j] = sum_{n: cols[n]=j} g_n x_c[rows[n]]   embedding_bag over x_c, one bag per latent
+        db_enc[j]    = sum_{n: cols[n]=j} g_n
     The gradient through b_dec in the encoder is dropped (b_dec is learned through the decoder), as in sparsify."""
 
     @staticmethod
-    def forward(ctx, x_c, W_enc, b_enc, pre, rows, cols):
-        ctx.save_for_backward(x_c, W_enc, rows, cols)
-        return pre[rows, cols]
+    def forward(ctx, x_c, W_enc, b_enc, v, pairs: _Pairs):
+        ctx.save_for_backward(x_c)
+        ctx.pairs = pairs
+        return v.clone()
 
     @staticmethod
     def backward(ctx, g):
-        x_c, W_enc, rows, cols = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        G_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), g, (d_sae, len(x_c))).coalesce()
-        gW_t = torch.sparse.mm(G_t, x_c)  # (d_sae, d_in): only the selected (latent, token) pairs
-        gb = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-        return None, gW_t.T, gb, None, None, None
+        (x_c,), P = ctx.saved_tensors, ctx.pairs
+        g_by_col = g[P.order]
+        gW_t = F.embedding_bag(P.rows_by_col, x_c, P.col_offsets, mode="sum", per_sample_weights=g_by_col)  # (d_sae, d_in)
+        gb = torch.zeros(len(P.col_offsets), dtype=g.dtype, device=g.device).index_add_(0, P.cols, g)
+        return None, gW_t.t(), gb, None, None
 
 
-def _sparse_decode(rows, cols, vals, W_dec, n: int) -> torch.Tensor:
-    """sum of vals * W_dec[cols] per row (rows sorted ascending) via embedding_bag: (n, d_in)."""
-    counts = torch.bincount(rows, minlength=n)
-    offsets = torch.cumsum(counts, 0) - counts
-    return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=vals)
+class _SparseDecode(torch.autograd.Function):
+    """out[i] = sum_{n: rows[n]=i} vals[n] W_dec[cols[n]] (N, d_in), with a backward over the pairs only:
+        dvals[n]  = grad[rows[n]] . W_dec[cols[n]]                 (topk.pair_dots)
+        dW_dec[j] = sum_{n: cols[n]=j} vals[n] grad[rows[n]]       embedding_bag over grad, one bag per latent
+    (torch's own embedding_bag backward sorts the indices with a threaded sort that stalls under CPU contention)."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, pairs: _Pairs):
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pairs = pairs
+        return F.embedding_bag(pairs.cols, W_dec, pairs.row_offsets, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (vals, W_dec), P = ctx.saved_tensors, ctx.pairs
+        grad = grad.contiguous()
+        gv = pair_dots(P.rows, P.cols, grad, W_dec, None) if ctx.needs_input_grad[0] else None
+        gW = None
+        if ctx.needs_input_grad[1]:
+            gW = F.embedding_bag(P.rows_by_col, grad, P.col_offsets, mode="sum", per_sample_weights=vals[P.order])
+        return gv, gW, None
+
+
+def _sparse_decode(vals: torch.Tensor, W_dec: torch.Tensor, pairs: _Pairs) -> torch.Tensor:
+    """sum of vals * W_dec[cols] per row: (n, d_in)."""
+    return _SparseDecode.apply(vals, W_dec, pairs)
 
 
 class Trainer:
@@ -108,8 +156,11 @@ class Trainer:
         # between SAEs of one workspace reflect training, not a shared initialization.
         self.sae = Sae(SaeCfg(d_in, cfg.d_sae, arch, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta),
                        seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
+        with torch.no_grad():  # column-major W_enc: W_enc.t() is a contiguous (d_sae, d_in) view
+            self.sae.W_enc = torch.nn.Parameter(self.sae.W_enc.detach().t().contiguous().t())
         self.lr = tcfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14)
-        self.opt = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.999))
+        self.opt = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.999),
+                                    fused=self.device.type in ("cpu", "cuda"))
         self.total_steps = max(1, math.ceil(total_tokens / tcfg.batch_size))
         self.step, self.tokens = 0, 0
         self.scale = 1.0
@@ -118,6 +169,9 @@ class Trainer:
         self.bt_threshold = -1.0  # running BatchTopK inference threshold (scaled units)
         self.k_aux = cfg.k_aux or d_in // 2
         self.gen = torch.Generator().manual_seed(tcfg.seed)
+        self.bf16 = tcfg.dtype == "bfloat16" and cfg.architecture in ("topk", "batchtopk")
+        self.margin = 8  # extra bfloat16 candidates per token re-scored in float32
+        self._pre_buf: torch.Tensor | None = None
 
     # ---- one step ---------------------------------------------------------------------------
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,38 +186,28 @@ class Trainer:
         cfg, sae = self.cfg, self.sae
         N = len(x)
         var = losses.total_variance(x)
-        x_c = x - sae.b_dec
-        pre = x_c @ sae.W_enc + sae.b_enc  # (N, d_sae)
         terms: dict[str, torch.Tensor] = {}
         if cfg.architecture in ("topk", "batchtopk"):
+            x_c = (x - sae.b_dec).detach()  # (N, d_in); the encoder's b_dec gradient is dropped (see _SelectedPre)
             with torch.no_grad():
-                act = torch.relu(pre)
-                if cfg.architecture == "topk":
-                    v, c = act.topk(cfg.k, dim=-1)
-                    rows = torch.arange(N, device=x.device).repeat_interleave(cfg.k)
-                    cols, keep = c.reshape(-1), v.reshape(-1) > 0
-                else:
-                    v, flat = act.reshape(-1).topk(cfg.k * N)
-                    keep = v > 0
-                    rows, cols = flat // cfg.d_sae, flat % cfg.d_sae
-                    order = torch.argsort(rows, stable=True)
-                    rows, cols, keep, v = rows[order], cols[order], keep[order], v[order]
-                    if keep.any():
-                        t = float(v[keep].min())
-                        self.bt_threshold = t if self.bt_threshold < 0 else 0.99 * self.bt_threshold + 0.01 * t
-                rows, cols = rows[keep], cols[keep]
-            vals = _SparseEncode.apply(x_c.detach(), sae.W_enc, sae.b_enc, pre.detach(), rows, cols)
-            recons = _sparse_decode(rows, cols, vals, sae.W_dec, N) + sae.b_dec
-            fired = torch.zeros(cfg.d_sae, dtype=torch.bool).index_fill_(0, cols.cpu(), True)
-            l0 = len(rows) / N
+                W_t = sae.W_enc.detach().t()  # (d_sae, d_in), contiguous
+                pre = self._pre_acts(x_c, W_t)  # (N, d_sae) float32 or bfloat16, selection only
+                pairs = self._select(pre, x_c, W_t)
+            vals = _SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, pairs.vals, pairs)
+            recons = _sparse_decode(vals, sae.W_dec, pairs) + sae.b_dec
+            fired = pairs.col_offsets < torch.cat([pairs.col_offsets[1:], pairs.col_offsets.new_tensor([len(vals)])])
+            fired = fired.cpu()
+            l0 = len(vals) / N
             if cfg.matryoshka_widths:
-                prefix = [_sparse_decode(rows, cols, vals * (cols < w), sae.W_dec, N) + sae.b_dec
+                prefix = [_sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec
                           for w in cfg.matryoshka_widths]
                 terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt)
-            dead = self.since_fired >= self.dead_after
-            if cfg.auxk_coef > 0 and dead.any():
+            dead = (self.since_fired >= self.dead_after).nonzero().squeeze(1)
+            if cfg.auxk_coef > 0 and len(dead):
                 terms["auxk"] = cfg.auxk_coef * self._auxk(x, x_c, pre, recons, dead.to(x.device))
         else:
+            x_c = x - sae.b_dec
+            pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)  # (N, d_sae)
             if cfg.architecture == "relu":
                 latents = torch.relu(pre)
                 terms["l1"] = cfg.l1_coef * self._warm() * losses.l1(latents, sae.W_dec, x.shape[1])
@@ -189,18 +233,74 @@ class Trainer:
                  "dead": float((self.since_fired >= self.dead_after).float().mean())}
         return total, stats
 
-    def _auxk(self, x, x_c, pre, recons, dead) -> torch.Tensor:
-        """Reconstruct the residual x - recons from the top k_aux dead latents (sparse, like the main path)."""
-        k = min(self.k_aux, int(dead.sum()))
+    def _pre_acts(self, x_c: torch.Tensor, W_t: torch.Tensor) -> torch.Tensor:
+        """x_c @ W_enc + b_enc for selection, in train.dtype, into a reused buffer (a fresh (N, d_sae)
+        tensor costs as much in page faults as a fast matmul)."""
+        N, dt = len(x_c), torch.bfloat16 if self.bf16 else torch.float32
+        if self._pre_buf is None or self._pre_buf.dtype != dt or len(self._pre_buf) < N:
+            self._pre_buf = torch.empty(N, self.cfg.d_sae, dtype=dt, device=x_c.device)
+        out = self._pre_buf[:N]
+        b = self.sae.b_enc.detach()
+        return torch.addmm(b.to(dt), x_c.to(dt), W_t.to(dt).t(), out=out)
+
+    def _select(self, pre: torch.Tensor, x_c: torch.Tensor, W_t: torch.Tensor):
+        """The active pairs of a no-grad pre (N, d_sae) (rows ascending) with their exact float32 values > 0 as
+        ``.vals``: the top k per row (topk) or k*N per batch (batchtopk)."""
+        N, k, d_sae = pre.shape[0], self.cfg.k, pre.shape[1]
+        b_enc = self.sae.b_enc.detach()
+        arange = torch.arange(N, device=pre.device)
+        if self.cfg.architecture == "topk":
+            if self.bf16:  # bfloat16 ranks k + margin candidates; their exact values pick the k
+                kc = min(k + self.margin, d_sae)
+                cand = pre.topk(kc, dim=-1, sorted=False).indices  # (N, kc)
+                ve = pair_dots(arange.repeat_interleave(kc), cand.reshape(-1), x_c, W_t, b_enc).view(N, kc)
+                v, j = ve.topk(k, dim=-1, sorted=False)
+                c = cand.gather(1, j)
+            else:
+                v, c = pre.topk(k, dim=-1, sorted=False)
+            keep = v > 0
+            if bool(keep.all()):  # the usual case: skip the masking
+                P = _Pairs(arange.repeat_interleave(k), c.reshape(-1), N, d_sae, per_row=k)
+                P.vals = v.reshape(-1)
+            else:
+                P = _Pairs(arange[:, None].expand_as(c)[keep], c[keep], N, d_sae)
+                P.vals = v[keep]
+            return P
+        # batchtopk: the top k*N of the batch, in two stages (per-row top 4k, then global) unless a row overflows
+        kk = min(4 * k, d_sae)
+        cand, cand_c = pre.topk(kk, dim=-1, sorted=False)  # (N, kk)
+        v, flat = cand.reshape(-1).topk(k * N, sorted=False)
+        if kk < d_sae and bool((cand.min(1).values >= v.min()).any()):  # a row may hold more than kk: exact pass
+            v, flat = pre.reshape(-1).topk(k * N, sorted=False)
+            cand_c, kk = None, d_sae
+        order = flat.argsort()  # row-major, so rows ascend
+        flat, v = flat[order], v[order]
+        rows = flat // kk
+        cols = flat % kk if cand_c is None else cand_c.reshape(-1)[flat]
+        if self.bf16:
+            v = pair_dots(rows, cols, x_c, W_t, b_enc)
+        keep = v > 0
+        rows, cols, v = rows[keep], cols[keep], v[keep]
+        if len(v):  # running min kept value (the exported threshold, before calibration)
+            t = float(v.min())
+            self.bt_threshold = t if self.bt_threshold < 0 else 0.99 * self.bt_threshold + 0.01 * t
+        P = _Pairs(rows, cols, N, d_sae)
+        P.vals = v
+        return P
+
+    def _auxk(self, x, x_c, pre, recons, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK: reconstruct the residual x - recons from the top k_aux dead latents of each token (sparse too,
+        reusing the selection's pre-activations)."""
         with torch.no_grad():
-            v, c = torch.relu(pre.masked_fill(~dead, -torch.inf)).topk(k, dim=-1)
-            rows = torch.arange(len(x), device=x.device).repeat_interleave(k)
-            cols, keep = c.reshape(-1), v.reshape(-1) > 0
-            rows, cols = rows[keep], cols[keep]
+            v, j = pre[:, dead].topk(min(self.k_aux, len(dead)), dim=-1, sorted=False)  # (N, k_aux) among dead only
+            keep = v > 0
+            rows = torch.arange(len(x), device=x.device)[:, None].expand_as(j)[keep]
+            cols, v = dead[j[keep]], v[keep].float()
         if len(rows) == 0:
             return x.new_zeros(())
-        vals = _SparseEncode.apply(x_c.detach(), self.sae.W_enc, self.sae.b_enc, pre.detach(), rows, cols)
-        aux = _sparse_decode(rows, cols, vals, self.sae.W_dec, len(x))
+        pairs = _Pairs(rows, cols, len(x), self.cfg.d_sae)
+        vals = _SelectedPre.apply(x_c, self.sae.W_enc, self.sae.b_enc, v, pairs)
+        aux = _sparse_decode(vals, self.sae.W_dec, pairs)
         return losses.auxk((x - recons).detach(), aux)
 
     def _warm(self) -> float:
@@ -209,7 +309,7 @@ class Trainer:
         return min(1.0, (self.step + 1) / n)
 
     def train_step(self, x_raw: torch.Tensor) -> dict[str, float]:
-        if not torch.isfinite(x_raw).all():
+        if not math.isfinite(float(x_raw.sum(dtype=torch.float64))):  # one pass; NaN/inf anywhere makes it non-finite
             raise FloatingPointError("non-finite activations in the input batch")
         if self.step == 0 and self.tokens == 0:
             self._init_from(x_raw)
@@ -311,8 +411,9 @@ class Trainer:
         params = [p for p in self.sae.parameters() if p.requires_grad]
         for i, p in enumerate(params):
             if f"o.{i}.exp_avg" in t:
-                self.opt.state[p] = {"step": torch.tensor(s["adam_steps"][i]), "exp_avg": t[f"o.{i}.exp_avg"].to(p.device),
-                                     "exp_avg_sq": t[f"o.{i}.exp_avg_sq"].to(p.device)}
+                self.opt.state[p] = {"step": torch.tensor(s["adam_steps"][i]),  # Adam state in the param's layout
+                                     "exp_avg": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg"]),
+                                     "exp_avg_sq": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg_sq"])}
         self.since_fired = t["since_fired"].long()
         self.step, self.tokens, self.scale, self.bt_threshold = s["step"], s["tokens"], s["scale"], s["bt_threshold"]
 

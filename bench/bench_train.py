@@ -1,18 +1,23 @@
-"""SAE training throughput and final FVU: our sparse trainer vs a dense step vs SAELens, same activations.
+"""SAE training throughput and FVU at equal tokens: our sparse trainer (float32 and bfloat16 selection) vs SAELens.
 
-    .venv/bin/python bench/bench_train.py --activations workspaces/demo/activations/blocks.12.hook_resid_post \
-        [--tokens 200000] [--widths 4608,18432] [--saelens]
+    .venv/bin/python bench/bench_train.py [--activations workspaces/demo/activations/blocks.12.hook_resid_post] \
+        [--tokens 98304] [--widths 4608,18432] [--no-saelens]
 
-TopK k=32, batch 4096, Adam. Our trainer runs in this process; SAELens (installed in its own venv,
-bench/_venvs/saelens, never in the product's) runs in a subprocess on the same activations saved
-as .npy, through its own TopK training SAE's forward/backward with Adam. Also reports the achieved
-GFLOP/s of our step against this machine's measured fp32 matmul peak.
+TopK k=32, batch 4096, Adam, the same lr, on the same real activations in the same order. SAELens
+(installed in its own venv, bench/_venvs/saelens, never in the product's) runs as a persistent worker
+subprocess driving its TopKTrainingSAE (default config) forward/backward + Adam. The variants are
+interleaved *step by step* (ours bf16, SAELens, ours fp32, ...), so load from other jobs on the
+machine hits all alike; tokens/s = tokens / summed step time, and the ratio is also given per step
+(median of paired ratios). FVU is measured after the same tokens on 20k held-out tokens. Achieved
+GFLOP/s counts the dense encoder matmul plus the sparse work, against fp32 and bf16 matmul peaks
+measured at the start and the end of the run (best of both).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,98 +34,147 @@ from backend.activations import ShardCache  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402
 from backend.train import Trainer  # noqa: E402
 
+BS, K = 4096, 32
 SAELENS_PY = ROOT / "bench" / "_venvs" / "saelens" / "bin" / "python"
-SAELENS_SCRIPT = r'''
+SAELENS_WORKER = r'''
 import json, sys, time, numpy as np, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[3]))
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainStepInput
-x = torch.from_numpy(np.load(sys.argv[1])); d_sae = int(sys.argv[2]); bs = 4096
+x = torch.from_numpy(np.load(sys.argv[1])); d_sae = int(sys.argv[2])
 cfg = TopKTrainingSAEConfig(d_in=x.shape[1], d_sae=d_sae, k=32, dtype="float32", device="cpu")
 sae = TopKTrainingSAE(cfg)
 opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (d_sae / 2**14) ** 0.5)
-def step(b):
-    out = sae.training_forward_pass(TrainStepInput(sae_in=b, coefficients={}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False))
-    opt.zero_grad(); out.loss.backward(); opt.step()
-step(x[:bs]); t = time.perf_counter(); n = 0
-for s in range(0, len(x) - bs + 1, bs):
-    step(x[s:s + bs]); n += bs
-dt = time.perf_counter() - t
-with torch.no_grad():
-    r = sae.decode(sae.encode(x[:20000])); v = x[:20000]
-    fvu = float(((r - v) ** 2).sum() / ((v - v.mean(0)) ** 2).sum())
-print(json.dumps({"tok_s": n / dt, "fvu": fvu}))
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd, *a = line.split()
+    if cmd == "step":
+        b = x[int(a[0]):int(a[1])]
+        t = time.perf_counter()
+        out = sae.training_forward_pass(TrainStepInput(sae_in=b, coefficients={}, dead_neuron_mask=None,
+                                                       n_training_steps=0, is_logging_step=False))
+        opt.zero_grad(); out.loss.backward(); opt.step()
+        print(time.perf_counter() - t, flush=True)
+    elif cmd == "fvu":
+        with torch.no_grad():
+            v = x[int(a[0]):int(a[1])]; r = sae.decode(sae.encode(v))
+            print(float(((r - v) ** 2).sum() / ((v - v.mean(0)) ** 2).sum()), flush=True)
 '''
 
 
-def matmul_peak() -> float:
-    a, b = torch.randn(4096, 576), torch.randn(576, 4608)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(5):
+def matmul_peaks() -> dict[str, float]:
+    """Best-of-5 GFLOP/s of a (4096, 576) x (576, 4608) matmul in float32 and bfloat16."""
+    out = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(BS, 576).to(dt), torch.randn(576, 4608).to(dt)
         a @ b
-    return 5 * 2 * 4096 * 576 * 4608 / (time.perf_counter() - t) / 1e9
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        out[name] = 2 * BS * 576 * 4608 / best / 1e9
+    return out
 
 
-def ours(x: torch.Tensor, d_sae: int, dense: bool = False) -> dict:
-    cfg = SaeConfig(name=f"bench{d_sae}", architecture="topk", d_sae=d_sae, k=32, auxk_coef=0)
-    tr = Trainer(cfg, TrainConfig(batch_size=4096, lr=2e-4 / (d_sae / 2**14) ** 0.5), x.shape[1], len(x))
-    if dense:  # the same objective with a dense decoder and autograd everywhere
-        tr.losses = lambda xs: _dense_losses(tr, xs)  # type: ignore[method-assign]
-    tr.train_step(x[:4096])
-    t, n = time.perf_counter(), 0
-    for s in range(0, len(x) - 4095, 4096):
-        tr.train_step(x[s : s + 4096])
-        n += 4096
-    dt = time.perf_counter() - t
-    sae = tr.export()
-    with torch.no_grad():
-        fvu = float(losses.fvu(x[:20000], sae(x[:20000])))
-    # per token: encoder fwd 2*d*m, encoder weight grad ~2*k*d, decoder fwd+bwd ~4*k*d (sparse)
-    flops = 2 * x.shape[1] * d_sae + 6 * 32 * x.shape[1]
-    return {"tok_s": n / dt, "fvu": fvu, "gflops": n * flops / dt / 1e9}
+def flops_per_token(d_in: int, d_sae: int, bf16: bool) -> int:
+    """Dense encoder matmul + sparse work: exact re-score of k+8 candidates (bf16 only), encoder weight grad,
+    decoder forward, decoder value + weight grads (2 flops per multiply-add)."""
+    return 2 * d_in * d_sae + 2 * K * d_in * 4 + (2 * (K + 8) * d_in if bf16 else 0)
 
 
-def _dense_losses(tr: Trainer, x: torch.Tensor):
-    s = tr.sae
-    pre = (x - s.b_dec) @ s.W_enc + s.b_enc
-    v, i = torch.relu(pre).topk(32, -1)
-    z = torch.zeros_like(pre).scatter(-1, i, v)
-    per = losses.per_token_loss(x, z @ s.W_dec + s.b_dec)
-    return per.mean(), {"loss": float(per.mean()), "fvu": float(per.mean()), "l0": 32.0, "dead": 0.0}
+class SaeLensWorker:
+    def __init__(self, npy: Path, d_sae: int, threads: int):
+        self.p = subprocess.Popen([str(SAELENS_PY), "-c", SAELENS_WORKER, str(npy), str(d_sae), str(threads)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.p.stdout.readline().strip() != "ready":
+            raise RuntimeError("SAELens worker failed to start")
+
+    def ask(self, line: str) -> float:
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+        return float(self.p.stdout.readline())
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait()
+
+
+def run_width(x: torch.Tensor, held: torch.Tensor, d_sae: int, npy: Path | None, threads: int) -> dict:
+    lr = 2e-4 / (d_sae / 2**14) ** 0.5
+    ours = {dt: Trainer(SaeConfig(name=f"bench{d_sae}", architecture="topk", d_sae=d_sae, k=K, auxk_coef=0),
+                        TrainConfig(batch_size=BS, lr=lr, dtype=dt), x.shape[1], len(x))
+            for dt in ("bfloat16", "float32")}
+    sl = SaeLensWorker(npy, d_sae, threads) if npy else None
+    times: dict[str, list[float]] = {"bfloat16": [], "float32": [], "saelens": []}
+    for s in range(0, len(x) - BS + 1, BS):
+        for dt, tr in ours.items():
+            time.sleep(0.1)  # let the other side's spinning OpenMP threads go idle first
+            t = time.perf_counter()
+            tr.train_step(x[s : s + BS])
+            times[dt].append(time.perf_counter() - t)
+        if sl:
+            time.sleep(0.1)
+            times["saelens"].append(sl.ask(f"step {s} {s + BS}"))
+    res = {}
+    for dt, tr in ours.items():
+        sae = tr.export()
+        with torch.no_grad():
+            fvu = float(losses.fvu(held, sae(held)))
+        res[dt] = {"fvu": fvu}
+    if sl:
+        res["saelens"] = {"fvu": sl.ask(f"fvu {len(x)} {len(x) + len(held)}")}
+        sl.close()
+    for name, ts in times.items():
+        if not ts:
+            continue
+        ts = ts[1:]  # the first step includes one-off costs (init, JIT compile, page faults) on every side
+        res[name].update(tok_s=BS * len(ts) / sum(ts), step_ms=1e3 * statistics.median(ts), steps=ts)
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--activations", default=str(ROOT / "workspaces/demo/activations/blocks.12.hook_resid_post"))
-    ap.add_argument("--tokens", type=int, default=200_000)
+    ap.add_argument("--tokens", type=int, default=24 * BS)
     ap.add_argument("--widths", default="4608,18432")
-    ap.add_argument("--saelens", action="store_true", help="also run SAELens from bench/_venvs/saelens")
+    ap.add_argument("--no-saelens", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    x = ShardCache(args.activations).all_acts(args.tokens)
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
-    peak = matmul_peak()
-    print(f"{len(x):,} real activation tokens (d={x.shape[1]}); fp32 matmul peak here {peak:.0f} GFLOP/s")
-    results = {}
-    for d_sae in (int(w) for w in args.widths.split(",")):
-        r = {"sparse": ours(x, d_sae), "dense": ours(x, d_sae, dense=True)}
-        if args.saelens:
-            with tempfile.TemporaryDirectory() as tmp:
-                np.save(Path(tmp) / "x.npy", x.numpy())
-                out = subprocess.run([str(SAELENS_PY), "-c", SAELENS_SCRIPT, str(Path(tmp) / "x.npy"), str(d_sae)],
-                                     capture_output=True, text=True)
-            r["saelens"] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-400:]}
-        results[d_sae] = r
-        for name, v in r.items():
-            if "error" in v:
-                print(f"d_sae {d_sae:6d} {name:8s} ERROR {v['error']}")
-            else:
-                extra = f", {v['gflops']:.0f} GFLOP/s ({v['gflops'] / peak:.0%} of peak)" if "gflops" in v else ""
-                print(f"d_sae {d_sae:6d} {name:8s} {v['tok_s']:8,.0f} tok/s  FVU {v['fvu']:.3f}{extra}")
-        base = r.get("saelens", {}).get("tok_s") or r["dense"]["tok_s"]
-        print(f"d_sae {d_sae:6d} sparse / {'saelens' if 'tok_s' in r.get('saelens', {}) else 'dense'}: "
-              f"{r['sparse']['tok_s'] / base:.2f}x")
+    torch.set_num_threads(args.threads)
+    n_held = 20_000
+    allx = ShardCache(args.activations).all_acts(args.tokens + n_held)
+    allx = allx[torch.randperm(len(allx), generator=torch.Generator().manual_seed(0))].float().contiguous()
+    x, held = allx[: args.tokens], allx[args.tokens :]
+    peaks = matmul_peaks()
+    print(f"{len(x):,} training + {len(held):,} held-out real activation tokens (d={x.shape[1]}), {args.threads} threads; "
+          f"matmul peak at start fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = None
+        if not args.no_saelens:
+            npy = Path(tmp) / "x.npy"
+            np.save(npy, allx.numpy())
+        results = {d: run_width(x, held, d, npy, args.threads) for d in (int(w) for w in args.widths.split(","))}
+    end = matmul_peaks()
+    peaks = {k: max(v, end[k]) for k, v in peaks.items()}
+    print(f"matmul peak at end fp32 {end['fp32']:.0f}, bf16 {end['bf16']:.0f} GFLOP/s; best used below")
+    print("| d_sae | ours bf16 tok/s | ours fp32 tok/s | SAELens tok/s | bf16 / SAELens (paired median) | fp32 / SAELens "
+          "| FVU bf16 / fp32 / SAELens | ours bf16 GFLOP/s (% fp32 peak, % bf16 peak) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d_sae, r in results.items():
+        b, f, s = r["bfloat16"], r["float32"], r.get("saelens")
+        gf = b["tok_s"] * flops_per_token(x.shape[1], d_sae, True) / 1e9
+        if s:
+            paired = statistics.median(sb / ob for ob, sb in zip(b["steps"], s["steps"]))
+            rb, rf = f"{b['tok_s'] / s['tok_s']:.2f}x ({paired:.2f}x)", f"{f['tok_s'] / s['tok_s']:.2f}x"
+            st, sf = f"{s['tok_s']:,.0f}", f"{s['fvu']:.3f}"
+        else:
+            rb = rf = st = sf = "-"
+        print(f"| {d_sae:,} | {b['tok_s']:,.0f} | {f['tok_s']:,.0f} | {st} | {rb} | {rf} | "
+              f"{b['fvu']:.3f} / {f['fvu']:.3f} / {sf} | {gf:.0f} ({gf / peaks['fp32']:.0%}, {gf / peaks['bf16']:.0%}) |")
+    print("median step ms: " + "; ".join(f"{d}: " + ", ".join(f"{n} {v['step_ms']:.0f}" for n, v in r.items() if "step_ms" in v)
+                                          for d, r in results.items()))
+    print(json.dumps({d: {n: {k: v for k, v in e.items() if k != "steps"} for n, e in r.items()} for d, r in results.items()}))
 
 
 if __name__ == "__main__":

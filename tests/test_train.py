@@ -1,6 +1,8 @@
 """The trainer: sparse step == dense math, resume, NaN handling, array files, a real short training."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,70 @@ def test_real_smollm2_activations_train_to_a_stated_fvu(tiny_ws):
     m = reconstruction_metrics(sae, x)
     assert m["l0"] == pytest.approx(16.0)
     assert m["fvu"] < 0.3
+
+
+def test_bf16_selection_keeps_exact_float32_values():
+    """train.dtype=bfloat16: the kept latents are the float32 top k and their values are the float32 pre-activations."""
+    x = _structured(512)
+    tr32 = Trainer(SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0), TrainConfig(batch_size=512), 32, 10_000)
+    tr16 = Trainer(SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0),
+                   TrainConfig(batch_size=512, dtype="bfloat16"), 32, 10_000)
+    tr32._init_from(x)
+    tr16._init_from(x)
+    xs = tr16._prepare(x)
+    s = tr16.sae
+    with torch.no_grad():
+        x_c = xs - s.b_dec
+        W_t = s.W_enc.t()
+        p16 = tr16._select(tr16._pre_acts(x_c, W_t), x_c, W_t)
+        p32 = tr32._select(tr32._pre_acts(x_c, W_t), x_c, W_t)
+        exact = x_c @ s.W_enc + s.b_enc
+    assert tr16._pre_buf.dtype == torch.bfloat16
+    assert torch.allclose(p16.vals, exact[p16.rows, p16.cols], rtol=1e-5, atol=1e-5)  # float32 values, not bf16
+    a = {(int(r), int(c)) for r, c in zip(p16.rows, p16.cols)}
+    b = {(int(r), int(c)) for r, c in zip(p32.rows, p32.cols)}
+    assert len(a ^ b) <= 0.002 * len(b)  # the k + 8 bf16 candidates contain the exact top k (ties aside)
+
+
+def test_bf16_training_reaches_the_float32_fvu(tmp_path):
+    np.save(tmp_path / "x.npy", _structured().numpy())
+    src = ArrayActivations(tmp_path / "x.npy")
+    x = torch.from_numpy(np.array(src.data[:2000]))
+    fvus = {}
+    for dt in ("float32", "bfloat16"):
+        sae = train_sae(SaeConfig(name="s", architecture="topk", d_sae=128, k=4),
+                        TrainConfig(batch_size=256, lr=3e-3, tokens=60_000, dtype=dt), src, tmp_path / dt, progress=False)
+        fvus[dt] = losses.fvu(x, sae(x)).item()
+    assert fvus["bfloat16"] < 0.25  # the same stated bound as the float32 run
+    assert fvus["bfloat16"] <= fvus["float32"] * 1.05 + 0.005
+
+
+def test_pair_dots_and_bucket_order():
+    from backend.topk import bucket_order, pair_dots, pair_dots_torch
+
+    g = torch.Generator().manual_seed(1)
+    x, W_t, b = torch.randn(50, 24, generator=g), torch.randn(70, 24, generator=g), torch.randn(70, generator=g)
+    rows, cols = torch.randint(0, 50, (300,), generator=g), torch.randint(0, 70, (300,), generator=g)
+    ref = (x[rows] * W_t[cols]).sum(-1) + b[cols]
+    assert torch.allclose(pair_dots(rows, cols, x, W_t, b), ref, atol=1e-5)
+    assert torch.allclose(pair_dots_torch(rows, cols, x, W_t, b), ref, atol=1e-5)
+    assert torch.allclose(pair_dots(rows, cols, x, W_t), ref - b[cols], atol=1e-5)
+    order, offsets = bucket_order(cols, 70)
+    assert torch.equal(order, torch.argsort(cols, stable=True))
+    counts = torch.bincount(cols, minlength=70)
+    assert torch.equal(offsets, torch.cumsum(counts, 0) - counts)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_auxk_and_matryoshka_sparse_paths_run(dtype):
+    """AuxK (on dead latents, reusing the selection's pre-activations) and Matryoshka prefixes give finite grads."""
+    x = _structured(256)
+    tr = Trainer(SaeConfig(name="a", architecture="topk", d_sae=64, k=4, auxk_coef=1 / 32, matryoshka_widths=[16, 64]),
+                 TrainConfig(batch_size=256, dtype=dtype), 32, 10_000)
+    tr._init_from(x)
+    tr.since_fired[:32] = tr.dead_after  # half the latents dead
+    loss, stats = tr.losses(tr._prepare(x))
+    loss.backward()
+    assert math.isfinite(stats["loss"])
+    assert tr.sae.W_enc.grad is not None and torch.isfinite(tr.sae.W_enc.grad).all()
+    assert tr.sae.W_enc.grad[:, :32].abs().sum() > 0  # the dead latents get a gradient (from AuxK)
