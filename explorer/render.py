@@ -273,11 +273,15 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
 
 
 def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
-    """L0 against FVU and against CE loss recovered, one point per SAE (down-left / up-left is better)."""
-    fig = make_subplots(rows=1, cols=2,
-                        subplot_titles=("L0 vs FVU (lower is better)", "L0 vs CE recovered (higher is better)"))
+    """L0 against FVU and against CE loss recovered (a classifier model: against the classifier's KL with the
+    SAE spliced in), one point per SAE (down-left / up-left is better)."""
+    down = "ce_recovered"
+    if ("ce_recovered" not in metrics or metrics["ce_recovered"].isna().all()) and "classifier_kl" in metrics:
+        down = "classifier_kl"
+    title = "L0 vs CE recovered (higher is better)" if down == "ce_recovered" else "L0 vs classifier KL (lower is better)"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("L0 vs FVU (lower is better)", title))
     names = metrics["name"] if "name" in metrics else metrics.index.astype(str)
-    for col, ycol in ((1, "fvu"), (2, "ce_recovered")):
+    for col, ycol in ((1, "fvu"), (2, down)):
         if ycol not in metrics or "l0" not in metrics:
             continue
         fig.add_trace(go.Scatter(
