@@ -171,7 +171,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"):
     d = _read_json(cfg_p)
     base_rel = d.get("saex", {}).get("boost_base")
     if (path / "sae.safetensors").exists() and not (path / "sae_weights.safetensors").exists():
-        sae = _load_sparsify(d, _weights(path / "sae.safetensors"))
+        sae = _load_sparsify(d, _weights(path / "sae.safetensors"), path)
+    elif not (path / "sae_weights.safetensors").exists():
+        raise SaeError(f"{path}: sae_weights.safetensors is missing (SAELens layout) and there is no sae.safetensors "
+                       "(sparsify layout)")
     else:
         sae = _load_saelens(d, _weights(path / "sae_weights.safetensors"), path)
     sae = sae.to(device).eval()
@@ -183,28 +186,49 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"):
 
 
 def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
+    """SAELens 6 (``architecture``, hooks under ``metadata``) and pre-6 (``activation_fn_str``, ``hook_point``)
+    folders. Inference-time conventions are folded into the weights so that our encode/decode reproduce
+    SAELens' exactly: ``rescale_acts_by_decoder_norm`` (TopK: latents = topk(pre * |W_dec_i|), decoded
+    divided by |W_dec_i|) and a pre-6 finetuning ``scaling_factor`` (multiplies latents before decoding)."""
     arch_raw = d.get("architecture") or d.get("activation_fn_str") or "standard"
     if arch_raw == "relu" and "architecture" not in d:  # SAELens v5: activation_fn_str relu = standard
         arch_raw = "standard"
     if arch_raw not in _SAELENS_ARCH:
-        raise SaeError(f"{path}/cfg.json: unknown architecture {arch_raw!r}; known: standard, topk, jumprelu")
+        raise SaeError(f"{path}/cfg.json: unknown architecture {arch_raw!r}; known: {', '.join(sorted(_SAELENS_ARCH))}")
     arch = _SAELENS_ARCH[arch_raw]
     if d.get("activation_fn_str") == "topk" or (d.get("activation_fn_kwargs") or {}).get("k"):
         arch = "topk" if arch_raw in ("standard", "topk") else arch
+    norm = d.get("normalize_activations") or "none"
+    if norm != "none":
+        raise SaeError(f"{path}/cfg.json: normalize_activations {norm!r} is not supported (it needs the training-time "
+                       "input statistics); export the SAE with normalize_activations 'none' (fold the scaling in)")
     missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in w]
     if missing:
         raise SaeError(f"{path}: weights lack {missing}")
     d_in, d_sae = w["W_enc"].shape
+    if d.get("d_sae") is not None and int(d["d_sae"]) != d_sae:
+        raise SaeError(f"{path}/cfg.json d_sae={d['d_sae']} but the weights have {d_sae} latents: cfg.json and "
+                       "sae_weights.safetensors do not belong together")
     meta = d.get("metadata") or {}
     k = int(d.get("k") or (d.get("activation_fn_kwargs") or {}).get("k") or 32)
+    if arch == "topk" and not 1 <= k <= d_sae:
+        raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
     cfg = SaeCfg(d_in=d_in, d_sae=d_sae, architecture=arch, k=min(k, d_sae),
-                 hook_name=d.get("hook_name") or meta.get("hook_name", ""),
+                 hook_name=d.get("hook_name") or meta.get("hook_name") or d.get("hook_point") or "",
                  model_name=d.get("model_name") or meta.get("model_name", ""),
                  apply_b_dec=bool(d.get("apply_b_dec_to_input", True)), meta=d.get("saex", {}))
     sae = Sae(cfg)
+    W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
+    if "scaling_factor" in w:  # z * s decoded by W_dec == z decoded by s * W_dec
+        W_dec = W_dec * w["scaling_factor"].float()[:, None]
+    if arch == "topk" and d.get("rescale_acts_by_decoder_norm"):
+        n = W_dec.norm(dim=1).clamp_min(1e-12)  # pre * n = x @ (W_enc * n) + b_enc * n; decode z / n
+        W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
     with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-            getattr(sae, name).copy_(w[name].float())
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_dec.copy_(w["b_dec"].float())
         if arch == "jumprelu":
             theta = w["threshold"] if "threshold" in w else w["log_threshold"].exp() if "log_threshold" in w else None
             if theta is None:
@@ -213,11 +237,21 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
     return sae
 
 
-def _load_sparsify(d: dict, w: dict[str, torch.Tensor]) -> Sae:
-    """EleutherAI sparsify: encoder.weight (d_sae, d_in), encoder.bias, W_dec, b_dec; TopK."""
+def _load_sparsify(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
+    """EleutherAI sparsify: encoder.weight (d_sae, d_in), encoder.bias, W_dec, b_dec; TopK of relu(pre)."""
+    odd = [f for f in ("transcode", "skip_connection", "multi_topk") if d.get(f)]
+    if d.get("activation", "topk") != "topk" or odd:
+        raise SaeError(f"{path}: only sparsify TopK SAEs load (activation 'topk', no transcode / skip_connection / "
+                       f"multi_topk); this one has activation {d.get('activation')!r}{', ' + ', '.join(odd) if odd else ''}")
+    missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in w]
+    if missing:
+        raise SaeError(f"{path}: sparsify weights lack {missing}")
     enc = w["encoder.weight"]
     d_sae, d_in = enc.shape
-    cfg = SaeCfg(d_in=d_in, d_sae=d_sae, architecture="topk", k=int(d.get("k", 32)), meta={"format": "sparsify"})
+    k = int(d.get("k", 32))
+    if not 1 <= k <= d_sae:
+        raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
+    cfg = SaeCfg(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, meta={"format": "sparsify"})
     sae = Sae(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(enc.T.float())
