@@ -309,6 +309,12 @@ class Backend(SteeringViews):
         df = self.index.feature_map(sae or "")
         if not sae:
             df["x"], df["y"] = df["jx"], df["jy"]
+        if self.modality != "text":  # the concept a latent is labelled with (its 7 most common; the rest grouped)
+            lc = self.index.label_concepts(sae or "")
+            df = df.merge(lc, on=["sae", "latent"], how="left")
+            top = df["concept"].value_counts().index[:7]
+            df["concept"] = df["concept"].where(df["concept"].isin(top), np.where(df["concept"].isna(), "(token label)",
+                                                                                     "other concept"))
         return df.drop(columns=["jx", "jy"])
 
     # ---- compare ----------------------------------------------------------------------------

@@ -62,6 +62,8 @@ SQL_SAES = "SELECT * FROM saes ORDER BY sae"
 SQL_DOMAINS = "SELECT DISTINCT top_domain AS d FROM latents WHERE top_domain <> '' ORDER BY d"
 SQL_LATENT = "SELECT * FROM latents WHERE sae = ? AND latent = ?"
 SQL_CONCEPTS = "SELECT * FROM concepts WHERE sae = ? AND latent = ? ORDER BY confidence DESC"
+SQL_LABEL_CONCEPTS = """SELECT DISTINCT c.sae, c.latent, c.concept FROM concepts c JOIN latents l
+    ON c.sae = l.sae AND c.latent = l.latent AND c.concept = l.label WHERE (? = '' OR c.sae = ?)"""
 SQL_TABLE_NAMES = "SELECT table_name FROM information_schema.tables"
 SQL_CONTEXTS = "SELECT * FROM contexts WHERE sae = ? AND latent = ? ORDER BY kind, rank"
 _LATENTS_SQL = """SELECT latent, label, confidence, density, mean_act, max_act, top_domain FROM latents
@@ -185,6 +187,12 @@ class IndexReader:
     def concepts(self, sae: str, latent: int) -> list[dict[str, Any]]:
         """Concept matches of one latent (protein and recommender workspaces), best confidence first."""
         return self.rows(SQL_CONCEPTS, (sae, latent)) if "concepts" in self.tables else []
+
+    def label_concepts(self, sae: str) -> pd.DataFrame:
+        """(sae, latent, concept) of the latents whose label is one of their concept matches ('' sae: all)."""
+        if "concepts" not in self.tables:
+            return pd.DataFrame(columns=["sae", "latent", "concept"])
+        return self.df(SQL_LABEL_CONCEPTS, (sae, sae))
 
     def latents(self, sae: str, sort_by: str, descending: bool, domain: str, min_density: float, query: str,
                 limit: int, offset: int) -> pd.DataFrame:

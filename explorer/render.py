@@ -260,7 +260,9 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
             marker=dict(size=5, opacity=0.85, color=np.log10(d), colorscale="YlOrRd", showscale=True,
                         line=dict(width=0), colorbar=dict(title="log10 density", thickness=12))))
     else:
-        key = "top_domain" if color_by == "domain" else "sae"
+        key = {"domain": "top_domain", "concept": "concept"}.get(color_by, "sae")
+        if key not in df:
+            key = "sae"
         groups = df[key].fillna("").astype(str).replace("", "(never fires)")
         for i, (name, g) in enumerate(df.groupby(groups, sort=True)):
             fig.add_trace(scatter(

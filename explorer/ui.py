@@ -91,13 +91,17 @@ def build_app(backend: Any, workspaces: list[tuple[str, str, str]] | None = None
                 on_first_select(map_tab, feature_map.build(backend, names, opener))
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 on_first_select(compare_tab, compare.build(backend, names, opener))
-            with gr.Tab("Coverage", id="coverage", elem_id="tab-coverage") as cov_tab:
-                cov = coverage.build(backend, names)
+            # Coverage (subdomain SAEs) and its SHIFT panel are about text; other workspaces have neither
+            cov = None
+            if modality == "text":
+                with gr.Tab("Coverage", id="coverage", elem_id="tab-coverage") as cov_tab:
+                    cov = coverage.build(backend, names)
             with gr.Tab("Steer", id="steer", elem_id="tab-steer"):
                 st = steer.build(backend, names) if modality == "text" else outcome.build(backend, names)
-        if backend.subdomains():  # nothing to load in a workspace without subdomain SAEs
-            on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
-        opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
+        if cov is not None:
+            if backend.subdomains():  # nothing to load in a workspace without subdomain SAEs
+                on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
+            opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
         b["steer"].click(steer_with, [st["edits"], b["latent"], b["sae"]], [st["edits"], st["sae"], tabs],
                          api_visibility="private")
         demo.load(*b["load"], api_visibility="private")

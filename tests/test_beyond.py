@@ -140,6 +140,17 @@ def test_recsys_ablation_changes_recommendations_and_rejects_unknown_items(rb):
         rb.steer_outcome("topk", "1 2 999999", [])
 
 
+def test_recsys_map_colours_latents_by_their_concept_label(rb):
+    from explorer.render import map_figure
+
+    df = rb.feature_map("topk")
+    labelled = df[~df["concept"].isin(["(token label)", "other concept"])]
+    assert len(labelled) and (labelled["concept"] == labelled["label"]).all()
+    assert df["concept"].nunique() <= 9  # 7 concepts + "other concept" + "(token label)"
+    fig = map_figure(df, "concept")
+    assert {t.name for t in fig.data} == set(df["concept"])
+
+
 def test_a_genre_latent_pushes_its_genre(rb):
     """The check behind a genre label: clamping the genre's best latent raises the genre's share of the top-10."""
     from backend.recsys import concept_steering_effect

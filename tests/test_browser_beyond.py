@@ -53,6 +53,8 @@ def test_switcher_lists_all_three_and_opens_the_protein_workspace(page, url):
     page.wait_for_url("**/protein_tiny/")
     page.wait_for_selector("#top-contexts .ctx")
     assert "protein LM model" in page.locator(".app-header").inner_text()
+    tabs = page.get_by_role("tab").all_inner_texts()
+    assert "Steer" in tabs and "Coverage" not in tabs  # no subdomain SAEs or SHIFT beyond text
 
 
 def test_protein_feature_page_shows_concepts_and_annotation_spans(page, url, protein_ws):

@@ -98,7 +98,8 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     """
     with gr.Row(equal_height=True):
         choice = gr.Dropdown([*sae_names, JOINT], value=sae_names[0] if sae_names else JOINT, label="map", scale=2)
-        color_by = gr.Dropdown(COLOR_BY, value="density", label="colour by", scale=1)
+        colours = COLOR_BY if getattr(backend, "modality", "text") == "text" else [*COLOR_BY, "concept"]
+        color_by = gr.Dropdown(colours, value="density", label="colour by", scale=1)
     status = gr.HTML()
     with gr.Row():
         with gr.Column(scale=3, min_width=520):
