@@ -155,7 +155,7 @@ def concepts_html(concepts: Sequence[dict[str, Any]], show: int = 6) -> str:
         f'<td>{html.escape(CONCEPT_METHODS.get(str(c.get("method")), str(c.get("method"))))}</td>'
         f'<td><b>{_fmt(c.get("confidence"))}</b></td><td>{_fmt(c.get("conf_precision"))}</td>'
         f'<td>{_fmt(c.get("conf_recall"))}</td><td>{_fmt(c.get("f1"))}</td><td>{_fmt(c.get("lift"), ".1f")}</td>'
-        f'<td>{_fmt(c.get("q_value"), ".1e")}</td></tr>' for c in shown)
+        f'<td>{"&lt;1e-300" if c.get("q_value") == 0 else _fmt(c.get("q_value"), ".1e")}</td></tr>' for c in shown)
     more = f" · {hidden} more without held-out support" if hidden > 0 else ""
     return ('<div class="concepts-wrap"><table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
             f'P(concept | fires) and their F1 = confidence){more}</caption><tr><th>concept</th><th>found by</th>'
