@@ -17,10 +17,19 @@ def _fetch_assets(args: argparse.Namespace) -> None:
 
 
 def _corpora(args: argparse.Namespace) -> None:
+    from .beyond import RECSYS_CORPORA
     from .corpora import REGISTRY
+    from .proteins import PROTEIN_CORPORA
 
+    print("text (model.kind causal_lm):")
     for name, (_, domain, what) in REGISTRY.items():
-        print(f"{name:14s} {domain:11s} {what}")
+        print(f"  {name:14s} {domain:11s} {what}")
+    print("protein (model.kind protein; or path: a FASTA file with annotations: a span table):")
+    for name, (_, what) in PROTEIN_CORPORA.items():
+        print(f"  {name:14s} {name:11s} {what}")
+    print("recommender (model.kind recsys):")
+    for name, what in RECSYS_CORPORA.items():
+        print(f"  {name:14s} {name:11s} {what}")
 
 
 def _build(args: argparse.Namespace) -> None:

