@@ -46,14 +46,23 @@ def workspace_dirs(args: argparse.Namespace) -> list[Path]:
     configs = args.config or ([] if args.workspace else DEFAULT_CONFIGS)
     from backend.workspace import create_workspace
 
-    for config in configs:
-        ws = create_workspace(config)
-        if not ws.index_path.exists():
-            from backend.build import build_workspace
+    for i, config in enumerate(configs):
+        try:
+            ws = create_workspace(config)
+            if not ws.index_path.exists():
+                from backend.build import build_workspace
 
-            print(f"[app] building workspace {ws.path} from {config} (first run only)...", flush=True)
-            build_workspace(config, ws.path, verbose=True)
+                print(f"[app] building workspace {ws.path} from {config} (first run only)...", flush=True)
+                build_workspace(config, ws.path, verbose=True)
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+            if len(configs) == 1 and not out:
+                raise
+            # one workspace that cannot be built does not keep the others from being served
+            print(f"[app] skipping {config}: {e}", file=sys.stderr, flush=True)
+            continue
         out.append(ws.path)
+    if not out:
+        raise RuntimeError(f"none of the workspaces could be opened or built ({', '.join(configs)})")
     return out
 
 
