@@ -71,3 +71,14 @@ def test_build_then_train_from_an_array_file(tmp_path, capsys):
     assert (tmp_path / "sae" / "sae_weights.safetensors").exists()
     assert main(["train", "--activations", str(tmp_path / "a.npy"), "--d-sae", "64", "--k", "99", "--out", str(tmp_path / "s2")]) == 2
     assert "k=99 must be between 1 and d_sae=64" in capsys.readouterr().err
+    # a residual SAE on the first one's error (SAE Boost), in bf16 selection: the folder loads as the composite
+    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--d-sae", "32", "--k", "4", "--batch-size", "128",
+                 "--boost-base", str(tmp_path / "sae"), "--dtype", "bfloat16", "--out", str(tmp_path / "boost")]) == 0
+    from backend import losses
+    from backend.boost import BoostedSae
+    from backend.sae import load_sae
+
+    x = ShardCache(acts).all_acts()[:400]
+    base, both = load_sae(tmp_path / "sae"), load_sae(tmp_path / "boost")
+    assert isinstance(both, BoostedSae) and int(both.W_dec.shape[0]) == 64 + 32
+    assert float(losses.fvu(x, both(x).detach())) < float(losses.fvu(x, base(x).detach()))
