@@ -31,25 +31,32 @@ from .train import write_metrics
 
 
 @torch.inference_mode()
-def reconstruction_metrics(sae, x: torch.Tensor, widths: list[int] | None = None) -> dict:
-    z = sae.encode(x)
-    r = sae.decode(z)
-    err = (x - r).pow(2).sum()
-    var = (x - x.mean(0)).pow(2).sum()
-    fires = (z > 0).float()
+def reconstruction_metrics(sae, x: torch.Tensor, widths: list[int] | None = None, chunk: int = 4096) -> dict:
+    """Reconstruction metrics of ``sae`` on x (N, d_in), encoded ``chunk`` tokens at a time (memory chunk x d_sae)."""
+    x = x.float()
+    var = float((x - x.mean(0)).pow(2).sum())
+    err = cos = l0 = 0.0
+    fires = torch.zeros(int(sae.W_dec.shape[0]))
+    pref = {int(w): 0.0 for w in widths or []}
+    for s in range(0, len(x), chunk):
+        xc = x[s : s + chunk]
+        z = sae.encode(xc)
+        r = sae.decode(z)
+        err += float((xc - r).pow(2).sum())
+        cos += float(F.cosine_similarity(xc, r, dim=-1).sum())
+        on = z > 0
+        l0 += float(on.sum())
+        fires += on.sum(0).float().cpu()
+        for w in pref:
+            pref[w] += float((xc - (z[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum())
+    n = len(x)
     out = {
-        "l0": float(fires.sum(-1).mean()),
-        "fvu": float(err / var),
-        "explained_variance": float(1 - err / var),
-        "mse": float((x - r).pow(2).mean()),
-        "cosine": float(F.cosine_similarity(x, r, dim=-1).mean()),
-        "dead_frac": float((fires.sum(0) == 0).float().mean()),
-        "dense_frac": float((fires.mean(0) > 0.1).float().mean()),
-        "n_tokens": len(x),
+        "l0": l0 / n, "fvu": err / var, "explained_variance": 1 - err / var, "mse": err / x.numel(), "cosine": cos / n,
+        "dead_frac": float((fires == 0).float().mean()), "dense_frac": float((fires / n > 0.1).float().mean()),
+        "n_tokens": n,
     }
-    if widths:
-        b = sae.b_dec
-        out["matryoshka_fvu"] = {int(w): float((x - (z[:, :w] @ sae.W_dec[:w] + b)).pow(2).sum() / var) for w in widths}
+    if pref:
+        out["matryoshka_fvu"] = {w: e / var for w, e in pref.items()}
     return out
 
 
