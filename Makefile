@@ -6,13 +6,14 @@ BIN    := $(VENV)/bin
 PORT   ?= 7860
 CONFIG ?=
 
-.PHONY: demo test install test-install assets test-assets chromium tiny bench clean-workspaces help
+.PHONY: demo test install test-install assets test-assets chromium tiny bench bench-train clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo    - set up everything and launch the app on http://127.0.0.1:$(PORT)"
 	@echo "make test    - set up everything and run the test suite"
 	@echo "make bench   - run the benchmarks in bench/ (results go in bench/RESULTS.md)"
+	@echo "make bench-train - the SAE trainer against SAELens's (installs SAELens in bench/_venvs only)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,11 @@ bench: test-install test-assets
 	$(BIN)/python bench/bench_activations.py
 	$(BIN)/python bench/bench_index.py
 	$(BIN)/python bench/bench_beyond_text.py
+
+# Trainer vs SAELens on the demo's cached activations (SAELens goes into bench/_venvs/saelens on first use).
+bench-train: test-install assets
+	$(BIN)/python -m backend build configs/demo.yaml --steps windows,activations
+	$(BIN)/python bench/bench_train.py
 
 clean-workspaces:
 	rm -rf workspaces

@@ -35,7 +35,7 @@ from backend.config import SaeConfig, TrainConfig  # noqa: E402
 from backend.train import Trainer  # noqa: E402
 
 BS, K = 4096, 32
-SAELENS_PY = ROOT / "bench" / "_venvs" / "saelens" / "bin" / "python"
+SAELENS_PY = Path(os.environ.get("SAELENS_VENV", ROOT / "bench" / "_venvs" / "saelens")) / "bin" / "python"
 SAELENS_WORKER = r'''
 import json, sys, time, numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
@@ -81,6 +81,18 @@ def flops_per_token(d_in: int, d_sae: int, bf16: bool) -> int:
     """Dense encoder matmul + sparse work: exact re-score of k+8 candidates (bf16 only), encoder weight grad,
     decoder forward, decoder value + weight grads (2 flops per multiply-add)."""
     return 2 * d_in * d_sae + 2 * K * d_in * 4 + (2 * (K + 8) * d_in if bf16 else 0)
+
+
+def ensure_saelens() -> None:
+    """Create bench/_venvs/saelens with sae-lens (and the same CPU torch) when it is missing: SAELens is only
+    ever installed there, never in the product's environment. Takes a few minutes the first time."""
+    if SAELENS_PY.exists():
+        return
+    venv = SAELENS_PY.parent.parent
+    print(f"[bench] installing sae-lens into {venv} (first run only)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(SAELENS_PY), "install", "-q", "torch==2.13.0",
+                    "sae-lens>=6.0"], check=True)
 
 
 class SaeLensWorker:
@@ -152,6 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         npy = None
         if not args.no_saelens:
+            ensure_saelens()
             npy = Path(tmp) / "x.npy"
             np.save(npy, allx.numpy())
         results = {d: run_width(x, held, d, npy, args.threads) for d in (int(w) for w in args.widths.split(","))}
