@@ -11,6 +11,7 @@ import html
 import json
 import math
 from typing import Any, Sequence
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
@@ -134,7 +135,9 @@ def feature_header_html(fv: Any) -> str:
         ("density", _fmt(fv.density * 100, ".3g") + "%"), ("mean act", _fmt(fv.mean_act)),
         ("max act", _fmt(fv.max_act)), ("confidence", _fmt(fv.confidence)), ("precision", _fmt(fv.precision)),
         ("recall", _fmt(fv.recall))])
-    return (f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}</div>'
+    link = html.escape(f"?{urlencode({'sae': fv.sae, 'latent': fv.latent})}", quote=True)
+    return (f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}'
+            f' <a class="permalink" href="{link}" title="a link that opens this latent">link</a></div>'
             f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
             f'<div class="stats">{stats}</div>'
             + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "")

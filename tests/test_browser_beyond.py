@@ -98,3 +98,15 @@ def test_protein_endpoints_answer_good_and_bad_input(url):
     assert good["kind"] == "classifier" and len(good["before"]) == len(good["classes"])
     rows = c.predict("topk", "density", 5, api_name="/latents")
     assert len(rows) == 5
+
+
+def test_a_permalink_opens_its_latent(page, url):
+    page.goto(url + "protein_tiny/?sae=relu&latent=5", wait_until="domcontentloaded")
+    page.wait_for_selector("#feature-head .fhead")
+    wait_latent(page, 5)
+    assert "RELU" in page.locator("#feature-head").inner_text().upper()
+    href = page.locator("#feature-head a.permalink").get_attribute("href")
+    assert href == "?sae=relu&latent=5"
+    page.goto(url + "protein_tiny/?sae=nope&latent=x", wait_until="domcontentloaded")  # bad links fall back
+    page.wait_for_selector("#top-contexts .ctx")
+    assert "TOPK" in page.locator("#feature-head").inner_text().upper()

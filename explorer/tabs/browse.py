@@ -85,6 +85,23 @@ def open_sae(backend: Any, sae: str, sort: str, domain: str | None, min_density:
     return (table, status, latent, *show_feature(backend, sae, latent))
 
 
+def open_from_url(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
+                  page: float | None = 1, request: gr.Request | None = None) -> tuple:
+    """Page load: ``open_sae``, or the latent a link names (``?sae=<name>&latent=<id>``, the dashboard's permalink)."""
+    params = dict(request.query_params) if request is not None and request.query_params else {}
+    names = list(getattr(backend, "sae_names", []) or [])
+    if params.get("sae") in names:
+        sae = params["sae"]
+    out = open_sae(backend, sae, sort, domain, min_density, query, page)
+    try:
+        wanted = int(params["latent"]) if "latent" in params else None
+    except ValueError:
+        wanted = None
+    if wanted is not None:
+        out = (*out[:2], wanted, *show_feature(backend, sae, wanted))
+    return (sae, *out)
+
+
 def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | None = None,
              latent_col: int = 0) -> tuple[str | None, int]:
     """(sae, latent) from a selected table row; raises gr.Error when the row has no latent."""
@@ -209,5 +226,9 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
 
     gr.api(latents_endpoint, api_name="latents")
     gr.api(feature_endpoint, api_name="feature")
-    load = (functools.partial(open_sae, backend), filters, [table, status, latent, *dashboard])
+    def load_page(sae_name: str, sort_by: str, dom: str | None, min_d: float | None, q: str, pg: float | None,
+                  request: gr.Request) -> tuple:  # a plain function: gradio injects the request by annotation
+        return open_from_url(backend, sae_name, sort_by, dom, min_d, q, pg, request)
+
+    load = (load_page, filters, [sae, table, status, latent, *dashboard])
     return opener, {"sae": sae, "latent": latent, "load": load, "steer": steer_btn}
