@@ -46,7 +46,7 @@ def workspace_dirs(args: argparse.Namespace) -> list[Path]:
     configs = args.config or ([] if args.workspace else DEFAULT_CONFIGS)
     from backend.workspace import create_workspace
 
-    for i, config in enumerate(configs):
+    for config in configs:
         try:
             ws = create_workspace(config)
             if not ws.index_path.exists():

@@ -99,10 +99,9 @@ def modality_windows(ws, adapter, verbose: bool = True) -> pd.DataFrame | None:
             print(f"[corpora] {c.name}: {len(docs)} {kind} documents -> {len(w)} windows", flush=True)
         frames.append(w)
     if kind == "protein":
-        from .atomic import atomic_write_bytes
+        from .workspace import atomic_write_parquet
 
-        ann = pd.concat(anns, ignore_index=True).drop_duplicates()
-        atomic_write_bytes(annotations_path(ws), ann.to_parquet(index=False))
+        atomic_write_parquet(pd.concat(anns, ignore_index=True).drop_duplicates(), annotations_path(ws))
     return pd.concat(frames, ignore_index=True)
 
 

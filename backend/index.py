@@ -232,11 +232,12 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
         hist += np.bincount(c * N_BINS + np.minimum((frac * N_BINS).astype(np.int64), N_BINS - 1), minlength=len(hist))
         bands.update(c * nb + np.minimum((frac * nb).astype(np.int64), nb - 1), rng.random(len(c)), r)
         pairs = pairs + _pair_counts(r, c, ia.token, (d_sae, V))
-    held_pairs = sp.csr_matrix((d_sae, V), dtype=np.float32)
-    held_fire = sp.csr_matrix((len(ia.token), d_sae), dtype=np.float32)
+    hr, hc = [], []
     for r, c, _, _ in encode_sparse(sae, ia.acts, held, device):
-        held_pairs = held_pairs + _pair_counts(r, c, ia.token, (d_sae, V))
-        held_fire = held_fire + sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=held_fire.shape)
+        hr.append(r)
+        hc.append(c)
+    hr, hc = (np.concatenate(hr), np.concatenate(hc)) if hr else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    held_pairs = _pair_counts(hr, hc, ia.token, (d_sae, V))
     dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
     rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
     g, _, _, row = top.items()
@@ -247,6 +248,8 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
     detection_scores(expl, held_pairs, np.bincount(ia.token[held], minlength=V).astype(float))
     tables: dict[str, pa.Table] = {}
     if concepts is not None:
+        held_fire = sp.csr_matrix((np.ones(len(hr), np.float32), (np.searchsorted(held, hr), hc)),
+                                  shape=(len(held), d_sae))  # held-out rows x latents: 1 where it fired
         cm = concept_matches(fired, train, held, held_fire, top.items(), mx, *concepts)
         tables["concepts"] = pa.Table.from_pandas(cm.assign(sae=name), preserve_index=False)
         best = cm.sort_values("confidence", ascending=False).drop_duplicates("latent")
@@ -318,8 +321,8 @@ def concept_matches(fired: Firings, train: np.ndarray, held: np.ndarray, held_fi
                      top[["latent", "concept", "method", "share", "lift", "q_value"]]], ignore_index=True)
     # held-out confidence of every candidate pair
     Y = sp.csr_matrix(labels[held].astype(np.float32))  # (n_held, C)
-    both = (held_fire[held].T @ Y).toarray()  # (d_sae, C)
-    n_fire = np.asarray(held_fire[held].sum(0)).ravel()
+    both = (held_fire.T @ Y).toarray()  # (d_sae, C); held_fire is (n_held, d_sae), rows in ``held`` order
+    n_fire = np.asarray(held_fire.sum(0)).ravel()
     n_c = np.asarray(Y.sum(0)).ravel()
     col = {c: j for j, c in enumerate(names)}
     li, ci = out["latent"].to_numpy(np.int64), out["concept"].map(col).to_numpy(np.int64)
@@ -353,11 +356,12 @@ def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.nd
     rank = np.empty(len(order), np.int32)
     rank[order] = np.arange(len(order)) - group_start
     kinds = np.array(["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
+    focus = radius - (~valid[:, :radius]).sum(1)  # the center's position in its (clipped) context
     return pa.table({
         "sae": [name] * len(center), "latent": latent.astype(np.int32), "kind": kinds[band].tolist(), "rank": rank,
-        "window_row": ia.window[center], "win_offset": (center - (radius - (~valid[:, :radius]).sum(1))
-                                                    - start[center]).astype(np.int32), "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
-        "acts": _ragged(acts, lengths, pa.float32()), "focus": (radius - (~valid[:, :radius]).sum(1)).astype(np.int32),
+        "window_row": ia.window[center], "win_offset": (center - focus - start[center]).astype(np.int32),
+        "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
+        "acts": _ragged(acts, lengths, pa.float32()), "focus": focus.astype(np.int32),
         "source": ia.source[ia.window[center]].tolist(), "domain": [ia.domains[d] for d in ia.domain[center]],
         "max_act": max_act,
     })

@@ -99,8 +99,9 @@ class SteeringViews:
             if self.modality == "recsys":
                 from .recsys import ablate_recommendations
 
-                out = ablate_recommendations(adapter, model, site, inputs, checked, k=int(k))
-                return {"kind": "recommendations", "history": adapter.token_strings(adapter.encode_ids(inputs)), **out}
+                ids = adapter.encode_ids(inputs)
+                out = ablate_recommendations(adapter, model, site, ids, checked, k=int(k))
+                return {"kind": "recommendations", "history": adapter.token_strings(ids), **out}
         except BackendError:
             raise
         except ValueError as e:  # bad sequence letters, unknown item ids, bad edits, no head...
