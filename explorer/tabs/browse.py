@@ -78,10 +78,12 @@ def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
 
 
 def open_sae(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
-             page: float | None = 1) -> tuple:
-    """The list for the filters and the dashboard of its first row: (table, status, latent, *dashboard)."""
+             page: float | None = 1, latent: int | None = None) -> tuple:
+    """The list for the filters and the dashboard of ``latent`` (default: the list's first row):
+    (table, status, latent, *dashboard)."""
     table, status = list_latents(backend, sae, sort, domain, min_density, query, page)
-    latent = int(table["latent"].iloc[0]) if len(table) else None
+    if latent is None:
+        latent = int(table["latent"].iloc[0]) if len(table) else None
     return (table, status, latent, *show_feature(backend, sae, latent))
 
 
@@ -92,14 +94,11 @@ def open_from_url(backend: Any, sae: str, sort: str, domain: str | None, min_den
     names = list(getattr(backend, "sae_names", []) or [])
     if params.get("sae") in names:
         sae = params["sae"]
-    out = open_sae(backend, sae, sort, domain, min_density, query, page)
     try:
         wanted = int(params["latent"]) if "latent" in params else None
     except ValueError:
         wanted = None
-    if wanted is not None:
-        out = (*out[:2], wanted, *show_feature(backend, sae, wanted))
-    return (sae, *out)
+    return (sae, *open_sae(backend, sae, sort, domain, min_density, query, page, wanted))
 
 
 def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | None = None,

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from ..render import message_html
-from .steer import EDIT_COLUMNS, EMPTY_EDITS
+from .steer import edit_rows, edits_table
 
 INPUT_LABEL = {"protein": "protein sequence (one-letter amino-acid codes)",
                "recsys": "a user's history: item ids, oldest first, separated by spaces"}
@@ -22,10 +22,6 @@ HELP = {
                "**zero** ablates a latent, **clamp** pins it (a large value boosts it). The top-k next items are "
                "shown before and after, with the shift in their genre mix."),
 }
-
-
-def _rows(edits: Any) -> list:
-    return [] if edits is None else pd.DataFrame(edits).values.tolist()
 
 
 def outcome_html(r: dict) -> str:
@@ -74,7 +70,7 @@ def genre_frame(r: dict) -> pd.DataFrame:
 
 def run_outcome(backend: Any, sae: str, inputs: str, edits: Any, k: float, motif: str, seed: float) -> tuple:
     try:
-        r = backend.steer_outcome(sae, inputs, _rows(edits), k=int(k), motif=motif or "", seed=int(seed))
+        r = backend.steer_outcome(sae, inputs, edit_rows(edits), k=int(k), motif=motif or "", seed=int(seed))
     except ValueError as e:
         return message_html(str(e)), genre_frame({})
     return outcome_html(r), genre_frame(r)
@@ -89,9 +85,7 @@ def build(backend: Any, sae_names: list[str]) -> dict:
         motif = gr.Textbox(label="target motif (regex; masked-LM models only)", visible=mod == "protein", scale=2,
                            placeholder="e.g. C.{2,4}C.{12}H.{3,5}H")
         seed = gr.Number(0, label="seed", precision=0, scale=0, min_width=80)
-    edits = gr.Dataframe(EMPTY_EDITS.copy(), headers=EDIT_COLUMNS, datatype=["number", "str", "number"],
-                         column_count=(3, "fixed"), row_count=(1, "dynamic"), interactive=True,
-                         label="latent edits (mode: clamp | scale | zero)")
+    edits = edits_table("clamp | scale | zero")
     gr.Markdown(HELP[mod], elem_classes=["muted"])
     inputs = gr.Textbox(backend.example_input(), label=INPUT_LABEL[mod], lines=3)
     go_btn = gr.Button("Compare before / after", variant="primary")

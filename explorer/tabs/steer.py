@@ -25,6 +25,18 @@ def add_edit(edits: pd.DataFrame | None, latent: int | float | None, mode: str =
     return pd.concat([df[df["latent"].astype(int) != int(latent)], row], ignore_index=True)
 
 
+def edit_rows(edits: pd.DataFrame | None) -> list:
+    """The edits table's rows as [latent, mode, value] lists (what Backend.steer*/parse_edits take)."""
+    return [] if edits is None else pd.DataFrame(edits).values.tolist()
+
+
+def edits_table(modes: str) -> gr.Dataframe:
+    """The editable (latent, mode, value) table of a steer tab; ``modes`` lists the accepted modes."""
+    return gr.Dataframe(EMPTY_EDITS.copy(), headers=EDIT_COLUMNS, datatype=["number", "str", "number"],
+                        column_count=(3, "fixed"), row_count=(1, "dynamic"), interactive=True,
+                        label=f"latent edits (mode: {modes})")
+
+
 def firing_table(firing) -> pd.DataFrame:
     return pd.DataFrame(firing or [], columns=["latent", "max activation", "tokens fired"])
 
@@ -32,7 +44,7 @@ def firing_table(firing) -> pd.DataFrame:
 def run_steer(backend, sae: str, prompt: str, edits: pd.DataFrame, max_new_tokens: float, temperature: float,
               seed: float, chat: bool) -> Iterator[tuple]:
     """Streamed handler: (baseline, steered, notice, firing table)."""
-    rows = [] if edits is None else pd.DataFrame(edits).values.tolist()
+    rows = edit_rows(edits)
     try:
         for u in backend.steer_stream(sae, prompt, rows, max_new_tokens=int(max_new_tokens),
                                       temperature=float(temperature), seed=int(seed), chat=bool(chat)):
@@ -59,9 +71,7 @@ def build(backend, sae_names: list[str]) -> dict:
     with gr.Row():
         sae = gr.Dropdown(sae_names, value=sae_names[0] if sae_names else None, label="SAE", scale=1)
         chat = gr.Checkbox(True, label="chat template (instruct model)", scale=1)
-    edits = gr.Dataframe(EMPTY_EDITS.copy(), headers=EDIT_COLUMNS, datatype=["number", "str", "number"],
-                         column_count=(3, "fixed"), row_count=(1, "dynamic"), interactive=True,
-                         label="latent edits (mode: clamp | scale | zero | add)")
+    edits = edits_table("clamp | scale | zero | add")
     gr.Markdown(HELP, elem_classes=["muted"])
     prompt = gr.Textbox("Tell me about your favourite place.", label="prompt", lines=2)
     with gr.Row():
