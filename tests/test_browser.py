@@ -85,18 +85,27 @@ def app_url(tiny_ws, tmp_path_factory):
         pytest.fail(str(e))
 
 
-@pytest.fixture(scope="module")
-def page(app_url):
+@contextlib.contextmanager
+def chromium_page():
+    """A fresh headless Chromium page (1280 x 900, WAIT_MS timeout) until the block ends."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = launch_browser(p)
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
         pg.set_default_timeout(WAIT_MS)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with chromium_page() as pg:
         pg.goto(app_url, wait_until="domcontentloaded")
         pg.wait_for_selector("#top-contexts .ctx")  # the first latent of the list opens on load
         yield pg
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +193,18 @@ def test_search_by_explanation_lists_latents(page):
     page.wait_for_function("document.body.innerText.includes('Type some words')")
 
 
-def test_map_draws_and_a_clicked_point_opens_its_dashboard(page):
+def click_map_point(page, n: int) -> None:
+    """Open the Map tab, click its n-th point and wait for the picked latent's card."""
     page.get_by_role("tab", name="Map").click()
-    point = page.locator("#feature-map .scatterlayer .point").nth(10)
+    point = page.locator("#feature-map .scatterlayer .point").nth(n)
     point.wait_for(state="visible")
     box = point.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.wait_for_function("document.querySelector('#map-card').innerText.includes('LATENT')")
+
+
+def test_map_draws_and_a_clicked_point_opens_its_dashboard(page):
+    click_map_point(page, 10)
     picked = page.locator("#map-pick textarea, #map-pick input").first.input_value()
     sae, latent = picked.split(":")
     page.get_by_role("button", name="Open dashboard").click()
@@ -298,12 +312,7 @@ def take_screenshots(workspace: Path, out_dir: Path) -> list[Path]:
         page.get_by_role("button", name="Find latents").click()
         page.wait_for_selector("#text-heatmap .tok")
         shot("search")
-        page.get_by_role("tab", name="Map").click()
-        point = page.locator("#feature-map .scatterlayer .point").nth(40)
-        point.wait_for(state="visible")
-        box = point.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        page.wait_for_function("document.querySelector('#map-card').innerText.includes('LATENT')")
+        click_map_point(page, 40)
         shot("map")
         page.get_by_role("tab", name="Compare").click()
         page.wait_for_selector("#compare-matches .body-cell")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.store import IndexReader
-from tests.test_browser import WAIT_MS, launch_browser, open_latent, serve, wait_latent
+from tests.test_browser import chromium_page, open_latent, serve, wait_latent
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +22,8 @@ def url(tiny_ws, protein_ws, recsys_ws, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_browser(p)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.set_default_timeout(WAIT_MS)
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 def best_concept_latent(ws) -> tuple[int, str]:
@@ -69,20 +63,22 @@ def test_protein_feature_page_shows_concepts_and_annotation_spans(page, url, pro
     assert concept in page.locator("#top-contexts").inner_text()
 
 
-def test_protein_steer_tab_shows_classifier_probabilities(page, url):
-    page.goto(url + "protein_tiny/", wait_until="domcontentloaded")
+def steer_first_latent(page, url: str) -> None:
+    """Open a workspace, hand its first latent to the Steer tab and compare before / after."""
+    page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("#top-contexts .ctx")
     page.get_by_role("button", name="Steer with this latent").click()
     page.get_by_role("button", name="Compare before / after").click()
+
+
+def test_protein_steer_tab_shows_classifier_probabilities(page, url):
+    steer_first_latent(page, url + "protein_tiny/")
     page.wait_for_function("document.querySelector('#outcome').innerText.includes('classifier probabilities')")
     assert page.locator("#outcome tr").count() >= 3  # header + one row per class
 
 
 def test_recsys_steer_tab_shows_lists_before_and_after(page, url):
-    page.goto(url + "recsys_tiny/", wait_until="domcontentloaded")
-    page.wait_for_selector("#top-contexts .ctx")
-    page.get_by_role("button", name="Steer with this latent").click()
-    page.get_by_role("button", name="Compare before / after").click()
+    steer_first_latent(page, url + "recsys_tiny/")
     page.wait_for_selector("#outcome ol li")
     assert page.locator("#outcome ol").count() == 2 and page.locator("#outcome ol").first.locator("li").count() == 10
     assert "genre-mix change" in page.locator("#outcome").inner_text()
