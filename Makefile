@@ -6,12 +6,16 @@ BIN    := $(VENV)/bin
 PORT   ?= 7860
 CONFIG ?=
 
-.PHONY: demo test install test-install assets test-assets chromium tiny bench bench-train clean-workspaces help
+.PHONY: demo test test-fast lint format install test-install assets test-assets chromium tiny bench bench-train \
+	bench-activations bench-index bench-beyond bench-compare bench-steering bench-steer-fairness bench-subdomain \
+	bench-concept-steering clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo    - set up everything and launch the app on http://127.0.0.1:$(PORT)"
 	@echo "make test    - set up everything and run the test suite"
+	@echo "make test-fast - the unit tests only (no workspace build, no browser): a few minutes"
+	@echo "make lint    - ruff check and ruff format --check"
 	@echo "make bench   - run the benchmarks in bench/ (results go in bench/RESULTS.md)"
 	@echo "make bench-train - the SAE trainer against SAELens's (installs SAELens in bench/_venvs only)"
 
@@ -19,8 +23,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(VENV)/.test-installed: requirements-test.txt $(VENV)/.installed
@@ -53,10 +58,36 @@ tiny: assets
 test: test-install test-assets chromium
 	$(BIN)/python -m pytest -q tests
 
-bench: test-install test-assets
+# Unit tests: everything not marked slow (slow = builds a workspace, loads the real model or starts a browser).
+test-fast: test-install assets
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: test-install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: test-install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: bench-activations bench-index bench-beyond bench-compare bench-steer-fairness
+
+bench-activations: test-install assets
 	$(BIN)/python bench/bench_activations.py
+bench-index: test-install assets
 	$(BIN)/python bench/bench_index.py
+bench-beyond: test-install test-assets
 	$(BIN)/python bench/bench_beyond_text.py
+bench-compare: test-install assets
+	$(BIN)/python bench/bench_compare.py
+bench-steer-fairness: test-install assets
+	$(BIN)/python bench/bench_steer_fairness.py
+bench-steering: test-install assets
+	$(BIN)/python bench/bench_steering.py
+bench-subdomain: test-install assets
+	$(BIN)/python bench/bench_subdomain.py
+bench-concept-steering: test-install test-assets
+	$(BIN)/python bench/bench_concept_steering.py
 
 # Trainer vs SAELens on the demo's cached activations (SAELens goes into bench/_venvs/saelens on first use).
 bench-train: test-install assets

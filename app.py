@@ -10,6 +10,7 @@ handed to ``explorer.ui.build_app``; the model itself loads on the first request
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -34,16 +35,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _skip(what: str, e: BaseException) -> None:
+    """One workspace that cannot be opened or built does not keep the others from being served."""
+    print(f"[app] skipping {what}: {e}", file=sys.stderr, flush=True)
+
+
 def workspace_dirs(args: argparse.Namespace) -> list[Path]:
     """The workspace folders to serve, in order; builds each config's workspace when its index is missing."""
     out = []
+    configs = args.config or ([] if args.workspace else DEFAULT_CONFIGS)
     for w in args.workspace:
         path = Path(w)
         if not (path / "index.duckdb").exists():
-            raise FileNotFoundError(f"{path} has no index.duckdb: build it with `python -m backend build CONFIG` "
-                                    "or start with --config CONFIG")
+            e = FileNotFoundError(f"{path} has no index.duckdb: build it with `python -m backend build CONFIG` "
+                                  "or start with --config CONFIG")
+            if len(args.workspace) + len(configs) == 1:
+                raise e
+            _skip(str(path), e)
+            continue
         out.append(path)
-    configs = args.config or ([] if args.workspace else DEFAULT_CONFIGS)
     from backend.workspace import create_workspace
 
     for config in configs:
@@ -57,13 +67,34 @@ def workspace_dirs(args: argparse.Namespace) -> list[Path]:
         except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
             if len(configs) == 1 and not out:
                 raise
-            # one workspace that cannot be built does not keep the others from being served
-            print(f"[app] skipping {config}: {e}", file=sys.stderr, flush=True)
+            _skip(config, e)
             continue
         out.append(ws.path)
     if not out:
-        raise RuntimeError(f"none of the workspaces could be opened or built ({', '.join(configs)})")
+        raise RuntimeError(f"none of the workspaces could be opened or built ({', '.join(configs + args.workspace)})")
     return out
+
+
+def open_backends(dirs: list[Path]) -> list:
+    """A Backend per workspace folder. A workspace whose index cannot be read is skipped with one line when
+    there are others (alone, its error is raised); each broken SAE is reported and left out of its Backend."""
+    from backend.service import Backend
+
+    backends = []
+    for path in dirs:
+        try:
+            b = Backend(path)
+        except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+            if len(dirs) == 1:
+                raise
+            _skip(str(path), e)
+            continue
+        for problem in getattr(b, "problems", []):
+            print(f"[app] {b.workspace_name}: not serving an SAE: {problem}", file=sys.stderr, flush=True)
+        backends.append(b)
+    if not backends:
+        raise RuntimeError(f"none of the workspaces could be opened ({', '.join(map(str, dirs))})")
+    return backends
 
 
 def mount_paths(backends: list) -> list[tuple[str, str, str]]:
@@ -74,11 +105,11 @@ def mount_paths(backends: list) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # clients get one user-level line per error (show_error=False); tracebacks go to this log only
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        from backend.service import Backend
-
-        backends = [Backend(p) for p in workspace_dirs(args)]
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        backends = open_backends(workspace_dirs(args))
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = [b.workspace_name for b in backends]
@@ -91,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = mount_paths(backends)
     if len(backends) == 1:
         print(f"[app] serving workspace {names[0]} on http://{args.host}:{args.port}", flush=True)
-        build_app(backends[0]).launch(server_name=args.host, server_port=args.port, auth=auth, show_error=True,
+        build_app(backends[0]).launch(server_name=args.host, server_port=args.port, auth=auth, show_error=False,
                                       **launch_options())
         return 0
     import gradio as gr
@@ -101,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     app = FastAPI()
     # mount the sub-paths first: the app at "/" would otherwise catch their requests
     for b, (name, _, path) in sorted(zip(backends, paths), key=lambda bp: bp[1][2] == "/"):
-        gr.mount_gradio_app(app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=True,
+        gr.mount_gradio_app(app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=False,
                             **launch_options())
         print(f"[app] workspace {name} ({b.modality}) at http://{args.host}:{args.port}{path}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)

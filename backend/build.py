@@ -4,24 +4,33 @@ Steps: windows (corpora -> context windows), activations (shard cache), subdomai
 training sets for specialized SAEs, each with its own shard cache), train (each SAE),
 eval (metrics.json), index (DuckDB feature index, labels, maps), coverage (general vs subdomain). Each step writes to a temporary
 path and renames, so an interrupted build resumes cleanly from the last finished step.
+
+The whole build holds the workspace lock (atomic.workspace_lock): a second build of the same workspace
+fails at once with WorkspaceBusy naming the first, and the temporaries of a killed build are removed
+when the next one takes the lock.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from .workspace import Workspace, create_workspace
+from .workspace import Workspace, create_workspace, workspace_lock
 
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
 
 
 def build_workspace(config: str | Path, path: str | Path | None = None, *, force: bool = False,
                     steps: str = "all", verbose: bool = True) -> Workspace:
-    ws = create_workspace(config, path)
     want = STEPS if steps == "all" else tuple(s.strip() for s in steps.split(","))
     bad = [s for s in want if s not in STEPS]
     if bad:
         raise ValueError(f"unknown build step(s) {bad}; steps are {', '.join(STEPS)}")
+    ws = create_workspace(config, path)
+    with workspace_lock(ws.path):
+        return _build(ws, want, force, verbose)
+
+
+def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> Workspace:
     t0 = time.time()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[build] workspace {ws.config.name} in {ws.path}", flush=True)
@@ -53,6 +62,11 @@ def build_workspace(config: str | Path, path: str | Path | None = None, *, force
 
 
 def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: str | None = None) -> None:
+    with workspace_lock(ws.path):
+        _train_all(ws, force, verbose, only)
+
+
+def _train_all(ws: Workspace, force: bool, verbose: bool, only: str | None) -> None:
     from .sae import load_sae
     from .train import train_sae
 
@@ -74,4 +88,5 @@ def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: st
 def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
     from .evaluate import evaluate_workspace
 
-    evaluate_workspace(ws, force=force, progress=verbose)
+    with workspace_lock(ws.path):
+        evaluate_workspace(ws, force=force, progress=verbose)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from .workspace import Workspace, atomic_write_text, open_workspace
+from .workspace import Workspace, atomic_write_text, open_workspace, workspace_lock
 
 
 def shift_reports(ws: Workspace, sae_names: list[str], csv: str | None = None, top: int = 50) -> list[dict]:
@@ -38,7 +38,9 @@ def shift_reports(ws: Workspace, sae_names: list[str], csv: str | None = None, t
 def _shift(args: argparse.Namespace) -> None:
     ws = open_workspace(args.workspace)
     names = args.saes.split(",") if args.saes else default_shift_saes(ws)
-    for r in shift_reports(ws, names, args.csv, args.top):
+    with workspace_lock(ws.path):
+        reports = shift_reports(ws, names, args.csv, args.top)
+    for r in reports:
         print(f"{r['sae']:>12s}  ablated {len(r['ablated']):3d} latents | worst-group acc "
               f"{r['before']['worst_group']:.3f} -> {r['after_ablation']['worst_group']:.3f} (ablate) "
               f"-> {r['after_retrain']['worst_group']:.3f} (retrain) | overall {r['before']['overall']:.3f} -> "
@@ -55,16 +57,18 @@ def _coverage(args: argparse.Namespace) -> None:
     from .coverage import build_coverage
 
     ws = open_workspace(args.workspace)
-    for p in build_coverage(ws, force=args.force):
-        print(f"wrote {p}")
+    with workspace_lock(ws.path):
+        for p in build_coverage(ws, force=args.force):
+            print(f"wrote {p}")
 
 
 def _subdomains(args: argparse.Namespace) -> None:
     from .subdomain import build_subdomain
 
     ws = open_workspace(args.workspace)
-    for sd in ws.config.subdomains:
-        build_subdomain(ws, sd, force=args.force)
+    with workspace_lock(ws.path):
+        for sd in ws.config.subdomains:
+            build_subdomain(ws, sd, force=args.force)
 
 
 def add_commands(sub) -> None:

@@ -60,9 +60,11 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_folder, evaluate_workspace
 
     if args.workspace:
-        from .workspace import open_workspace
+        from .workspace import open_workspace, workspace_lock
 
-        evaluate_workspace(open_workspace(args.workspace), force=True)
+        ws = open_workspace(args.workspace)
+        with workspace_lock(ws.path):
+            evaluate_workspace(ws, force=True)
         return
     if not (args.sae and args.activations):
         raise SaeError("eval needs --sae DIR and --activations FILE, or --workspace DIR")

@@ -445,7 +445,16 @@ def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, A
 
 def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dict[str, float]:
     """Index every SAE of the workspace into ``out`` (default ws.index_path), built aside and renamed
-    into place. Returns timings in seconds (activations, each SAE, maps, total) and the token count."""
+    into place. Returns timings in seconds (activations, each SAE, maps, total) and the token count.
+
+    Holds the workspace lock (atomic.workspace_lock): taking it removes the staging files of a killed build."""
+    from .atomic import workspace_lock
+
+    with workspace_lock(ws.path):
+        return _build_index(ws, progress, out)
+
+
+def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]:
     _check_saes(ws)
     t0 = time.perf_counter()
     ia = collect(ws, progress)

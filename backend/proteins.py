@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .adapters.protein import ProteinAdapter, residue_mask_fn
+from .adapters.protein import ProteinAdapter, check_sequence, residue_mask_fn
 from .assets import AssetError, asset_path, cache_root
 from .corpora import Doc
 
@@ -296,6 +296,17 @@ def residue_labels(windows: pd.DataFrame, window: torch.Tensor, pos: torch.Tenso
 
 
 # ---- steering the classifier ------------------------------------------------------------
+def fit_sequence(adapter: ProteinAdapter, text: str) -> tuple[str, str | None]:
+    """(residues the model reads, notice): the sequence normalised (SequenceError on bad letters), cut to
+    its first ``context_limit - 2`` residues (room for <cls> and <eos>); the notice says so when cut."""
+    seq = check_sequence(text, adapter.allowed)
+    room = adapter.context_limit - 2
+    if len(seq) <= room:
+        return seq, None
+    return seq[:room], (f"The sequence has {len(seq):,} residues; only its first {room:,} were used "
+                        "(the model's length limit).")
+
+
 @torch.inference_mode()
 def classifier_shift(adapter: ProteinAdapter, sae, site: str, seq: str, edits, residues_only: bool = True) -> dict:
     """Class probabilities of one sequence before and after latent edits at ``site``.

@@ -247,6 +247,16 @@ def genre_mix(adapter: RecsysAdapter, ids: Sequence[int]) -> dict[str, float]:
     return dict(sorted(mix.items(), key=lambda kv: -kv[1]))
 
 
+def fit_history(adapter: RecsysAdapter, text: str) -> tuple[list[int], str | None]:
+    """(token ids the model reads, notice): every id checked (ValueError naming unknown ones), then the
+    latest ``context_limit`` items kept (the recommender's window); the notice says so when cut."""
+    ids = adapter.encode_ids(text)
+    n = adapter.context_limit
+    if len(ids) <= n:
+        return ids, None
+    return ids[-n:], f"Used the last {n:,} of {len(ids):,} items (the model reads at most {n:,})."
+
+
 def ablate_recommendations(adapter: RecsysAdapter, sae, site: str, items: str | Sequence[int], edits,
                            k: int = 10) -> dict:
     """Top-k recommendations before/after latent edits (zero = ablate, clamp = pin/boost) at ``site``.

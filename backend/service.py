@@ -23,16 +23,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import errors as check
+from .errors import BackendError
+from .service_research import ResearchViews
 from .service_steer import SteeringViews
 from .store import SORT_KEYS, IndexReader
 from .workspace import Workspace, open_workspace
 
 MAX_TEXT = 20_000
 MAX_SEARCH_TOKENS = 1024
-
-
-class BackendError(ValueError):
-    """A request the backend cannot serve; the message says what to change."""
+MAX_QUERY = 200          # characters of an explanation search
+MAX_ROWS = 10_000        # rows of one /latents page
+MAX_OFFSET = 10_000_000  # any offset past this is an error (no SAE has that many latents)
+MAX_RESULTS = 1_000      # /search_text top_n, /search_features limit, /compare page size
+MAX_NEAREST = 200
+__all__ = ["Backend", "BackendError"]
 
 
 @dataclass
@@ -77,11 +82,17 @@ class TextSearchResult:
     notice: str = ""  # e.g. the text was cut to MAX_SEARCH_TOKENS tokens
 
 
+COSINE_BINS = 20  # histogram of best-match cosines over [0, 1] in /compare's pairs
+
+
 @dataclass
 class CompareResult:
     metrics: pd.DataFrame
-    matches: pd.DataFrame
-    unmatched: pd.DataFrame
+    matches: pd.DataFrame    # one page of pairs with cosine >= threshold, best first
+    unmatched: pd.DataFrame  # one page of latents of saes[0] below threshold, most distinct first
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # per SAE pair: counts, median, cosine histogram
+    n_matches: int = 0       # all pairs at or above the threshold (over every page)
+    n_unmatched: int = 0
 
 
 def _context(r: dict[str, Any]) -> Context:
@@ -99,7 +110,7 @@ def _read_unit_decoder(folder: Path) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([_read_unit_decoder((folder / base).resolve()), W]) if base else W)
 
 
-class Backend(SteeringViews):
+class Backend(SteeringViews, ResearchViews):
     def __init__(self, workspace: str | Path | Workspace):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
         self.workspace_name = self.ws.config.name
@@ -110,11 +121,24 @@ class Backend(SteeringViews):
         self._lock = threading.Lock()
         self._saes: dict[str, Any] = {}
         self._faiss: dict[str, Any] = {}
+        self._label_cache: dict[str, pd.Series] = {}
+        self._match_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         table = self.index.saes()
         self._d_sae = dict(zip(table["sae"], table["d_sae"].astype(int)))
         self._arch = dict(zip(table["sae"], table["architecture"]))
         n_q = table["n_quantiles"] if "n_quantiles" in table else [self.ws.config.index.n_quantiles] * len(table)
         self._n_bands = dict(zip(table["sae"], [int(n) for n in n_q]))
+        # ---- integrity (backend/integrity.py): serve only the SAEs whose files are sound -------------
+        from .integrity import check_saes
+
+        broken = check_saes(self.ws, list(self._d_sae), index_d_sae=self._d_sae)
+        self.problems: list[str] = list(broken.values())  # one line per broken SAE: the file, what to run
+        if broken and len(broken) == len(self._d_sae):
+            self.index.close()
+            more = f" (and {len(broken) - 1} more broken SAEs)" if len(broken) > 1 else ""
+            raise BackendError(f"no SAE of {self.ws.path} can be served: {self.problems[0]}{more}")
+        self._d_sae = {n: d for n, d in self._d_sae.items() if n not in broken}
+        # ---- end integrity ---------------------------------------------------------------------------
         order = [s.name for s in self.ws.config.saes if s.name in self._d_sae]
         self.sae_names = order + sorted(n for n in self._d_sae if n not in order)
 
@@ -127,9 +151,9 @@ class Backend(SteeringViews):
         with self._lock:
             return self.ws.adapter(verbose=False)
 
-    def _check_sae(self, name: str) -> None:
-        if name not in self._d_sae:
-            raise BackendError(f"unknown SAE {name!r}; this workspace has: {', '.join(self.sae_names)}")
+    def _check_sae(self, name: Any) -> str:
+        """The name itself when it is one of this workspace's SAEs (the only way a name reaches a path)."""
+        return check.choice("SAE", name, self.sae_names)
 
     def sae(self, name: str):
         """The loaded SAE (torch module), cached."""
@@ -158,9 +182,10 @@ class Backend(SteeringViews):
         self._check_sae(sae)
         d_sae = self._d_sae[sae]
         try:
-            i = int(latent)
-        except (TypeError, ValueError):
-            raise BackendError(f"latent must be an integer between 0 and {d_sae - 1}, got {latent!r}") from None
+            i = check.whole("latent", latent, -(2**63), 2**63 - 1)
+        except BackendError:
+            raise BackendError(f"latent must be a whole number between 0 and {d_sae - 1}, "
+                               f"got {check.shown(latent)}") from None
         if not 0 <= i < d_sae:
             raise BackendError(f"latent {i} is out of range: SAE {sae!r} has latents 0..{d_sae - 1}")
         return i
@@ -188,9 +213,12 @@ class Backend(SteeringViews):
                 min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
         self._check_sae(sae)
         if sort_by not in SORT_KEYS:
-            raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}, got {sort_by!r}")
-        return self.index.latents(sae, sort_by, bool(descending), domain or "", float(min_density or 0),
-                                  (query or "")[:200], max(1, min(int(limit), 100_000)), max(0, int(offset)))
+            raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}, got {check.shown(sort_by)}")
+        domain = check.choice("domain", domain, self.domains()) if domain else ""
+        return self.index.latents(sae, sort_by, check.flag("descending", descending), domain,
+                                  check.number("min_density", 0.0 if min_density is None else min_density, 0.0, 1.0),
+                                  check.text("query", query, MAX_QUERY), check.whole("limit", limit, 1, MAX_ROWS),
+                                  check.whole("offset", offset, 0, MAX_OFFSET))
 
     def feature(self, sae: str, latent: int) -> FeatureView:
         i = self._check_latent(sae, latent)
@@ -251,6 +279,7 @@ class Backend(SteeringViews):
         import torch
 
         self._check_sae(sae)
+        top_n = check.whole("top_n", top_n, 1, MAX_RESULTS)
         if not isinstance(text, str) or not text.strip():
             raise BackendError("type some text to search")
         if len(text) > MAX_TEXT:
@@ -272,7 +301,7 @@ class Backend(SteeringViews):
         ref[torch.tensor(info.index.to_numpy())] = torch.tensor(info["max_act"].to_numpy(), dtype=mx.dtype)
         # a latent that never fired on the index corpus has no reference (and an empty dashboard): rank it last
         rel = torch.where(ref > 0, mx / ref.clamp_min(1e-12), torch.zeros_like(mx))
-        top = [i for i in torch.topk(rel, min(int(top_n), len(rel))).indices.tolist() if mx[i] > 0]
+        top = [i for i in torch.topk(rel, min(top_n, len(rel))).indices.tolist() if mx[i] > 0]
         labels = info["label"]
         table = pd.DataFrame({"latent": top, "label": [labels.get(i, "") for i in top],
                               "max_act": [float(mx[i]) for i in top], "rel_act": [round(float(rel[i]), 3) for i in top],
@@ -283,19 +312,19 @@ class Backend(SteeringViews):
         return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top}, notice)
 
     def search_features(self, query: str, sae: str | None = None, limit: int = 50) -> pd.DataFrame:
-        q = (query or "").strip()
+        q = check.text("query", query, MAX_QUERY).strip()
         if not q:
             raise BackendError("type a word to search the explanations for")
         if sae:
             self._check_sae(sae)
-        df = self.index.search_labels(q[:200], sae or "", max(1, min(int(limit), 1000)))
+        df = self.index.search_labels(q, sae or "", check.whole("limit", limit, 1, MAX_RESULTS))
         df["score"] = df["confidence"]
         return df
 
     def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
         i = self._check_latent(sae, latent)
-        target = other_sae or sae
-        k = max(1, min(int(k), 200))
+        target = self._check_sae(other_sae) if other_sae else sae
+        k = check.whole("k", k, 1, MAX_NEAREST)
         query = self._directions(sae).reconstruct(i)[None, :]
         cos, idx = self._directions(target).search(query, k + 1)
         hits = [(int(j), float(c)) for j, c in zip(idx[0], cos[0]) if j >= 0 and not (target == sae and j == i)][:k]
@@ -318,29 +347,65 @@ class Backend(SteeringViews):
         return df.drop(columns=["jx", "jy"])
 
     # ---- compare ----------------------------------------------------------------------------
-    def compare(self, saes: list[str], threshold: float = 0.7) -> CompareResult:
-        """Best decoder match (max cosine) of every latent of saes[0] in each other SAE."""
-        saes = [s for s in (saes or []) if s]
+    def _labels(self, sae: str) -> pd.Series:
+        """latent -> label of one SAE (cached: the index does not change while it is served)."""
+        with self._lock:
+            if sae not in self._label_cache:
+                self._label_cache[sae] = self.index.labels(sae).set_index("latent")["label"]
+            return self._label_cache[sae]
+
+    def best_matches(self, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine, latent of b) of the best decoder match in ``b`` of every latent of ``a``; computed once
+        per pair and kept (d_sae x 12 bytes a pair)."""
+        key = (self._check_sae(a), self._check_sae(b))
+        if key not in self._match_cache:
+            Wa = self._directions(a).reconstruct_n(0, self._d_sae[a])
+            cos, idx = self._directions(b).search(Wa, 1)
+            with self._lock:
+                self._match_cache[key] = (cos[:, 0].astype(np.float32), idx[:, 0].astype(np.int64))
+        return self._match_cache[key]
+
+    def compare(self, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> CompareResult:
+        """Best decoder match (max cosine) of every latent of saes[0] in each other SAE.
+
+        ``matches`` holds the pairs at or above ``threshold`` (best first) and ``unmatched`` the latents below
+        it (most distinct first), each paged by ``limit``/``offset``; ``pairs`` summarises every SAE pair with
+        the histogram of best-match cosines. Duplicate names are dropped, so a request costs at most one
+        comparison per SAE of the workspace, and each pair's matches are computed once per process."""
+        saes = check.names("SAEs", saes, self.sae_names, at_least=0)
         if len(saes) < 2:
             raise BackendError("pick at least two SAEs to compare")
-        for s in saes:
-            self._check_sae(s)
+        threshold = check.number("threshold", threshold, 0.0, 1.0)
+        limit = check.whole("limit", limit, 1, MAX_RESULTS)
+        offset = check.whole("offset", offset, 0, MAX_OFFSET)
         scalar = [{k: v for k, v in self._metrics(s).items() if not isinstance(v, (dict, list))} for s in saes]
         metrics = pd.DataFrame([{"name": s, **m} for s, m in zip(saes, scalar)])
         a = saes[0]
-        Wa = self._directions(a).reconstruct_n(0, self._d_sae[a])
-        la = self.index.labels(a).set_index("latent")["label"]
-        matches, unmatched = [], []
+        pairs, hit, miss = [], [], []
         for b in saes[1:]:
-            cos, idx = self._directions(b).search(Wa, 1)
-            best, arg = cos[:, 0].astype(np.float64), idx[:, 0]
-            lb = self.index.labels(b).set_index("latent")["label"]
-            order = np.argsort(-best, kind="stable")
-            matches.append(pd.DataFrame({"sae_a": a, "latent_a": order, "label_a": [la.get(int(i), "") for i in order],
-                                         "sae_b": b, "latent_b": arg[order],
-                                         "label_b": [lb.get(int(j), "") for j in arg[order]],
-                                         "cosine": best[order].round(4)}))
-            miss = np.nonzero(best < threshold)[0]
-            unmatched.append(pd.DataFrame({"sae": a, "latent": miss, "label": [la.get(int(i), "") for i in miss],
-                                           "best_cosine": best[miss].round(4), "vs": b}))
-        return CompareResult(metrics, pd.concat(matches, ignore_index=True), pd.concat(unmatched, ignore_index=True))
+            cos, arg = self.best_matches(a, b)
+            ok = cos >= threshold
+            counts, _ = np.histogram(np.clip(cos, 0.0, 1.0), bins=COSINE_BINS, range=(0.0, 1.0))
+            pairs.append({"sae_a": a, "sae_b": b, "n_latents": len(cos), "n_matched": int(ok.sum()),
+                          "share_matched": round(float(ok.mean()), 4), "median_cosine": round(float(np.median(cos)), 4),
+                          "hist_counts": counts.tolist()})
+            lat = np.arange(len(cos))
+            hit.append(pd.DataFrame({"latent_a": lat[ok], "sae_b": b, "latent_b": arg[ok], "cosine": cos[ok]}))
+            miss.append(pd.DataFrame({"latent": lat[~ok], "best_cosine": cos[~ok], "vs": b}))
+        hits = pd.concat(hit, ignore_index=True).sort_values(["cosine", "latent_a"], ascending=[False, True],
+                                                             kind="stable")
+        misses = pd.concat(miss, ignore_index=True).sort_values(["best_cosine", "latent"], kind="stable")
+        hits, misses = hits.iloc[offset:offset + limit], misses.iloc[offset:offset + limit]
+        la = self._labels(a)
+        matches = pd.DataFrame({
+            "sae_a": a, "latent_a": hits["latent_a"].to_numpy(), "label_a": [la.get(int(i), "") for i in hits["latent_a"]],
+            "sae_b": hits["sae_b"].to_numpy(), "latent_b": hits["latent_b"].to_numpy(),
+            "label_b": [self._labels(b).get(int(j), "") for b, j in zip(hits["sae_b"], hits["latent_b"])],
+            "cosine": hits["cosine"].astype(np.float64).round(4).to_numpy()})
+        unmatched = pd.DataFrame({"sae": a, "latent": misses["latent"].to_numpy(),
+                                  "label": [la.get(int(i), "") for i in misses["latent"]],
+                                  "best_cosine": misses["best_cosine"].astype(np.float64).round(4).to_numpy(),
+                                  "vs": misses["vs"].to_numpy()})
+        total_hit = sum(p["n_matched"] for p in pairs)
+        return CompareResult(metrics, matches, unmatched, pd.DataFrame(pairs), total_hit,
+                             sum(p["n_latents"] for p in pairs) - total_hit)

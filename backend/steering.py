@@ -8,6 +8,7 @@ so the SAE's reconstruction error ``x - decode(latents)`` passes through untouch
 that edits nothing leaves the model's output exactly unchanged. Because decode is affine,
 decode(latents') - decode(latents) = (latents' - latents)[:, S] @ W_dec[S] for the edited set S;
 b_dec cancels. This holds for the boosted composite too (its decode is a sum of two affine maps).
+Each latent may be edited once per request (a second edit of the same latent would add its delta twice).
 
 Additive mode (Neuronpedia's "simple additive"): x' = x + sum_i coef_i * W_dec[i]. Steer with
 W_dec rows, never W_enc columns.
@@ -15,21 +16,42 @@ W_dec rows, never W_enc columns.
 Isolation: the hook is registered in a context manager (removed in ``finally``) and acts only in
 the contextvars context that opened it. Baseline and steered generations each run in their own
 copied context, so two interleaved generators, or two users, never see each other's edits.
+
+Cost and fairness: a request is bounded by ``MAX_PROMPT_TOKENS`` prompt tokens (longer prompts keep
+their last tokens, with a notice), ``MAX_NEW_TOKENS`` new tokens and ``STEER_TIME_LIMIT_S`` seconds.
+Concurrent requests share the model through a ``TurnLock``: one turn = one token step of one request
+(its baseline and steered forward passes), granted in arrival order, so every active request advances
+one token per round and a short request is never stuck behind a long one. Sampling uses a
+per-request ``torch.Generator`` (see the adapters' ``generate``), so interleaving never changes outputs.
 """
 from __future__ import annotations
 
 import contextvars
 import math
+import numbers
+import threading
+from collections import deque
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
+from .errors import number, shown, whole
+
 MAX_ABS_VALUE = 1_000.0
-MAX_PROMPT_TOKENS = 1_024
-MAX_NEW_TOKENS = 256
+# The longest request (SmolLM2-135M, fp32, 2 shared CPU cores): 2 prefills of 512 tokens + 2 x 128 cached
+# decoding steps = 16.8 s alone (bench/bench_steer_fairness.py), inside the time limit below; a short request
+# that arrives meanwhile waits ~2 s, not the ~18 s it would wait behind it.
+MAX_PROMPT_TOKENS = 512
+MAX_NEW_TOKENS = 128
+MAX_PROMPT_CHARS = 20_000  # raw characters, checked before tokenizing
+MAX_EDITS = 64
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**31 - 1
+STEER_TIME_LIMIT_S = 30.0  # wall time per request, waiting for turns included; read at call time
 Mode = Literal["clamp", "scale", "zero", "add"]
-MODES = ("clamp", "scale", "zero", "add")
+MODES = ("clamp", "scale", "zero", "add")  # the one declaration of the edit modes
 
 
 class SteeringError(ValueError):
@@ -47,19 +69,79 @@ class Edit:
 
 
 def validate_edits(edits: Sequence[Edit], d_sae: int) -> list[Edit]:
-    out = []
-    for e in edits:
+    """Modes known, latents in range and each edited once, values finite and bounded."""
+    out: list[Edit] = []
+    seen: dict[int, int] = {}
+    for n, e in enumerate(edits, 1):
         if e.mode not in MODES:
             raise SteeringError(f"unknown steering mode {e.mode!r}: use one of {', '.join(MODES)}")
-        if not 0 <= int(e.latent) < d_sae:
-            raise SteeringError(f"latent {e.latent} is out of range: this SAE has latents 0..{d_sae - 1}")
-        v = float(e.value)
+        latent = e.latent
+        if isinstance(latent, bool) or not isinstance(latent, numbers.Integral):
+            raise SteeringError(f"edit {n}: latent must be a whole number, got {shown(latent)}")
+        if not 0 <= latent < d_sae:
+            raise SteeringError(f"latent {shown(latent)} is out of range: this SAE has latents 0..{d_sae - 1}")
+        latent = int(latent)
+        try:
+            v = float(e.value)
+        except (TypeError, ValueError, OverflowError):
+            raise SteeringError(f"latent {latent}: value {shown(e.value)} is not a number") from None
+        if latent in seen:
+            raise SteeringError(f"edit {n}: latent {latent} is already edited by edit {seen[latent]}: "
+                                "edit each latent once")
+        seen[latent] = n
         if not math.isfinite(v):
-            raise SteeringError(f"latent {e.latent}: value {e.value} is not a finite number")
+            raise SteeringError(f"latent {latent}: value {e.value} is not a finite number")
         if abs(v) > MAX_ABS_VALUE:
-            raise SteeringError(f"latent {e.latent}: |value| {abs(v):g} exceeds the bound {MAX_ABS_VALUE:g}")
-        out.append(Edit(int(e.latent), e.mode, v))
+            raise SteeringError(f"latent {latent}: |value| {abs(v):g} exceeds the bound {MAX_ABS_VALUE:g}")
+        out.append(Edit(latent, e.mode, v))
     return out
+
+
+# ---- fair sharing of the model ----------------------------------------------------------------
+class TurnLock:
+    """A FIFO lock: turns are granted in arrival order and handed directly to the next waiter.
+
+    A request takes one turn per token step and releases it before yielding, so a request that asks
+    again queues behind those already waiting: round-robin over the active requests. Not owned by a
+    thread (Gradio may run successive steps of one generator on different worker threads), and never
+    held across a ``yield``, so a cancelled or abandoned generator cannot keep it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiting: deque[threading.Event] = deque()
+        self._busy = False
+
+    def acquire(self) -> None:
+        with self._mutex:
+            if not self._busy:
+                self._busy = True
+                return
+            ev = threading.Event()
+            self._waiting.append(ev)
+        try:
+            ev.wait()
+        except BaseException:  # interrupted while queued: leave the queue, or pass on a turn just handed over
+            with self._mutex:
+                if ev in self._waiting:
+                    self._waiting.remove(ev)
+                    raise
+            self.release()
+            raise
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().set()  # hand-off: stays busy, no barging
+            else:
+                self._busy = False
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def make_intervention(sae, edits: Sequence[Edit]):
@@ -137,27 +219,29 @@ def steered_pieces(adapter, sae, site: str, edits: Sequence[Edit], prompt: str, 
 
 
 def side_by_side(adapter, sae, site: str, edits: Sequence[Edit], prompt: str, *, max_new_tokens: int = 48,
-                 temperature: float = 0.7, seed: int = 0, chat: bool = True) -> Iterator[tuple[str, str]]:
-    """Yield (baseline_so_far, steered_so_far) as both stream, token by token, same prompt and seed."""
-    if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
-        raise SteeringError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and 0 <= temperature <= 5):
-        raise SteeringError(f"temperature must be between 0 and 5, got {temperature}")
-    kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed), chat=chat)
+                 temperature: float = 0.7, seed: int = 0, chat: bool = True,
+                 turn: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[tuple[str, str]]:
+    """Yield (baseline_so_far, steered_so_far) as both stream, token by token, same prompt and seed.
+
+    ``turn()`` is entered around each step (one baseline and one steered token), e.g. ``TurnLock.turn``."""
+    kw = dict(max_new_tokens=whole("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+              temperature=number("temperature", temperature, 0.0, MAX_TEMPERATURE),
+              seed=whole("seed", seed, 0, MAX_SEED), chat=chat)
     base = _in_context(lambda: adapter.generate(prompt, **kw))
     steer = steered_pieces(adapter, sae, site, edits, prompt, **kw)
     b_text, s_text = "", ""
     b_done = s_done = False
     try:
         while not (b_done and s_done):
-            if not b_done:
-                piece = next(base, None)
-                b_done = piece is None
-                b_text += piece or ""
-            if not s_done:
-                piece = next(steer, None)
-                s_done = piece is None
-                s_text += piece or ""
+            with turn():  # released before the yield: a paused or cancelled consumer holds no turn
+                if not b_done:
+                    piece = next(base, None)
+                    b_done = piece is None
+                    b_text += piece or ""
+                if not s_done:
+                    piece = next(steer, None)
+                    s_done = piece is None
+                    s_text += piece or ""
             yield b_text, s_text
     finally:
         base.close()

@@ -25,6 +25,7 @@ column names come only from the constant whitelists below).
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 from pathlib import Path
 from typing import Any, Self
@@ -65,6 +66,8 @@ SQL_CONCEPTS = "SELECT * FROM concepts WHERE sae = ? AND latent = ? ORDER BY con
 SQL_LABEL_CONCEPTS = """SELECT DISTINCT c.sae, c.latent, c.concept FROM concepts c JOIN latents l
     ON c.sae = l.sae AND c.latent = l.latent AND c.concept = l.label WHERE (? = '' OR c.sae = ?)"""
 SQL_TABLE_NAMES = "SELECT table_name FROM information_schema.tables"
+SQL_COLUMNS = "SELECT column_name FROM information_schema.columns WHERE table_name = ?"
+REQUIRED_TABLES = ("saes", "latents", "contexts", "map")  # concepts is optional (older indexes lack it)
 SQL_CONTEXTS = "SELECT * FROM contexts WHERE sae = ? AND latent = ? ORDER BY kind, rank"
 _LATENTS_SQL = """SELECT latent, label, confidence, density, mean_act, max_act, top_domain FROM latents
     WHERE sae = ? AND density >= ? AND (? = '' OR top_domain = ?) AND (? = '' OR label ILIKE ? ESCAPE '\\')
@@ -85,6 +88,12 @@ Frame = pd.DataFrame | pa.Table
 def _contains(text: str) -> str:
     """An ILIKE pattern matching ``text`` literally anywhere (its %, _ and \\ escaped)."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _first_line(e: BaseException) -> str:
+    """DuckDB's message, one line, without its category prefix ('IO Error: ...')."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg.split(": ", 1)[1] if msg.split(": ", 1)[0].endswith("Error") and ": " in msg else msg
 
 
 def _remove(path: Path) -> None:
@@ -144,17 +153,45 @@ class IndexWriter:
             _remove(self.tmp)
 
 
+class IndexUnreadable(RuntimeError):
+    """The index file is not a DuckDB database, is truncated, or lacks a table: it must be rebuilt."""
+
+
+def _unreadable(path: Path, why: str) -> IndexUnreadable:
+    why = why.replace(f'"{path}"', path.name)
+    return IndexUnreadable(f"{path.name} in {path.parent} cannot be read ({why}): rebuild it with "
+                           f"`python -m backend index --workspace {shlex.quote(str(path.parent))} --force`")
+
+
 class IndexReader:
-    """One read-only connection per process; a cursor per thread (DuckDB cursors are not thread-safe)."""
+    """One read-only connection per process; a cursor per thread (DuckDB cursors are not thread-safe).
+
+    Opening checks that the file is a DuckDB database holding the tables the Backend reads (the
+    ``saes`` table with its key columns); anything else is one ``IndexUnreadable`` line saying how to rebuild."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no feature index at {self.path}: run `python -m backend index --workspace DIR`")
-        self.con = duckdb.connect(str(self.path), read_only=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=True)
+        except duckdb.Error as e:  # not a DuckDB file, truncated, or written by an incompatible DuckDB
+            raise _unreadable(self.path, _first_line(e)) from None
         self._local = threading.local()
-        # an index written before the concepts table existed simply has no concept matches
-        self.tables = set(self.df(SQL_TABLE_NAMES)["table_name"])
+        try:
+            # an index written before the concepts table existed simply has no concept matches
+            self.tables = set(self.df(SQL_TABLE_NAMES)["table_name"])
+            missing = [t for t in REQUIRED_TABLES if t not in self.tables]
+            cols = set(self.df(SQL_COLUMNS, ("saes",))["column_name"]) if not missing else set()
+        except duckdb.Error as e:
+            self.con.close()
+            raise _unreadable(self.path, _first_line(e)) from None
+        if missing:
+            self.con.close()
+            raise _unreadable(self.path, f"it has no {', '.join(missing)} table{'s' if len(missing) > 1 else ''}")
+        if lack := [c for c in ("sae", "architecture", "d_sae") if c not in cols]:
+            self.con.close()
+            raise _unreadable(self.path, f"its saes table lacks {', '.join(lack)}")
 
     def _cur(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cur", None)

@@ -7,6 +7,7 @@ Layout::
     <ws>/activations/<site>/   shard cache (meta.json + shards)
     <ws>/saes/<name>/          SAELens layout + metrics.json
     <ws>/index.duckdb          the feature index
+    <ws>/.lock                 the write lock every build step and CLI command holds (atomic.workspace_lock)
 
 Models are cached outside the workspace (``<cache>/models``), shared by all workspaces.
 """
@@ -20,7 +21,7 @@ import pandas as pd
 import yaml
 
 from .activations import ShardCache
-from .atomic import atomic_write_text
+from .atomic import WorkspaceBusy, atomic_write_text, workspace_lock  # noqa: F401 (re-exported)
 from .config import WorkspaceConfig
 from .corpora import load_docs, make_windows
 
@@ -118,7 +119,8 @@ def create_workspace(config_path: str | Path, path: str | Path | None = None) ->
     cfg_file = ws_path / CONFIG_NAME
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if not cfg_file.exists() or cfg_file.read_text() != text:
-        atomic_write_text(cfg_file, text)
+        with workspace_lock(ws_path):  # a build running from another config must not see its config change
+            atomic_write_text(cfg_file, text)
     return Workspace(ws_path, cfg)
 
 
@@ -131,8 +133,11 @@ def open_workspace(path: str | Path) -> Workspace:
 
 def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 

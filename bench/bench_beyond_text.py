@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backend.adapters.causal_lm import load_causal_lm  # noqa: E402
 from backend.adapters.protein import load_protein  # noqa: E402
 from backend.config import CorpusConfig, ModelConfig  # noqa: E402

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backend.recsys import concept_steering_effect  # noqa: E402
 from backend.service import Backend  # noqa: E402
 

@@ -27,7 +27,6 @@ import pyarrow as pa
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from backend.service import Backend
 from backend.store import IndexWriter
 

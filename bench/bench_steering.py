@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backend.sae import load_sae  # noqa: E402
 from backend.steering import Edit, steered_pieces  # noqa: E402
 from backend.workspace import open_workspace  # noqa: E402

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from backend import retrieval  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402
 from backend.subdomain import window_texts  # noqa: E402

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from backend import losses  # noqa: E402
 from backend.activations import ShardCache  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402

@@ -35,7 +35,7 @@ def switcher_html(current: str, workspaces: list[tuple[str, str, str]] | None) -
 
 
 def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: str = "", modality: str = "text",
-                workspaces: list[tuple[str, str, str]] | None = None) -> str:
+                workspaces: list[tuple[str, str, str]] | None = None, problems: list[str] | None = None) -> str:
     """The title bar: workspace name, model and modality, its SAEs (with width and architecture), corpus
     domains, and the switcher to the other workspaces this app serves."""
     chips = "".join(
@@ -46,7 +46,9 @@ def header_html(workspace: str, saes: pd.DataFrame, domains: list[str], model: s
     return (f'<div class="app-header"><div><h1>{TITLE}</h1><div class="sub">workspace <b>{html.escape(workspace)}</b>'
             f'{f" · {kind} model <b>{html.escape(model)}</b>" if model else ""}'
             f' · {len(saes)} SAE{"s" if len(saes) != 1 else ""} · {len(domains)} domain{"s" if len(domains) != 1 else ""}: '
-            f'{html.escape(", ".join(domains))}</div>{switcher_html(workspace, workspaces)}</div>'
+            f'{html.escape(", ".join(domains))}</div>{switcher_html(workspace, workspaces)}'
+            + "".join(f'<div class="sub" style="color:#b45309">⚠ not served: {html.escape(p)}</div>' for p in problems or [])
+            + '</div>'
             f'<div class="chips">{chips}</div></div>')
 
 
@@ -81,7 +83,7 @@ def build_app(backend: Any, workspaces: list[tuple[str, str, str]] | None = None
     modality = getattr(backend, "modality", "text")
     with gr.Blocks(title=f"{TITLE} · {backend.workspace_name}") as demo:
         gr.HTML(header_html(backend.workspace_name, saes, backend.domains(), str(getattr(backend, "model_name", "")),
-                            modality, workspaces))
+                            modality, workspaces, getattr(backend, "problems", [])))
         with gr.Tabs() as tabs:
             with gr.Tab("Browse", id="browse", elem_id="tab-browse"):
                 opener, b = browse.build(backend, names, tabs)

@@ -25,25 +25,41 @@ def smollm2():
     return load_adapter(ModelConfig(id="smollm2", device="cpu"), verbose=False)
 
 
+def _build(config: str, name: str):
+    """Build (or reuse) a tiny workspace; a second test session waits for the first one's build (the lock)."""
+    from backend.atomic import workspace_lock
+    from backend.build import build_workspace
+
+    path = REPO / "workspaces" / name
+    path.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(path, wait_s=900):
+        return build_workspace(REPO / "configs" / config, path, verbose=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_ws():
     """The tiny workspace, fully built (windows, activations, SAEs, metrics, index)."""
-    from backend.build import build_workspace
-
-    return build_workspace(REPO / "configs" / "tiny.yaml", REPO / "workspaces" / "tiny", verbose=False)
+    return _build("tiny.yaml", "tiny")
 
 
 @pytest.fixture(scope="session")
 def protein_ws():
     """The tiny protein workspace (configs/protein_tiny.yaml): real ESM-2 8M, Pfam and SUMO proteins, built once."""
-    from backend.build import build_workspace
-
-    return build_workspace(REPO / "configs" / "protein_tiny.yaml", REPO / "workspaces" / "protein_tiny", verbose=False)
+    return _build("protein_tiny.yaml", "protein_tiny")
 
 
 @pytest.fixture(scope="session")
 def recsys_ws():
     """The tiny recommender workspace (configs/recsys_tiny.yaml): the embedded SASRec, 300 MovieLens users."""
-    from backend.build import build_workspace
+    return _build("recsys_tiny.yaml", "recsys_tiny")
 
-    return build_workspace(REPO / "configs" / "recsys_tiny.yaml", REPO / "workspaces" / "recsys_tiny", verbose=False)
+
+# Fixtures that build a real workspace or load a real model: a test that uses one is in the slow tier
+# (`make test` runs both tiers; `make test-fast` skips these).
+SLOW_FIXTURES = {"tiny_ws", "protein_ws", "recsys_ws", "smollm2", "tiny_index"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

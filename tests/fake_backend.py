@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from backend import errors as check
 from backend.service import (
     BackendError,
     CompareResult,
@@ -47,11 +48,15 @@ class FakeBackend:
                 "top_domain": [DOMAINS[i % 3] for i in range(n)],
             })
 
-    def _check(self, sae: str, latent: int | None = None) -> pd.DataFrame:
-        if sae not in self._lat:
-            raise BackendError(f"unknown SAE {sae!r}; this workspace has {', '.join(self._saes)}")
-        if latent is not None and not 0 <= int(latent) < self.D_SAE:
-            raise BackendError(f"latent {latent} is out of range for SAE {sae!r} (0..{self.D_SAE - 1})")
+    _NO_LATENT = object()
+
+    def _check(self, sae: str, latent=_NO_LATENT) -> pd.DataFrame:
+        """The same checks as the real facade (backend/errors.py), so handlers see the same errors."""
+        check.choice("SAE", sae, self._saes)
+        if latent is not self._NO_LATENT:
+            i = check.whole("latent", latent, -(2**63), 2**63 - 1)
+            if not 0 <= i < self.D_SAE:
+                raise BackendError(f"latent {latent} is out of range for SAE {sae!r} (0..{self.D_SAE - 1})")
         return self._lat[sae]
 
     def saes(self) -> pd.DataFrame:
@@ -145,7 +150,8 @@ class FakeBackend:
             frames.append(df.assign(sae=s, x=np.cos(t), y=np.sin(t) * (1 + names.index(s))))
         return pd.concat(frames)[["sae", "latent", "x", "y", "density", "top_domain", "label", "confidence"]]
 
-    def compare(self, saes: list[str], threshold: float = 0.7) -> CompareResult:
+    def compare(self, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> CompareResult:
+        saes = check.names("SAEs", saes, self._saes, at_least=0)
         if len(saes) < 2:
             raise BackendError("pick at least two SAEs to compare")
         for s in saes:
@@ -153,10 +159,15 @@ class FakeBackend:
         metrics = self.saes().set_index("name").loc[saes].reset_index()
         a, b = saes[0], saes[1]
         cos = np.linspace(1.0, 0.2, self.D_SAE)
-        matches = pd.DataFrame({"sae_a": a, "latent_a": range(self.D_SAE), "label_a": self._lat[a].label,
-                                "sae_b": b, "latent_b": range(self.D_SAE), "label_b": self._lat[b].label,
-                                "cosine": cos})
-        low = matches[matches.cosine < threshold]
+        pairs = pd.DataFrame([{"sae_a": a, "sae_b": b, "n_latents": self.D_SAE, "n_matched": int((cos >= threshold).sum()),
+                               "share_matched": float((cos >= threshold).mean()), "median_cosine": float(np.median(cos)),
+                               "hist_counts": np.histogram(cos, bins=20, range=(0, 1))[0].tolist()}])
+        every = pd.DataFrame({"sae_a": a, "latent_a": range(self.D_SAE), "label_a": self._lat[a].label,
+                              "sae_b": b, "latent_b": range(self.D_SAE), "label_b": self._lat[b].label, "cosine": cos})
+        matches = every[every.cosine >= threshold]
+        low = every[every.cosine < threshold].sort_values("cosine")
         unmatched = pd.DataFrame({"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine,
                                   "vs": b})
-        return CompareResult(metrics, matches, unmatched.reset_index(drop=True))
+        page = slice(offset, offset + limit)
+        return CompareResult(metrics, matches.iloc[page].reset_index(drop=True),
+                             unmatched.iloc[page].reset_index(drop=True), pairs, len(matches), len(unmatched))

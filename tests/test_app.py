@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 import app  # noqa: E402
 
 BAD = "name: test_app_bad\ncorpora: [{name: no_such_corpus}]\n"

@@ -81,8 +81,8 @@ def test_protein_search_and_compare_work_unchanged(pb):
 
 def test_protein_steering_changes_the_classifier_and_rejects_bad_letters(pb):
     seq = pb.example_input()
-    r0 = pb.steer_outcome("topk", seq, [])
-    assert r0["kind"] == "classifier" and r0["before"] == pytest.approx(r0["after"], abs=1e-5)  # no edit: no change
+    r0 = pb.steer_outcome("topk", seq, [[0, "scale", 1.0]])  # a no-op edit: no change
+    assert r0["kind"] == "classifier" and r0["before"] == pytest.approx(r0["after"], abs=1e-5)
     assert sum(r0["before"]) == pytest.approx(1.0, abs=1e-5)
     latent = int(pb.latents("topk", sort_by="density", limit=1)["latent"][0])
     r = pb.steer_outcome("topk", seq, [[latent, "clamp", 50.0]])
@@ -129,7 +129,7 @@ def test_recsys_concepts_and_feature_pages(rb):
 
 def test_recsys_ablation_changes_recommendations_and_rejects_unknown_items(rb):
     hist = rb.example_input()
-    r0 = rb.steer_outcome("topk", hist, [], k=10)
+    r0 = rb.steer_outcome("topk", hist, [[0, "scale", 1.0]], k=10)  # a no-op edit
     assert r0["kind"] == "recommendations" and r0["before_ids"] == r0["after_ids"] and len(r0["before"]) == 10
     z = rb.search_text("topk", hist)
     top = [int(x) for x in z.top_latents["latent"][:3]]

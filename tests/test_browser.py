@@ -216,7 +216,10 @@ def test_compare_tab_shows_metrics_and_matches(page):
     page.get_by_role("tab", name="Compare").click()
     page.wait_for_selector("#compare-metrics .body-cell")
     assert "fvu" in page.locator("#compare-metrics").inner_text()
-    page.wait_for_selector("#compare-matches .body-cell")
+    # the tiny SAEs share no direction at cosine >= 0.7: every latent is listed as unmatched, with the count
+    page.wait_for_selector("#compare-unmatched .body-cell")
+    assert re.search(r"0 matches of topk's latents .* 2,304 \(the first 500 shown\) without one",
+                     page.locator("#tab-compare").inner_text())
     assert page.locator("#compare-pareto .js-plotly-plot").count() == 1
 
 
@@ -259,9 +262,10 @@ def test_every_endpoint_answers(client, tiny_ws):
     assert {p["sae"] for p in points} == set(saes)
     one = client.predict(saes[1], api_name="/map")
     assert one and {p["sae"] for p in one} == {saes[1]}
-    cmp = client.predict(saes[:2], 0.7, api_name="/compare")
-    assert len(cmp["metrics"]) == 2 and cmp["matches"] and "fvu" in cmp["metrics"][0]
+    cmp = client.predict(saes[:2], 0.0, 5, api_name="/compare")  # threshold 0: every latent has a match
+    assert len(cmp["metrics"]) == 2 and len(cmp["matches"]) == 5 and "fvu" in cmp["metrics"][0]
     assert {"sae_a", "latent_a", "sae_b", "latent_b", "cosine"} <= set(cmp["matches"][0])
+    assert cmp["n_matches"] == cmp["pairs"][0]["n_latents"] and cmp["n_unmatched"] == 0
 
 
 @pytest.mark.parametrize("args, api, message", [

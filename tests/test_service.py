@@ -50,8 +50,15 @@ def test_nearest_compare_and_maps(synth):
     assert len(other) == D_SAE and set(other["sae"]) == {"b"}
     cmp = synth.compare(["a", "b"], threshold=0.9)
     assert cmp.metrics["name"].tolist() == ["a", "b"] and "train" not in cmp.metrics  # scalar metrics only
-    assert len(cmp.matches) == D_SAE and (np.diff(cmp.matches["cosine"]) <= 1e-9).all()
+    assert (cmp.matches["cosine"] >= 0.9).all() and (np.diff(cmp.matches["cosine"]) <= 1e-9).all()
     assert (cmp.unmatched["best_cosine"] < 0.9).all() and set(cmp.unmatched["latent"]) <= set(range(D_SAE))
+    assert cmp.n_matches == len(cmp.matches) and cmp.n_matches + cmp.n_unmatched == D_SAE
+    pair = cmp.pairs.iloc[0]
+    assert pair["n_matched"] == cmp.n_matches and sum(pair["hist_counts"]) == D_SAE
+    cmp = synth.compare(["a", "b", "a"], threshold=0.0)  # duplicates dropped; every latent matches at 0
+    assert len(cmp.matches) == D_SAE and cmp.n_unmatched == 0 and len(cmp.pairs) == 1
+    page = synth.compare(["a", "b"], threshold=0.0, limit=5, offset=5)
+    assert page.matches["latent_a"].tolist() == cmp.matches["latent_a"].tolist()[5:10]
     best = dict(zip(cmp.matches["latent_a"], cmp.matches["cosine"]))
     assert best[3] == pytest.approx(other["cosine"].iloc[0], abs=1e-4)
     joint, one = synth.feature_map(None), synth.feature_map("a")
@@ -63,7 +70,7 @@ def test_nearest_compare_and_maps(synth):
     (lambda b: b.feature("nope", 1), "unknown SAE 'nope'; this workspace has: a, b"),
     (lambda b: b.feature("a", 5000), "latent 5000 is out of range: SAE 'a' has latents 0..23"),
     (lambda b: b.feature("a", -1), "out of range"),
-    (lambda b: b.feature("a", "abc"), "latent must be an integer between 0 and 23"),
+    (lambda b: b.feature("a", "abc"), "latent must be a whole number between 0 and 23"),
     (lambda b: b.nearest("b", 99), "out of range"),
     (lambda b: b.search_text("a", "   "), "type some text to search"),
     (lambda b: b.search_text("a", ""), "type some text to search"),

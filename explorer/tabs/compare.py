@@ -8,10 +8,12 @@ import gradio as gr
 import pandas as pd
 
 from .. import render
+from ..api import BAD_INPUT, json_endpoint
 from .browse import Opener, row_pick
 
 MATCH_COLUMNS = ["sae_a", "latent_a", "label_a", "sae_b", "latent_b", "label_b", "cosine"]
 UNMATCHED_COLUMNS = ["sae", "latent", "label", "best_cosine", "vs"]
+UI_ROWS = 500  # rows of each table shown in the tab (the API pages through all of them)
 HEADERS = {"sae_a": "SAE A", "latent_a": "id A", "label_a": "explanation A", "sae_b": "SAE B", "latent_b": "id B",
            "label_b": "explanation B", "label": "explanation", "best_cosine": "best cos", "vs": "in SAE"}
 
@@ -29,20 +31,21 @@ def run_compare(backend: Any, saes: list[str] | None, threshold: float = 0.7) ->
     """(metrics table, Pareto figure, matches, unmatched, status) for two or more SAEs."""
     empty = (pd.DataFrame(), None, pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS),
              pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS))
-    if not saes or len(saes) < 2:
+    if not isinstance(saes, list) or len(saes) < 2:
         gr.Warning("Pick at least two SAEs to compare.")
         return (*empty, render.message_html("Pick at least two SAEs to compare."))
     try:
-        res = backend.compare(list(saes), threshold=float(threshold))
-    except ValueError as e:
+        res = backend.compare(saes, threshold=threshold, limit=UI_ROWS)
+    except BAD_INPUT as e:
         gr.Warning(str(e))
         return (*empty, render.message_html(str(e)))
-    matches = res.matches.reindex(columns=MATCH_COLUMNS).sort_values("cosine", ascending=False)
-    matches = render.tidy(matches, {"cosine": 3})
+    matches = render.tidy(res.matches.reindex(columns=MATCH_COLUMNS), {"cosine": 3})
     unmatched = render.tidy(res.unmatched.reindex(columns=UNMATCHED_COLUMNS), {"best_cosine": 3})
+    shown = lambda n, total: f"{total:,}" if n >= total else f"{total:,} (the first {n:,} shown)"  # noqa: E731
     status = render.message_html(
-        f"{len(matches):,} best matches of {saes[0]}'s latents; {len(unmatched):,} latents have no match with cosine "
-        f">= {float(threshold):.2f}. Select a match to see both dashboards.", "info")
+        f"{shown(len(matches), res.n_matches)} matches of {saes[0]}'s latents with decoder cosine "
+        f">= {float(threshold):.2f}; {shown(len(unmatched), res.n_unmatched)} without one. "
+        "Select a match to see both dashboards.", "info")
     return (metrics_table(res.metrics), render.pareto_figure(res.metrics), matches.rename(columns=HEADERS),
             unmatched.rename(columns=HEADERS), status)
 
@@ -55,16 +58,14 @@ def show_match(backend: Any, evt: gr.SelectData) -> tuple[str, str]:
         try:
             fv = backend.feature(str(row[f"sae_{side}"]), int(row[f"latent_{side}"]))
             cards.append(render.feature_card_html(fv, n_contexts=4))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, *BAD_INPUT) as e:
             cards.append(render.message_html(f"cannot open this side of the match: {e}"))
     return cards[0], cards[1]
 
 
-def compare_api(backend: Any, saes: list[str], threshold: float = 0.7) -> dict:
-    try:
-        return render.to_json(backend.compare(list(saes or []), threshold=float(threshold)))
-    except (ValueError, TypeError) as e:
-        return {"error": str(e)}
+@json_endpoint
+def compare_api(backend: Any, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> dict:
+    return render.to_json(backend.compare(saes, threshold=threshold, limit=limit, offset=offset))
 
 
 def _pick_unmatched(evt: gr.SelectData) -> tuple:
@@ -108,9 +109,10 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     matches.select(on_match, None, [card_a, card_b], api_visibility="private")
     opener.wire(unmatched.select, _pick_unmatched, [])
 
-    def compare_endpoint(saes: list[str], threshold: float = 0.7) -> dict:
-        """Metrics of two or more SAEs, each latent of saes[0] with its best decoder-cosine match, the unmatched."""
-        return compare_api(backend, saes, threshold)
+    def compare_endpoint(saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> dict:
+        """Metrics of two or more SAEs; the latents of saes[0] with a decoder-cosine match >= threshold in the
+        others, and those without one, a page (limit, offset) of each; a summary per SAE pair."""
+        return compare_api(backend, saes, threshold, limit, offset)
 
     gr.api(compare_endpoint, api_name="compare")
     return run, [saes, threshold], outputs

@@ -5,6 +5,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import render_research as rr
+from ..api import json_endpoint
 
 INTRO = (
     "A token type of the held-out subdomain text counts as **captured** by an SAE when one of its latents fires on it "
@@ -17,7 +18,7 @@ def load_coverage(backend, subdomain: str | None):
     """(summary table, recall plot, cumulative plot, log-ratio plot, SAE choices, unique-latent table, message)."""
     try:
         cov = backend.coverage(subdomain or "")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         empty = pd.DataFrame()
         return empty, None, None, None, gr.update(choices=[], value=None), empty, f"⚠ {e}"
     others = [n for n in cov["saes"] if n != cov["reference"]]
@@ -28,31 +29,30 @@ def load_coverage(backend, subdomain: str | None):
             rr.log_ratio_histogram(cov), gr.update(choices=others, value=first), unique_table(backend, cov, first), msg)
 
 
+LABEL_PAGE = 10_000  # rows per /latents page (the backend's cap)
+
+
 def unique_table(backend, cov: dict, sae: str | None) -> pd.DataFrame:
     """Latents only ``sae`` has (no decoder match in the reference SAE), with their labels."""
-    df = rr.unique_latents(cov, sae or "")
+    df = rr.unique_latents(cov, sae if sae in cov["saes"] else "")
     if sae and len(df):
-        labels = backend.latents(sae, sort_by="latent", descending=False, limit=100_000)
-        df = df.merge(labels[["latent", "label", "confidence", "density"]], on="latent", how="left").round(3)
+        pages, offset = [], 0
+        while True:  # every latent's label, a page at a time
+            page = backend.latents(sae, sort_by="latent", descending=False, limit=LABEL_PAGE, offset=offset)
+            pages.append(page[["latent", "label", "confidence", "density"]])
+            offset += LABEL_PAGE
+            if len(page) < LABEL_PAGE:
+                break
+        df = df.merge(pd.concat(pages), on="latent", how="left").round(3)
     return df
 
 
 def pick_unique(backend, subdomain: str, sae: str | None) -> pd.DataFrame:
     try:
         return unique_table(backend, backend.coverage(subdomain), sae)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         gr.Warning(str(e))
         return pd.DataFrame()
-
-
-def run_shift(backend, saes: list[str]) -> tuple[pd.DataFrame, str]:
-    if not saes:
-        return rr.shift_table(backend.shift_report()), "⚠ pick at least one SAE"
-    try:
-        report = backend.run_shift(list(saes))
-    except ValueError as e:
-        return rr.shift_table(backend.shift_report()), f"⚠ {e}"
-    return rr.shift_table(report), "Done: probe trained, group-tied latents ablated, accuracies on the balanced test set."
 
 
 def build(backend, sae_names: list[str]) -> dict:
@@ -77,22 +77,17 @@ def build(backend, sae_names: list[str]) -> dict:
         gr.Markdown(
             "Probe party from 2016 convention speeches and debate statements, where the register (speech vs debate) "
             "predicts the party in train but not in test; ablate the latents tied to the register; worst-group accuracy "
-            "before and after. `python -m backend shift --csv FILE` runs it on your own text/label/group CSV.",
+            "before and after. The report below is the last one stored in the workspace; run it (about a minute per "
+            "SAE) with `python -m backend shift --workspace DIR [--saes a,b] [--csv FILE]`, on your own "
+            "text/label/group CSV if you like. The web app only reads workspaces: no request writes into one.",
             elem_classes=["muted"],
         )
-        with gr.Row():
-            shift_saes = gr.CheckboxGroup(sae_names, value=sae_names[:2], label="SAEs")
-            shift_btn = gr.Button("Run SHIFT (about a minute)")
-        shift_msg = gr.Markdown()
-        shift_out = gr.Dataframe(rr.shift_table(backend.shift_report()), interactive=False)
-    shift_btn.click(lambda s: run_shift(backend, s), shift_saes, [shift_out, shift_msg], api_visibility="private")
+        gr.Dataframe(rr.shift_table(backend.shift_report()), interactive=False)
 
+    @json_endpoint
     def coverage(subdomain: str) -> dict:
         """The coverage analysis of a subdomain: per SAE token recall, cumulative coverage, log-ratios, CE."""
-        try:
-            return backend.coverage(subdomain)
-        except ValueError as e:
-            return {"error": str(e)}
+        return backend.coverage(subdomain)
 
     gr.api(coverage, api_name="coverage")
     return {"subdomain": sub, "outputs": outs, "load": lambda s: load_coverage(backend, s), "unique": uniq,

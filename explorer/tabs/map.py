@@ -13,6 +13,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from .. import render
+from ..api import BAD_INPUT, json_endpoint
 from .browse import Opener
 
 JOINT = "joint map (all SAEs)"
@@ -38,7 +39,7 @@ def draw_map(backend: Any, choice: str, color_by: str) -> tuple[go.Figure | None
     sae = None if choice in (None, "", JOINT) else choice
     try:
         df = backend.feature_map(sae)
-    except ValueError as e:
+    except BAD_INPUT as e:
         gr.Warning(str(e))
         return None, render.message_html(str(e))
     what = f"SAE {sae}" if sae else f"{df['sae'].nunique()} SAEs in one layout"
@@ -48,7 +49,7 @@ def draw_map(backend: Any, choice: str, color_by: str) -> tuple[go.Figure | None
 
 def parse_pick(text: str, choice: str | None) -> tuple[str, int]:
     """``sae:latent`` or a bare latent id (then the map's SAE); ValueError with a hint otherwise."""
-    text = (text or "").strip()
+    text = (text if isinstance(text, str) else "").strip()[:200]
     sae, _, latent = text.rpartition(":")
     sae = sae.strip() or (None if choice in (None, "", JOINT) else choice)
     if not text:
@@ -57,7 +58,7 @@ def parse_pick(text: str, choice: str | None) -> tuple[str, int]:
         raise ValueError("On the joint map, type the latent as sae:latent (e.g. topk:12).")
     try:
         return sae, int(latent.strip())
-    except ValueError:
+    except BAD_INPUT:
         raise ValueError(f"{text!r} is not a latent: type an id like 12 or topk:12.") from None
 
 
@@ -66,14 +67,17 @@ def show_card(backend: Any, text: str, choice: str | None) -> str:
     try:
         sae, latent = parse_pick(text, choice)
         return render.feature_card_html(backend.feature(sae, latent), n_contexts=3)
-    except ValueError as e:
+    except BAD_INPUT as e:
         gr.Warning(str(e))
         return render.message_html(str(e))
 
 
 def clicked(backend: Any, choice: str | None, evt: gr.EventData) -> tuple[str, str]:
     """The bridge's click: (the pick box text, the card)."""
-    text = f"{evt.sae}:{int(evt.latent)}"
+    try:
+        text = f"{str(evt.sae)[:100]}:{int(evt.latent)}"
+    except (AttributeError, *BAD_INPUT):
+        return "", render.message_html("That click carried no latent: click a point of the map.")
     return text, show_card(backend, text, choice)
 
 
@@ -84,11 +88,9 @@ def open_pick(text: str, choice: str | None) -> tuple:
         raise gr.Error(str(e)) from None
 
 
+@json_endpoint
 def map_api(backend: Any, sae: str = "") -> list | dict:
-    try:
-        return render.to_json(backend.feature_map(sae or None))
-    except ValueError as e:
-        return {"error": str(e)}
+    return render.to_json(backend.feature_map(sae or None))
 
 
 def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:

@@ -9,8 +9,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from ..api import BAD_INPUT, json_endpoint
 from ..render import message_html
-from .steer import edit_rows, edits_table
+from .steer import CONCURRENCY, edit_rows, edits_table
 
 INPUT_LABEL = {"protein": "protein sequence (one-letter amino-acid codes)",
                "recsys": "a user's history: item ids, oldest first, separated by spaces"}
@@ -69,11 +70,21 @@ def genre_frame(r: dict) -> pd.DataFrame:
 
 
 def run_outcome(backend: Any, sae: str, inputs: str, edits: Any, k: float, motif: str, seed: float) -> tuple:
+    """Handler: (result HTML, genre table). Any client can call it (fn_index), so the values go to the backend
+    unconverted and are checked there exactly as for /steer_outcome; a bad one is a warning and a message."""
     try:
-        r = backend.steer_outcome(sae, inputs, edit_rows(edits), k=int(k), motif=motif or "", seed=int(seed))
-    except ValueError as e:
+        r = backend.steer_outcome(sae, inputs, edit_rows(edits), k=k, motif=motif, seed=seed)
+    except BAD_INPUT as e:
+        gr.Warning(str(e))
         return message_html(str(e)), genre_frame({})
-    return outcome_html(r), genre_frame(r)
+    notice = message_html(r["notice"], "info") if r.get("notice") else ""
+    return notice + outcome_html(r), genre_frame(r)
+
+
+@json_endpoint
+def steer_outcome_api(backend: Any, sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0,
+                      n_iters: int = 50) -> dict:
+    return backend.steer_outcome(sae, inputs, edits, k=k, motif=motif, n_iters=n_iters, seed=seed)
 
 
 def build(backend: Any, sae_names: list[str]) -> dict:
@@ -84,7 +95,7 @@ def build(backend: Any, sae_names: list[str]) -> dict:
         k = gr.Slider(5, 50, value=10, step=1, label="recommendations (k)", visible=mod == "recsys", scale=1)
         motif = gr.Textbox(label="target motif (regex; masked-LM models only)", visible=mod == "protein", scale=2,
                            placeholder="e.g. C.{2,4}C.{12}H.{3,5}H")
-        seed = gr.Number(0, label="seed", precision=0, scale=0, min_width=80)
+        seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=2**31 - 1, scale=0, min_width=80)
     edits = edits_table("clamp | scale | zero")
     gr.Markdown(HELP[mod], elem_classes=["muted"])
     inputs = gr.Textbox(backend.example_input(), label=INPUT_LABEL[mod], lines=3)
@@ -92,15 +103,14 @@ def build(backend: Any, sae_names: list[str]) -> dict:
     out = gr.HTML(elem_id="outcome")
     genres = gr.Dataframe(genre_frame({}), label="genre mix", interactive=False, visible=mod == "recsys")
     go_btn.click(lambda *a: run_outcome(backend, *a), [sae, inputs, edits, k, motif, seed], [out, genres],
-                 api_visibility="private")
+                 api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="steer")
 
-    def steer_outcome(sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0) -> dict:
+    def steer_outcome(sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0,
+                      n_iters: int = 50) -> dict:
         """The model's output before and after latent edits ([[latent, mode, value], ...]): protein class
-        probabilities (or masked resampling towards ``motif``), or the recommender's top-k items and genre mix."""
-        try:
-            return backend.steer_outcome(sae, inputs, edits, k=int(k), motif=motif or "", seed=int(seed))
-        except ValueError as e:
-            return {"error": str(e)}
+        probabilities (or masked resampling towards ``motif``, ``n_iters`` steps), or the recommender's top-k
+        items and genre mix. ``notice`` says what was cut, skipped or ignored."""
+        return steer_outcome_api(backend, sae, inputs, edits, k, motif, seed, n_iters)
 
-    gr.api(steer_outcome, api_name="steer_outcome")
+    gr.api(steer_outcome, api_name="steer_outcome", concurrency_limit=CONCURRENCY, concurrency_id="steer")
     return {"edits": edits, "sae": sae}

@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import render
+from ..api import BAD_INPUT, json_endpoint
 from .browse import Opener, row_pick
 
 INPUT_LABELS = {"text": "text", "protein": "protein sequence (one-letter amino-acid codes)",
@@ -44,8 +45,8 @@ def search_text(backend: Any, sae: str, text: str, top_n: float = 10) -> tuple[p
     if not (text or "").strip():
         return (*_fail("Type or paste a text to see which latents fire on it.", TEXT_COLUMNS), {}, None)
     try:
-        res = backend.search_text(sae, text, top_n=int(top_n))
-    except ValueError as e:
+        res = backend.search_text(sae, text, top_n=top_n)
+    except BAD_INPUT as e:
         return (*_fail(e, TEXT_COLUMNS), {}, None)
     table = display(res.top_latents, TEXT_COLUMNS, {"max_act": 1, "mean_act": 2})
     state = {"sae": sae, "tokens": list(res.tokens), "per_token": [list(map(list, pt)) for pt in res.per_token],
@@ -63,9 +64,12 @@ def search_text(backend: Any, sae: str, text: str, top_n: float = 10) -> tuple[p
 
 def heatmap(state: dict, latent: float | None) -> str:
     """The searched text coloured by one of its top latents."""
-    if not state or latent is None:
+    if not isinstance(state, dict) or not state.get("acts") or latent is None:
         return render.message_html("Search a text first, then pick one of its latents.", "info")
-    acts = state["acts"].get(int(latent))
+    try:
+        acts = state["acts"].get(int(latent))
+    except BAD_INPUT:
+        acts = None
     if acts is None:
         return render.message_html(f"Latent {int(latent)} is not among this text's top latents.", "info")
     return state.get("notice", "") + render.text_heatmap_html(state["tokens"], acts, state["per_token"], int(latent))
@@ -83,8 +87,8 @@ def search_features(backend: Any, query: str, sae: str | None, limit: float = 50
     if not (query or "").strip():
         return _fail("Type some words to look for in the explanations.", FEATURE_COLUMNS)
     try:
-        df = backend.search_features(query.strip(), sae=None if sae in (None, "", ALL_SAES) else sae, limit=int(limit))
-    except ValueError as e:
+        df = backend.search_features(query.strip(), sae=None if sae in (None, "", ALL_SAES) else sae, limit=limit)
+    except BAD_INPUT as e:
         return _fail(e, FEATURE_COLUMNS)
     df = display(df, FEATURE_COLUMNS, {"confidence": 2, "density": 5, "score": 3})
     if df.empty:
@@ -99,32 +103,26 @@ def nearest(backend: Any, sae: str, latent: float | None, k: float = 10,
         return _fail("Type the id of a latent.", NEAREST_COLUMNS)
     other = None if other_sae in (None, "", SAME_SAE) else other_sae
     try:
-        df = backend.nearest(sae, int(latent), k=int(k), other_sae=other)
-    except (ValueError, OverflowError) as e:
+        df = backend.nearest(sae, latent, k=k, other_sae=other)
+    except BAD_INPUT as e:
         return _fail(e, NEAREST_COLUMNS)
     df = display(df, NEAREST_COLUMNS, {"cosine": 3})
     return df, render.message_html(f"decoder directions nearest to {sae} · {int(latent)} in {other or sae}", "info")
 
 
+@json_endpoint
 def search_text_api(backend: Any, sae: str, text: str, top_n: int = 10) -> dict:
-    try:
-        return render.to_json(backend.search_text(sae, text or "", top_n=int(top_n)))
-    except (ValueError, TypeError) as e:
-        return {"error": str(e)}
+    return render.to_json(backend.search_text(sae, text or "", top_n=top_n))
 
 
+@json_endpoint
 def search_features_api(backend: Any, query: str, sae: str = "", limit: int = 50) -> list | dict:
-    try:
-        return render.to_json(backend.search_features(query, sae=sae or None, limit=int(limit)))
-    except (ValueError, TypeError) as e:
-        return {"error": str(e)}
+    return render.to_json(backend.search_features(query, sae=sae or None, limit=limit))
 
 
+@json_endpoint
 def nearest_api(backend: Any, sae: str, latent: int, k: int = 10, other_sae: str = "") -> list | dict:
-    try:
-        return render.to_json(backend.nearest(sae, int(latent), k=int(k), other_sae=other_sae or None))
-    except (ValueError, TypeError, OverflowError) as e:
-        return {"error": str(e)}
+    return render.to_json(backend.nearest(sae, latent, k=k, other_sae=other_sae or None))
 
 
 def _table(columns: list[str], elem_id: str, widths: list[str]) -> gr.Dataframe:
