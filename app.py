@@ -78,7 +78,7 @@ def workspace_dirs(args: argparse.Namespace) -> list[Path]:
 def open_backends(dirs: list[Path]) -> list:
     """A Backend per workspace folder. A workspace whose index cannot be read is skipped with one line when
     there are others (alone, its error is raised); each broken SAE is reported and left out of its Backend."""
-    from backend.service import Backend
+    from backend.serve.service import Backend
 
     backends = []
     for path in dirs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import assets
+from backend.data import assets
 
 
 def _fetch_assets(args: argparse.Namespace) -> None:
@@ -17,9 +17,9 @@ def _fetch_assets(args: argparse.Namespace) -> None:
 
 
 def _corpora(args: argparse.Namespace) -> None:
-    from .beyond import RECSYS_CORPORA
-    from .corpora import REGISTRY
-    from .proteins import PROTEIN_CORPORA
+    from backend.modalities.beyond import RECSYS_CORPORA
+    from backend.data.corpora import REGISTRY
+    from backend.modalities.protein import PROTEIN_CORPORA
 
     print("text (model.kind causal_lm):")
     for name, (_, domain, what) in REGISTRY.items():
@@ -33,7 +33,7 @@ def _corpora(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .build import build_workspace
+    from backend.build import build_workspace
 
     build_workspace(args.config, args.workspace, force=args.force, steps=args.steps)
 
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,subdomains,train,eval,index,coverage (default all)")
     b.set_defaults(func=_build)
 
-    from . import cli_index, cli_research, cli_sae
-    from .recsys import add_commands as add_recsys_commands
+    from backend.cli import index as cli_index
+    from backend.cli import research as cli_research
+    from backend.cli import sae as cli_sae
+    from backend.modalities.recsys import add_commands as add_recsys_commands
 
     for add in (cli_sae.add_commands, cli_index.add_commands, cli_research.add_commands, add_recsys_commands):
         add(sub)

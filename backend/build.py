@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .workspace import Workspace, create_workspace, workspace_lock
+from backend.workspace import Workspace, create_workspace, workspace_lock
 
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
 
@@ -40,7 +40,7 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
         cache = ws.build_activations(force=force, verbose=verbose)
         say(f"[build] activations: {cache.n_tokens:,} tokens at {cache.site}", flush=True)
     if "subdomains" in want:
-        from .subdomain import build_subdomain
+        from backend.research.subdomain import build_subdomain
 
         for sd in ws.config.subdomains:
             build_subdomain(ws, sd, force=force, verbose=verbose)
@@ -49,12 +49,12 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
     if "eval" in want and ws.config.saes:
         eval_all(ws, force=force, verbose=verbose)
     if "index" in want and ws.config.saes:
-        from .index import build_index
+        from backend.index.build import build_index
 
         if force or not ws.index_path.exists():
             build_index(ws, progress=verbose)
     if "coverage" in want and ws.config.subdomains:
-        from .coverage import build_coverage
+        from backend.research.coverage import build_coverage
 
         build_coverage(ws, force=force, verbose=verbose)
     say(f"[build] done in {time.time() - t0:.0f} s", flush=True)
@@ -67,8 +67,8 @@ def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: st
 
 
 def _train_all(ws: Workspace, force: bool, verbose: bool, only: str | None) -> None:
-    from .sae import load_sae
-    from .train import train_sae
+    from backend.sae.model import load_sae
+    from backend.sae.train import train_sae
 
     adapter_name = ws.config.model.id
     for s in ws.config.saes:
@@ -86,7 +86,7 @@ def _train_all(ws: Workspace, force: bool, verbose: bool, only: str | None) -> N
 
 
 def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
-    from .evaluate import evaluate_workspace
+    from backend.sae.evaluate import evaluate_workspace
 
     with workspace_lock(ws.path):
         evaluate_workspace(ws, force=force, progress=verbose)

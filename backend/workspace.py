@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .activations import ShardCache
-from .atomic import WorkspaceBusy, atomic_write_text, workspace_lock  # noqa: F401 (re-exported)
-from .config import WorkspaceConfig
-from .corpora import load_docs, make_windows
+from backend.data.activations import ShardCache
+from backend.atomic import WorkspaceBusy, atomic_write_text, workspace_lock  # noqa: F401 (re-exported)
+from backend.config import WorkspaceConfig
+from backend.data.corpora import load_docs, make_windows
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "workspace.yaml"
@@ -38,7 +38,7 @@ class Workspace:
     @property
     def modality(self) -> str:
         """'text', 'protein' or 'recsys' (from model.kind)."""
-        from .beyond import modality
+        from backend.modalities.beyond import modality
 
         return modality(self)
 
@@ -62,10 +62,10 @@ class Workspace:
     # ---- parts ----------------------------------------------------------------------
     def adapter(self, verbose: bool = True):
         if self._adapter is None:
-            from .adapters import load_adapter
+            from backend.adapters import load_adapter
 
             self._adapter = load_adapter(self.config.model, verbose=verbose)
-            from .adapters.base import Site
+            from backend.adapters.base import Site
 
             Site.parse(self.config.activations.site, self._adapter.n_layers)
         return self._adapter
@@ -82,7 +82,7 @@ class Workspace:
         if self.windows_path.exists() and not force:
             return self.windows()
         a = self.adapter(verbose)
-        from .beyond import modality_windows
+        from backend.modalities.beyond import modality_windows
 
         df = modality_windows(self, a, verbose)  # protein / recommender corpora; None for text
         if df is not None:

@@ -19,7 +19,7 @@ import torch
 from backend import assets  # noqa: E402
 from backend.adapters.causal_lm import load_causal_lm  # noqa: E402
 from backend.config import CorpusConfig, ModelConfig  # noqa: E402
-from backend.corpora import load_docs, make_windows  # noqa: E402
+from backend.data.corpora import load_docs, make_windows  # noqa: E402
 
 
 def timed_load(home: Path) -> float:

@@ -23,9 +23,9 @@ import torch
 from backend.adapters.causal_lm import load_causal_lm  # noqa: E402
 from backend.adapters.protein import load_protein  # noqa: E402
 from backend.config import CorpusConfig, ModelConfig  # noqa: E402
-from backend.corpora import load_docs, make_windows  # noqa: E402
-from backend.proteins import protein_windows, read_pfam  # noqa: E402
-from backend.recsys import load_ml100k, load_recsys, recsys_windows, train_recommender, user_docs  # noqa: E402
+from backend.data.corpora import load_docs, make_windows  # noqa: E402
+from backend.modalities.protein import protein_windows, read_pfam  # noqa: E402
+from backend.modalities.recsys import load_ml100k, load_recsys, recsys_windows, train_recommender, user_docs  # noqa: E402
 
 
 def throughput(batches, fn) -> float:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from backend.service import MAX_RESULTS, Backend  # noqa: E402
+from backend.serve.service import MAX_RESULTS, Backend  # noqa: E402
 from explorer.render import to_json  # noqa: E402
 
 

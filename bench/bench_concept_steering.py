@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.recsys import concept_steering_effect  # noqa: E402
-from backend.service import Backend  # noqa: E402
+from backend.modalities.recsys import concept_steering_effect  # noqa: E402
+from backend.serve.service import Backend  # noqa: E402
 
 
 def main() -> None:

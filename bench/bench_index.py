@@ -27,8 +27,8 @@ import pyarrow as pa
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-from backend.service import Backend
-from backend.store import IndexWriter
+from backend.serve.service import Backend
+from backend.index.store import IndexWriter
 
 D_SAE, TOP, BANDS, PER_BAND, WIDTH = 18_432, 20, 5, 4, 25
 
@@ -108,8 +108,8 @@ def feature_latency() -> None:
 
 
 def build_vs_encode(ws_path: str, sae_name: str, full: bool) -> None:
-    from backend import index as ix
-    from backend.sae import Sae, SaeCfg, load_sae
+    from backend.index import build as ix
+    from backend.sae.model import Sae, SaeCfg, load_sae
     from backend.workspace import open_workspace
 
     ws = open_workspace(ws_path)

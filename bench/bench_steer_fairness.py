@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from backend import steering  # noqa: E402
-from backend.service import Backend  # noqa: E402
+from backend.serve.service import Backend  # noqa: E402
 
 LONG_PROMPT = " ".join(f"{i}," for i in range(1, 400))  # ~1,900 tokens: cut to the last 512
 SHORT_PROMPT = "Name a colour."

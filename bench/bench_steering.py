@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from backend.sae import load_sae  # noqa: E402
-from backend.steering import Edit, steered_pieces  # noqa: E402
+from backend.sae.model import load_sae  # noqa: E402
+from backend.sae.steering import Edit, steered_pieces  # noqa: E402
 from backend.workspace import open_workspace  # noqa: E402
 
 

@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 from backend import retrieval  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402
-from backend.subdomain import window_texts  # noqa: E402
-from backend.train import train_sae  # noqa: E402
+from backend.research.subdomain import window_texts  # noqa: E402
+from backend.sae.train import train_sae  # noqa: E402
 from backend.workspace import open_workspace  # noqa: E402
 
 

@@ -29,9 +29,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 from backend import losses  # noqa: E402
-from backend.activations import ShardCache  # noqa: E402
+from backend.data.activations import ShardCache  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402
-from backend.train import Trainer  # noqa: E402
+from backend.sae.train import Trainer  # noqa: E402
 
 BS, K = 4096, 32
 SAELENS_PY = Path(os.environ.get("SAELENS_VENV", ROOT / "bench" / "_venvs" / "saelens")) / "bin" / "python"

@@ -18,7 +18,7 @@ import yaml
 from safetensors.numpy import save_file
 
 from backend.config import IndexConfig
-from backend.index import IndexActs, write_index
+from backend.index.build import IndexActs, write_index
 from backend.workspace import Workspace, open_workspace
 from tests.stand_ins import ReluSae
 
@@ -88,7 +88,7 @@ def link_workspace(src: Path, dst: Path) -> Workspace:
 @pytest.fixture(scope="session")
 def tiny_index(tiny_ws, tmp_path_factory) -> tuple[Workspace, dict[str, float]]:
     """(the re-indexed tiny workspace, build timings)."""
-    from backend.index import build_index
+    from backend.index.build import build_index
 
     ws = link_workspace(Path(tiny_ws.path), tmp_path_factory.mktemp("tiny_index") / "ws")
     return ws, build_index(ws, progress=False)

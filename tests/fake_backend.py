@@ -1,4 +1,4 @@
-"""A small in-memory stand-in for backend.service.Backend, following docs/service_api.md.
+"""A small in-memory stand-in for backend.serve.service.Backend, following docs/service_api.md.
 
 Used by the handler tests so that they need no built workspace: it returns the contract's
 dataclasses and DataFrames with the contract's columns, and raises BackendError with one-line
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from backend import errors as check
-from backend.service import (
+from backend.serve.service import (
     BackendError,
     CompareResult,
     Context,

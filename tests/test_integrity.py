@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 
 from backend.atomic import WorkspaceBusy, lock_holder, remove_stale_files, workspace_lock
 from backend.integrity import check_saes, safetensors_header
-from backend.store import IndexUnreadable
+from backend.index.store import IndexUnreadable
 from backend.workspace import open_workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def fix(ws: Path, name: str) -> str:
 
 # ---- broken SAE files: left out, one line each, the rest served -----------------------------------------
 def test_invalid_cfg_json_leaves_that_sae_out_and_serves_the_others(tiny_src, tmp_path):
-    from backend.service import Backend, BackendError
+    from backend.serve.service import Backend, BackendError
 
     ws = copy_ws(tiny_src, tmp_path / "ws")
     (ws / "saes" / "relu" / "cfg.json").write_text("{nope")
@@ -69,7 +69,7 @@ def test_invalid_cfg_json_leaves_that_sae_out_and_serves_the_others(tiny_src, tm
 
 
 def test_truncated_weights_are_left_out_and_nearest_serves_the_rest(tiny_src, tmp_path):
-    from backend.service import Backend, BackendError
+    from backend.serve.service import Backend, BackendError
 
     ws = copy_ws(tiny_src, tmp_path / "ws")
     w = ws / "saes" / "ssae_bio" / "sae_weights.safetensors"
@@ -109,7 +109,7 @@ def test_cfg_d_in_that_disagrees_with_the_weights_is_a_problem(tiny_src, tmp_pat
 
 
 def test_weights_whose_d_in_is_not_the_model_width_are_a_problem(tiny_src, tmp_path):
-    from backend.service import Backend
+    from backend.serve.service import Backend
 
     ws = copy_ws(tiny_src, tmp_path / "ws")
     d = ws / "saes" / "relu"
@@ -144,7 +144,7 @@ def test_weights_with_shapes_that_do_not_fit_together(tmp_path):
 
 # ---- an unreadable index: one clean error ---------------------------------------------------------------
 def test_an_index_of_random_bytes_is_one_clean_error(tiny_src, tmp_path):
-    from backend.service import Backend
+    from backend.serve.service import Backend
 
     ws = copy_ws(tiny_src, tmp_path / "ws", index=False)
     (ws / "index.duckdb").write_bytes(np.random.default_rng(0).bytes(20_000))
@@ -161,7 +161,7 @@ def test_an_index_without_its_tables_is_one_clean_error(tmp_path):
     con = duckdb.connect(str(tmp_path / "index.duckdb"))
     con.execute("CREATE TABLE saes (sae VARCHAR)")
     con.close()
-    from backend.store import IndexReader
+    from backend.index.store import IndexReader
 
     with pytest.raises(IndexUnreadable, match=r"cannot be read \(it has no latents, contexts, map tables\): rebuild"):
         IndexReader(tmp_path / "index.duckdb")

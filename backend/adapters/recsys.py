@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Intervention, Site, TokenBatch
-from .hooks import StopForward, capture_and_stop, scoped_hook
+from backend.adapters.base import Intervention, Site, TokenBatch
+from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
 
 
 @dataclass

@@ -15,7 +15,7 @@ HELP = (
     "(all three keep the SAE's error term, so untouched latents leave the output unchanged); **add** adds "
     "*value* x its decoder direction to the residual stream (Neuronpedia's simple additive mode)."
 )
-MAX_NEW_TOKENS = 128  # = backend.steering.MAX_NEW_TOKENS (explorer never imports the backend; a test checks)
+MAX_NEW_TOKENS = 128  # = backend.sae.steering.MAX_NEW_TOKENS (explorer never imports the backend; a test checks)
 CONCURRENCY = 4  # steering requests (UI and API together) running at once; their token steps take turns
 
 

@@ -1,0 +1,1 @@
+"""Data: assets (PyPI wheels), corpora, activation capture and shard caches."""

@@ -1,0 +1,176 @@
+"""Activations at a hook site: a streaming pipeline and an on-disk shard cache.
+
+``stream_activations`` runs the adapter over context windows (the forward pass stops after the
+hooked block) and yields only kept tokens (no BOS, padding or special tokens), each with its
+token id, window row and position, so the indexer can map activations back to text.
+
+``ShardCache`` stores those rows as safetensors shards (activations in float16 by default)
+so several SAEs train on one pass of the model. A cache is written into a temporary folder and
+renamed into place when complete: an interrupted build leaves no half cache behind.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from backend.adapters.base import ModelAdapter
+from backend.atomic import atomic_dir
+
+_DT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class ActChunk:
+    """Kept-token activations of one forward batch. n = number of kept tokens."""
+
+    acts: torch.Tensor  # (n, d) float32
+    token_ids: torch.Tensor  # (n,) long
+    window: torch.Tensor  # (n,) long, row index into the windows table
+    pos: torch.Tensor  # (n,) long, position within the window (BOS = 0)
+
+
+def stream_activations(
+    adapter: ModelAdapter,
+    windows: pd.DataFrame,
+    site: str,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = True,
+    desc: str = "activations",
+) -> Iterator[ActChunk]:
+    """Yield kept-token activations at ``site`` over the windows table, in row order."""
+    total = int(windows["token_ids"].map(len).sum())
+    if max_tokens:
+        total = min(total, max_tokens)
+    bar = tqdm(total=total, desc=desc, unit="tok", disable=not progress, dynamic_ncols=True)
+    seen = 0
+    try:
+        for start in range(0, len(windows), batch_size):
+            rows = windows.iloc[start : start + batch_size]
+            batch = adapter.batch_from_ids(list(rows["token_ids"]))
+            acts = adapter.capture(batch, site)  # (B, T, d)
+            keep = batch.keep_mask.to(acts.device)
+            b_idx, t_idx = keep.nonzero(as_tuple=True)
+            chunk = ActChunk(
+                acts=acts[b_idx, t_idx].float().cpu(),
+                token_ids=batch.input_ids[b_idx.cpu(), t_idx.cpu()],
+                window=torch.from_numpy(rows.index.to_numpy().copy())[b_idx.cpu()],
+                pos=t_idx.cpu(),
+            )
+            if max_tokens and seen + len(chunk.acts) > max_tokens:
+                n = max_tokens - seen
+                chunk = ActChunk(chunk.acts[:n], chunk.token_ids[:n], chunk.window[:n], chunk.pos[:n])
+            seen += len(chunk.acts)
+            bar.update(len(chunk.acts))
+            if not torch.isfinite(chunk.acts).all():
+                raise FloatingPointError(f"non-finite activations at {site} in windows {start}..{start + len(rows) - 1}")
+            yield chunk
+            if max_tokens and seen >= max_tokens:
+                break
+    finally:
+        bar.close()
+
+
+class ShardCache:
+    """A folder of activation shards: meta.json + shard_NNNNN.safetensors.
+
+    Each shard holds ``acts`` (n, d) in the cache dtype, and ``token_ids``, ``window``, ``pos``.
+    Satisfies the trainer's source protocol: ``d_in``, ``n_tokens``, ``batches(batch_size, seed)``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_p = self.path / "meta.json"
+        if not meta_p.exists():
+            raise FileNotFoundError(f"no activation cache at {self.path}: build the workspace first (`python -m backend build`)")
+        self.meta = json.loads(meta_p.read_text())
+        self.d_in: int = self.meta["d_in"]
+        self.n_tokens: int = self.meta["n_tokens"]
+        self.site: str = self.meta["site"]
+        self.shards = [self.path / s for s in self.meta["shards"]]
+
+    @staticmethod
+    def build(
+        adapter: ModelAdapter,
+        windows: pd.DataFrame,
+        site: str,
+        out: str | Path,
+        *,
+        batch_size: int = 8,
+        max_tokens: int | None = None,
+        shard_tokens: int = 65_536,
+        dtype: str = "float16",
+        progress: bool = True,
+    ) -> "ShardCache":
+        out = Path(out)
+        with atomic_dir(out) as tmp:
+            names, buf, n_buf, total = [], [], 0, 0
+
+            def flush() -> None:
+                nonlocal buf, n_buf
+                if not buf:
+                    return
+                name = f"shard_{len(names):05d}.safetensors"
+                save_file(
+                    {
+                        "acts": torch.cat([c.acts for c in buf]).to(_DT[dtype]).contiguous(),
+                        "token_ids": torch.cat([c.token_ids for c in buf]).int(),
+                        "window": torch.cat([c.window for c in buf]).int(),
+                        "pos": torch.cat([c.pos for c in buf]).int(),
+                    },
+                    str(tmp / name),
+                )
+                names.append(name)
+                buf, n_buf = [], 0
+
+            for chunk in stream_activations(adapter, windows, site, batch_size, max_tokens, progress, desc=f"cache {site}"):
+                buf.append(chunk)
+                n_buf += len(chunk.acts)
+                total += len(chunk.acts)
+                if n_buf >= shard_tokens:
+                    flush()
+            flush()
+            meta = {"site": site, "model": adapter.model_id, "d_in": adapter.d_model, "n_tokens": total,
+                    "dtype": dtype, "shards": names}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        return ShardCache(out)
+
+    def load_shard(self, i: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.shards[i]))
+
+    def all_acts(self, max_tokens: int | None = None) -> torch.Tensor:
+        """All cached activations as one float32 tensor (n, d) (mind memory for big caches)."""
+        out, n = [], 0
+        for i in range(len(self.shards)):
+            a = self.load_shard(i)["acts"].float()
+            out.append(a)
+            n += len(a)
+            if max_tokens and n >= max_tokens:
+                break
+        x = torch.cat(out)
+        return x[:max_tokens] if max_tokens else x
+
+    def batches(self, batch_size: int, seed: int = 0, mix_shards: int = 4) -> Iterator[torch.Tensor]:
+        """One shuffled epoch of float32 batches (n <= batch_size, d): shards in random order,
+        ``mix_shards`` of them mixed at a time, rows permuted within the mix."""
+        g = np.random.default_rng(seed)
+        order = g.permutation(len(self.shards))
+        carry = torch.empty(0, self.d_in)
+        for s in range(0, len(order), mix_shards):
+            group = [self.load_shard(int(i))["acts"].float() for i in order[s : s + mix_shards]]
+            pool = torch.cat([carry, *group])
+            pool = pool[torch.from_numpy(g.permutation(len(pool)))]
+            n_full = len(pool) // batch_size * batch_size
+            for b in range(0, n_full, batch_size):
+                yield pool[b : b + batch_size]
+            carry = pool[n_full:]
+        if len(carry):
+            yield carry

@@ -1,0 +1,1 @@
+"""The feature index: build, store (all SQL), labels, concepts, maps."""

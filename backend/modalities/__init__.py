@@ -1,0 +1,1 @@
+"""Model kinds beyond plain text: protein and recommender windows, concepts, outcome steering."""

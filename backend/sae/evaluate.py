@@ -1,0 +1,255 @@
+"""SAE evaluation: metrics.json beside each SAE.
+
+Reconstruction (on held activations): L0, FVU, explained variance = 1 - FVU, MSE, mean cosine of
+x and recons; dead (never fires) and dense (fires on > 10% of tokens) latent fractions; the
+distribution of each decoder row's max |cosine| to the others; FVU at each Matryoshka level.
+
+Downstream (with the model): CE loss with the SAE spliced in at kept positions, against the
+clean model and zero-ablation of the site; CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean);
+KL(clean || spliced); perplexity per corpus domain.
+
+Absorption (first-letter task in the spirit of SAEBench, sized for a CPU): on single-word tokens
+starting with a letter, a logistic probe on model activations predicts the first letter. For each
+letter the SAE's "main" latent is the one whose decoder row has the highest cosine with the
+probe direction. Absorption rate = share of tokens the probe gets right on which the main latent
+of their letter does not fire while another latent whose decoder row has cosine > 0.15 with the
+probe direction does (that latent has absorbed the letter feature on those tokens).
+"""
+from __future__ import annotations
+
+import json
+import math
+import string
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from backend.sae.train import write_metrics
+
+
+@torch.inference_mode()
+def reconstruction_metrics(sae, x: torch.Tensor, widths: list[int] | None = None, chunk: int = 4096) -> dict:
+    """Reconstruction metrics of ``sae`` on x (N, d_in), encoded ``chunk`` tokens at a time (memory chunk x d_sae)."""
+    x = x.float()
+    var = float((x - x.mean(0)).pow(2).sum())
+    err = cos = l0 = 0.0
+    fires = torch.zeros(int(sae.W_dec.shape[0]))
+    pref = {int(w): 0.0 for w in widths or []}
+    for s in range(0, len(x), chunk):
+        xc = x[s : s + chunk]
+        z = sae.encode(xc)
+        r = sae.decode(z)
+        err += float((xc - r).pow(2).sum())
+        cos += float(F.cosine_similarity(xc, r, dim=-1).sum())
+        on = z > 0
+        l0 += float(on.sum())
+        fires += on.sum(0).float().cpu()
+        for w in pref:
+            pref[w] += float((xc - (z[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum())
+    n = len(x)
+    out = {
+        "l0": l0 / n, "fvu": err / var, "explained_variance": 1 - err / var, "mse": err / x.numel(), "cosine": cos / n,
+        "dead_frac": float((fires == 0).float().mean()), "dense_frac": float((fires / n > 0.1).float().mean()),
+        "n_tokens": n,
+    }
+    if pref:
+        out["matryoshka_fvu"] = {w: e / var for w, e in pref.items()}
+    return out
+
+
+@torch.inference_mode()
+def decoder_max_cos(W_dec: torch.Tensor, chunk: int = 2048) -> np.ndarray:
+    """Each decoder row's max |cosine| to any other row; memory chunk x d_sae."""
+    W = F.normalize(W_dec.float(), dim=1)
+    out = []
+    for s in range(0, len(W), chunk):
+        c = (W[s : s + chunk] @ W.T).abs()
+        c[torch.arange(len(c)), torch.arange(s, s + len(c))] = 0
+        out.append(c.max(1).values)
+    return torch.cat(out).numpy()
+
+
+def cos_stats(W_dec: torch.Tensor) -> dict:
+    mc = decoder_max_cos(W_dec)
+    return {"mean": float(mc.mean()), "quantiles": {str(q): float(np.quantile(mc, q)) for q in (0.1, 0.5, 0.9, 0.99)},
+            "hist": np.histogram(mc, bins=20, range=(0, 1))[0].tolist()}
+
+
+def _splice_fn(sae, keep: torch.Tensor, mode: str):
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        new = torch.zeros_like(x) if mode == "zero" else \
+            sae.forward(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
+        return torch.where(keep.to(x.device)[..., None], new, x)
+
+    return fn
+
+
+@torch.inference_mode()
+def reference_passes(adapter, site: str, windows: pd.DataFrame, batch_size: int = 8) -> list[dict]:
+    """Per batch: the clean log-probs and the clean and zero-ablation per-token CE. They do not depend
+    on the SAE, so evaluating many SAEs costs one spliced pass each (log-probs kept in bfloat16)."""
+    out = []
+    for i in range(0, len(windows), batch_size):
+        rows = windows.iloc[i : i + batch_size]
+        b = adapter.batch_from_ids(list(rows["token_ids"]))
+        tgt = b.input_ids[:, 1:]
+        clean = adapter.logits(b)[:, :-1]
+        with adapter.intervene(site, _splice_fn(None, b.keep_mask, "zero")):
+            zero = adapter.logits(b)[:, :-1]
+        out.append({"batch": b, "domains": list(rows["domain"]),
+                    "logp": F.log_softmax(clean, -1).to(torch.bfloat16),
+                    "ce_clean": F.cross_entropy(clean.transpose(1, 2), tgt.to(clean.device), reduction="none").cpu(),
+                    "ce_zero": F.cross_entropy(zero.transpose(1, 2), tgt.to(zero.device), reduction="none").cpu()})
+    return out
+
+
+@torch.inference_mode()
+def ce_metrics(adapter, sae, site: str, windows: pd.DataFrame | None = None, batch_size: int = 8,
+               refs: list[dict] | None = None) -> dict:
+    """CE (clean, spliced, zero-ablated), CE recovered, KL(clean || spliced), perplexity per domain."""
+    refs = reference_passes(adapter, site, windows, batch_size) if refs is None else refs
+    sums = {k: 0.0 for k in ("clean", "sae", "zero", "kl")}
+    per_dom: dict[str, list[float]] = {}
+    n = 0
+    for r in refs:
+        b = r["batch"]
+        tgt, mask = b.input_ids[:, 1:], b.keep_mask[:, 1:]
+        with adapter.intervene(site, _splice_fn(sae, b.keep_mask, "sae")):
+            logits = adapter.logits(b)[:, :-1]
+        ce_sae = F.cross_entropy(logits.transpose(1, 2), tgt.to(logits.device), reduction="none").cpu()
+        lp_c = r["logp"].float()
+        kl = (lp_c.exp() * (lp_c - F.log_softmax(logits, -1))).sum(-1).cpu()
+        sums["clean"] += float(r["ce_clean"][mask].sum())
+        sums["zero"] += float(r["ce_zero"][mask].sum())
+        sums["sae"] += float(ce_sae[mask].sum())
+        sums["kl"] += float(kl[mask].sum())
+        n += int(mask.sum())
+        for j, dom in enumerate(r["domains"]):
+            m = mask[j]
+            acc = per_dom.setdefault(dom, [0.0, 0.0, 0])
+            acc[0] += float(r["ce_clean"][j][m].sum())
+            acc[1] += float(ce_sae[j][m].sum())
+            acc[2] += int(m.sum())
+    avg = {k: v / max(n, 1) for k, v in sums.items()}
+    denom = avg["zero"] - avg["clean"]
+    return {
+        "ce_clean": avg["clean"], "ce_sae": avg["sae"], "ce_zero": avg["zero"], "kl": avg["kl"],
+        "ce_recovered": (avg["zero"] - avg["sae"]) / denom if abs(denom) > 1e-9 else float("nan"),
+        "ppl_by_domain": {d: {"clean": math.exp(c / max(t, 1)), "sae": math.exp(s / max(t, 1))}
+                          for d, (c, s, t) in per_dom.items()},
+        "ce_tokens": n,
+    }
+
+
+def absorption(adapter, sae, acts: torch.Tensor, token_ids: torch.Tensor, min_per_letter: int = 20) -> dict:
+    """First-letter absorption rate (see module docstring)."""
+    words = adapter.token_strings(token_ids.tolist())
+    letters = [w.strip().lower()[:1] if w.startswith(" ") and w.strip().isalpha() else "" for w in words]
+    keep = np.array([len(c) == 1 and c in string.ascii_lowercase for c in letters])
+    lab = np.array([ord(c) - 97 if k else -1 for c, k in zip(letters, keep)])
+    counts = np.bincount(lab[keep], minlength=26)
+    use = [c for c in range(26) if counts[c] >= min_per_letter]
+    sel = keep & np.isin(lab, use)
+    if len(use) < 2:
+        return {"absorption_rate": None, "note": "too few single-word tokens per letter"}
+    X, y = acts[torch.from_numpy(sel)].float(), torch.from_numpy(lab[sel])
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Xn = (X - mu) / sd
+    W = torch.zeros(X.shape[1], 26, requires_grad=True)
+    opt = torch.optim.LBFGS([W], max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(Xn @ W, y) + 1e-3 * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return _absorbed(sae, X, Xn, y, W.detach(), sd, use)
+
+
+@torch.no_grad()
+def _absorbed(sae, X, Xn, y, W, sd, use) -> dict:
+    probe = (W / sd[:, None]).T  # (26, d) directions in activation space
+    right = (Xn @ W).argmax(1) == y
+    Wd = F.normalize(sae.W_dec.float(), dim=1)
+    main = (F.normalize(probe, dim=1) @ Wd.T).argmax(1)  # (26,) main latent per letter
+    z = sae.encode(X) > 0  # (n, d_sae)
+    # (d_sae, 26): latents whose direction carries the letter (cosine with its probe above 0.15,
+    # several standard deviations of the cosine between random directions in d = 576)
+    aligned = (Wd @ F.normalize(probe, dim=1).T) > 0.15
+    main_fires = z[torch.arange(len(y)), main[y]]
+    other = (z.float() @ aligned.float())[torch.arange(len(y)), y] > 0
+    absorbed = int((right & ~main_fires & other).sum())
+    total = int(right.sum())
+    return {"absorption_rate": absorbed / max(total, 1), "absorption_tokens": total, "letters": len(use),
+            "probe_accuracy": float(right.float().mean())}
+
+
+@torch.inference_mode()
+def classifier_metrics(adapter, sae, site: str, windows: pd.DataFrame, batch_size: int = 8) -> dict:
+    """Protein classifier (reads <cls> after the last block): with the SAE spliced in at the residues,
+    mean KL(clean || spliced) of the class distribution, mean |delta p| of the predicted class, and the
+    share of sequences whose predicted class is unchanged."""
+    kl = dp = same = 0.0
+    n = 0
+    for i in range(0, len(windows), batch_size):
+        b = adapter.batch_from_ids(list(windows["token_ids"].iloc[i : i + batch_size]))
+        p = adapter.class_probs(b).float()
+        with adapter.intervene(site, _splice_fn(sae, b.keep_mask, "sae")):
+            q = adapter.class_probs(b).float()
+        kl += float((p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum())
+        top = p.argmax(1)
+        dp += float((q.gather(1, top[:, None]) - p.gather(1, top[:, None])).abs().sum())
+        same += float((q.argmax(1) == top).sum())
+        n += len(p)
+    return {"classifier_kl": kl / max(n, 1), "classifier_abs_dp": dp / max(n, 1), "classifier_agree": same / max(n, 1)}
+
+
+def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
+    """metrics.json for every SAE of the workspace (skips SAEs already evaluated unless force)."""
+    ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
+    from backend.sae.model import load_sae
+
+    adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.modality
+    cache = ws.activation_source()
+    x = cache.all_acts(n_tokens)
+    tok = torch.cat([cache.load_shard(i)["token_ids"] for i in range(len(cache.shards))])[: len(x)]
+    w = ws.windows()
+    sample = w.groupby("domain").head(max(1, ce_windows // w["domain"].nunique()))
+    refs = None
+    for s in ws.config.saes:
+        d = ws.sae_dir(s.name)
+        mp = d / "metrics.json"
+        if mp.exists() and "fvu" in json.loads(mp.read_text()) and not force:
+            continue
+        sae = load_sae(d)
+        xs = x if s.data == "general" else ws.activation_source(s.data).all_acts(n_tokens)
+        m = reconstruction_metrics(sae, xs, s.matryoshka_widths or None)
+        m["decoder_max_cos"] = cos_stats(sae.W_dec)
+        if kind in ("text", "recsys"):  # next-token / next-item CE with the SAE spliced in
+            refs = refs or reference_passes(adapter, site, sample)
+            m.update(ce_metrics(adapter, sae, site, refs=refs))
+        elif getattr(adapter, "head", "") == "classifier":
+            m.update(classifier_metrics(adapter, sae, site, sample))
+        if kind == "text":  # the first-letter task needs words
+            m.update(absorption(adapter, sae, x, tok))
+        write_metrics(d, m)
+        if progress:
+            down = (f"CE recovered {m['ce_recovered']:.3f}" if "ce_recovered" in m else
+                    f"classifier KL {m['classifier_kl']:.4f}" if "classifier_kl" in m else "")
+            print(f"[eval] {s.name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  {down}  "
+                  f"absorption {m.get('absorption_rate')}", flush=True)
+
+
+def evaluate_folder(sae_dir: Path, acts: torch.Tensor) -> dict:
+    """metrics.json for a standalone SAE folder on an activation array (no model needed)."""
+    from backend.sae.model import load_sae
+
+    sae = load_sae(sae_dir)
+    m = reconstruction_metrics(sae, acts, (sae.cfg.meta or {}).get("matryoshka_widths") or None)
+    m["decoder_max_cos"] = cos_stats(sae.W_dec)
+    return write_metrics(sae_dir, m)

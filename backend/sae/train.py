@@ -1,0 +1,481 @@
+"""The SAE trainer: streams activations, sparse TopK/BatchTopK steps, Adam, checkpoints, progress.
+
+Inputs are scaled by a fixed c = sqrt(d_in) / E||x|| (measured on the first batch) so that
+coefficients and learning rates do not depend on the model's activation scale; the scale is
+folded back into the weights when saving, so saved SAEs read raw activations and W_dec rows stay
+unit norm (latents and thresholds are divided by c, b_dec too).
+
+TopK and BatchTopK steps are sparse. The encoder forward is one dense matmul under no_grad, into a
+reused buffer, that only *selects* the active (token, latent) pairs; everything with a gradient
+touches only those pairs: the decoder is F.embedding_bag over W_dec rows and ``_SelectedPre`` gives
+the encoder a sparse backward (embedding_bag over x_c, one bag per latent, for dW_enc). W_enc is kept
+in a column-major layout (W_enc.t() contiguous) so latent columns are contiguous rows for these
+gathers and the weight gradient needs no transpose.
+
+train.dtype = bfloat16 runs that selection matmul in bfloat16 (oneDNN's AVX512-BF16 GEMM is ~3.5x
+the float32 one on this CPU). Weights, Adam state, values and gradients stay float32: each token's
+top k + 8 bfloat16 candidates are re-scored exactly in float32 (topk.pair_dots) and the top k of
+those exact values are kept, so the kept latents and their values match the float32 path (up to
+float32 summation order). AuxK's dead-latent values are read from the bfloat16 buffer (an auxiliary
+loss; its weight gradient does not depend on them).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from backend.sae import losses
+from backend.atomic import atomic_dir
+from backend.config import SaeConfig, TrainConfig
+from backend.sae.model import Sae, SaeCfg, SaeError
+from backend.sae.kernels import bucket_order, pair_dots
+
+
+class ActivationSource(Protocol):
+    d_in: int
+    n_tokens: int
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]: ...
+
+
+class ArrayActivations:
+    """An (N, d) .npy (memory-mapped, never unpickled) or .safetensors file as a source."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SaeError(f"activation file {self.path} does not exist")
+        if self.path.suffix == ".npy":
+            try:
+                self.data = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:
+                raise SaeError(f"{self.path} is not a plain numeric .npy array ({e})") from None
+        elif self.path.suffix == ".safetensors":
+            t = load_file(str(self.path))
+            self.data = (t.get("activations") if "activations" in t else next(iter(t.values()))).float().numpy()
+        else:
+            raise SaeError(f"{self.path.name}: activations must be a .npy or .safetensors file of shape (N, d)")
+        if self.data.ndim != 2:
+            raise SaeError(f"{self.path.name} has shape {self.data.shape}; expected (N, d)")
+        self.n_tokens, self.d_in = map(int, self.data.shape)
+
+    def batches(self, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
+        order = np.random.default_rng(seed).permutation(self.n_tokens)
+        for s in range(0, self.n_tokens, batch_size):
+            idx = np.sort(order[s : s + batch_size])
+            yield torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
+
+
+class _Pairs:
+    """Selected (token, latent) pairs, rows ascending, with the bag offsets and the by-latent order both sparse
+    backwards use (computed once per step)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n: int, d_sae: int, per_row: int | None = None):
+        self.rows, self.cols = rows, cols
+        if per_row is not None:  # every row holds exactly per_row pairs
+            self.row_offsets = torch.arange(0, n * per_row, per_row, device=rows.device)
+        else:
+            self.row_offsets = bucket_order(rows, n)[1]
+        self.order, self.col_offsets = bucket_order(cols, d_sae)
+        self.rows_by_col = rows[self.order]
+
+
+class _SelectedPre(torch.autograd.Function):
+    """vals[n] = pre[rows[n], cols[n]] with pre = x_c @ W_enc + b_enc, whose values ``v`` the no-grad selection
+    already computed (float32). The backward touches only the selected pairs:
+        dW_enc[:, j] = sum_{n: cols[n]=j} g_n x_c[rows[n]]   embedding_bag over x_c, one bag per latent
+        db_enc[j]    = sum_{n: cols[n]=j} g_n
+    The gradient through b_dec in the encoder is dropped (b_dec is learned through the decoder), as in sparsify."""
+
+    @staticmethod
+    def forward(ctx, x_c, W_enc, b_enc, v, pairs: _Pairs):
+        ctx.save_for_backward(x_c)
+        ctx.pairs = pairs
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x_c,), P = ctx.saved_tensors, ctx.pairs
+        g_by_col = g[P.order]
+        gW_t = F.embedding_bag(P.rows_by_col, x_c, P.col_offsets, mode="sum", per_sample_weights=g_by_col)  # (d_sae, d_in)
+        gb = torch.zeros(len(P.col_offsets), dtype=g.dtype, device=g.device).index_add_(0, P.cols, g)
+        return None, gW_t.t(), gb, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """out[i] = sum_{n: rows[n]=i} vals[n] W_dec[cols[n]] (N, d_in), with a backward over the pairs only:
+        dvals[n]  = grad[rows[n]] . W_dec[cols[n]]                 (topk.pair_dots)
+        dW_dec[j] = sum_{n: cols[n]=j} vals[n] grad[rows[n]]       embedding_bag over grad, one bag per latent
+    (torch's own embedding_bag backward sorts the indices with a threaded sort that stalls under CPU contention)."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, pairs: _Pairs):
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pairs = pairs
+        return F.embedding_bag(pairs.cols, W_dec, pairs.row_offsets, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (vals, W_dec), P = ctx.saved_tensors, ctx.pairs
+        grad = grad.contiguous()
+        gv = pair_dots(P.rows, P.cols, grad, W_dec, None) if ctx.needs_input_grad[0] else None
+        gW = None
+        if ctx.needs_input_grad[1]:
+            gW = F.embedding_bag(P.rows_by_col, grad, P.col_offsets, mode="sum", per_sample_weights=vals[P.order])
+        return gv, gW, None
+
+
+def _sparse_decode(vals: torch.Tensor, W_dec: torch.Tensor, pairs: _Pairs) -> torch.Tensor:
+    """sum of vals * W_dec[cols] per row: (n, d_in)."""
+    return _SparseDecode.apply(vals, W_dec, pairs)
+
+
+class Trainer:
+    def __init__(self, cfg: SaeConfig, tcfg: TrainConfig, d_in: int, total_tokens: int, *, base=None,
+                 hook_name: str = "", model_name: str = "", device: torch.device | None = None):
+        self.cfg, self.tcfg, self.base = cfg, tcfg, base
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        arch = "jumprelu" if cfg.architecture == "jumprelu" else cfg.architecture
+        meta = {"name": cfg.name, "matryoshka_widths": cfg.matryoshka_widths, "ortho_coef": cfg.ortho_coef,
+                "term_tilt": cfg.term_tilt, "data": cfg.data, "l1_coef": cfg.l1_coef, "l0_coef": cfg.l0_coef}
+        if cfg.boost_base:
+            meta["boost_base"] = f"../{cfg.boost_base}"
+        # Each SAE gets its own init (seed + a stable hash of its name), so that decoder matches
+        # between SAEs of one workspace reflect training, not a shared initialization.
+        self.sae = Sae(SaeCfg(d_in, cfg.d_sae, arch, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta),
+                       seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
+        with torch.no_grad():  # column-major W_enc: W_enc.t() is a contiguous (d_sae, d_in) view
+            self.sae.W_enc = torch.nn.Parameter(self.sae.W_enc.detach().t().contiguous().t())
+        self.lr = tcfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14)
+        self.opt = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.999),
+                                    fused=self.device.type in ("cpu", "cuda"))
+        self.total_steps = max(1, math.ceil(total_tokens / tcfg.batch_size))
+        self.step, self.tokens = 0, 0
+        self.scale = 1.0
+        self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+        self.dead_after = min(tcfg.dead_tokens, max(total_tokens // 4, tcfg.batch_size))
+        self.bt_threshold = -1.0  # running BatchTopK inference threshold (scaled units)
+        self.k_aux = cfg.k_aux or d_in // 2
+        self.gen = torch.Generator().manual_seed(tcfg.seed)
+        self.bf16 = tcfg.dtype == "bfloat16" and cfg.architecture in ("topk", "batchtopk")
+        self.margin = 8  # extra bfloat16 candidates per token re-scored in float32
+        self._pre_buf: torch.Tensor | None = None
+
+    # ---- one step ---------------------------------------------------------------------------
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        if self.base is not None:
+            with torch.no_grad():
+                x = x - self.base(x)
+        return x * self.scale
+
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss for a (scaled) batch x and the logged stats."""
+        cfg, sae = self.cfg, self.sae
+        N = len(x)
+        var = losses.total_variance(x)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.architecture in ("topk", "batchtopk"):
+            x_c = (x - sae.b_dec).detach()  # (N, d_in); the encoder's b_dec gradient is dropped (see _SelectedPre)
+            with torch.no_grad():
+                W_t = sae.W_enc.detach().t()  # (d_sae, d_in), contiguous
+                pre = self._pre_acts(x_c, W_t)  # (N, d_sae) float32 or bfloat16, selection only
+                pairs = self._select(pre, x_c, W_t)
+            vals = _SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, pairs.vals, pairs)
+            recons = _sparse_decode(vals, sae.W_dec, pairs) + sae.b_dec
+            fired = pairs.col_offsets < torch.cat([pairs.col_offsets[1:], pairs.col_offsets.new_tensor([len(vals)])])
+            fired = fired.cpu()
+            l0 = len(vals) / N
+            if cfg.matryoshka_widths:
+                prefix = [_sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec
+                          for w in cfg.matryoshka_widths]
+                terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt)
+            dead = (self.since_fired >= self.dead_after).nonzero().squeeze(1)
+            if cfg.auxk_coef > 0 and len(dead):
+                terms["auxk"] = cfg.auxk_coef * self._auxk(x, x_c, pre, recons, dead.to(x.device))
+        else:
+            x_c = x - sae.b_dec
+            pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)  # (N, d_sae)
+            if cfg.architecture == "relu":
+                latents = torch.relu(pre)
+                terms["l1"] = cfg.l1_coef * self._warm() * losses.l1(latents, sae.W_dec, x.shape[1])
+            else:  # jumprelu
+                latents = losses.jumprelu(pre, sae.threshold, cfg.jumprelu_bandwidth)
+                terms["l0"] = cfg.l0_coef * self._warm() * losses.l0_ste(pre, sae.threshold, cfg.jumprelu_bandwidth)
+            recons = latents @ sae.W_dec + sae.b_dec
+            active = latents.detach() > 0
+            fired = active.any(0).cpu()
+            l0 = float(active.sum(-1).float().mean())
+            if cfg.matryoshka_widths:
+                terms["matryoshka"] = losses.matryoshka(
+                    x, [latents[:, :w] @ sae.W_dec[:w] + sae.b_dec for w in cfg.matryoshka_widths], cfg.term_tilt)
+        per_tok = losses.per_token_loss(x, recons, var)
+        if not cfg.matryoshka_widths:
+            terms["recons"] = losses.tilted(per_tok, cfg.term_tilt)
+        if cfg.ortho_coef > 0:
+            terms["ortho"] = cfg.ortho_coef * losses.orthogonality(sae.W_dec, cfg.ortho_chunk, self.gen)
+        total = sum(terms.values())
+        self.since_fired += N
+        self.since_fired[fired] = 0
+        stats = {"loss": float(total.detach()), "fvu": float(per_tok.detach().mean()), "l0": l0,
+                 "dead": float((self.since_fired >= self.dead_after).float().mean())}
+        return total, stats
+
+    def _pre_acts(self, x_c: torch.Tensor, W_t: torch.Tensor) -> torch.Tensor:
+        """x_c @ W_enc + b_enc for selection, in train.dtype, into a reused buffer (a fresh (N, d_sae)
+        tensor costs as much in page faults as a fast matmul)."""
+        N, dt = len(x_c), torch.bfloat16 if self.bf16 else torch.float32
+        if self._pre_buf is None or self._pre_buf.dtype != dt or len(self._pre_buf) < N:
+            self._pre_buf = torch.empty(N, self.cfg.d_sae, dtype=dt, device=x_c.device)
+        out = self._pre_buf[:N]
+        b = self.sae.b_enc.detach()
+        return torch.addmm(b.to(dt), x_c.to(dt), W_t.to(dt).t(), out=out)
+
+    def _select(self, pre: torch.Tensor, x_c: torch.Tensor, W_t: torch.Tensor):
+        """The active pairs of a no-grad pre (N, d_sae) (rows ascending) with their exact float32 values > 0 as
+        ``.vals``: the top k per row (topk) or k*N per batch (batchtopk)."""
+        N, k, d_sae = pre.shape[0], self.cfg.k, pre.shape[1]
+        b_enc = self.sae.b_enc.detach()
+        arange = torch.arange(N, device=pre.device)
+        if self.cfg.architecture == "topk":
+            if self.bf16:  # bfloat16 ranks k + margin candidates; their exact values pick the k
+                kc = min(k + self.margin, d_sae)
+                cand = pre.topk(kc, dim=-1, sorted=False).indices  # (N, kc)
+                ve = pair_dots(arange.repeat_interleave(kc), cand.reshape(-1), x_c, W_t, b_enc).view(N, kc)
+                v, j = ve.topk(k, dim=-1, sorted=False)
+                c = cand.gather(1, j)
+            else:
+                v, c = pre.topk(k, dim=-1, sorted=False)
+            keep = v > 0
+            if bool(keep.all()):  # the usual case: skip the masking
+                P = _Pairs(arange.repeat_interleave(k), c.reshape(-1), N, d_sae, per_row=k)
+                P.vals = v.reshape(-1)
+            else:
+                P = _Pairs(arange[:, None].expand_as(c)[keep], c[keep], N, d_sae)
+                P.vals = v[keep]
+            return P
+        # batchtopk: the top k*N of the batch, in two stages (per-row top 4k, then global) unless a row overflows
+        kk = min(4 * k, d_sae)
+        cand, cand_c = pre.topk(kk, dim=-1, sorted=False)  # (N, kk)
+        v, flat = cand.reshape(-1).topk(k * N, sorted=False)
+        if kk < d_sae and bool((cand.min(1).values >= v.min()).any()):  # a row may hold more than kk: exact pass
+            v, flat = pre.reshape(-1).topk(k * N, sorted=False)
+            cand_c, kk = None, d_sae
+        order = flat.argsort()  # row-major, so rows ascend
+        flat, v = flat[order], v[order]
+        rows = flat // kk
+        cols = flat % kk if cand_c is None else cand_c.reshape(-1)[flat]
+        if self.bf16:
+            v = pair_dots(rows, cols, x_c, W_t, b_enc)
+        keep = v > 0
+        rows, cols, v = rows[keep], cols[keep], v[keep]
+        if len(v):  # running min kept value (the exported threshold, before calibration)
+            t = float(v.min())
+            self.bt_threshold = t if self.bt_threshold < 0 else 0.99 * self.bt_threshold + 0.01 * t
+        P = _Pairs(rows, cols, N, d_sae)
+        P.vals = v
+        return P
+
+    def _auxk(self, x, x_c, pre, recons, dead: torch.Tensor) -> torch.Tensor:
+        """AuxK: reconstruct the residual x - recons from the top k_aux dead latents of each token (sparse too,
+        reusing the selection's pre-activations)."""
+        with torch.no_grad():
+            v, j = pre[:, dead].topk(min(self.k_aux, len(dead)), dim=-1, sorted=False)  # (N, k_aux) among dead only
+            keep = v > 0
+            rows = torch.arange(len(x), device=x.device)[:, None].expand_as(j)[keep]
+            cols, v = dead[j[keep]], v[keep].float()
+        if len(rows) == 0:
+            return x.new_zeros(())
+        pairs = _Pairs(rows, cols, len(x), self.cfg.d_sae)
+        vals = _SelectedPre.apply(x_c, self.sae.W_enc, self.sae.b_enc, v, pairs)
+        aux = _sparse_decode(vals, self.sae.W_dec, pairs)
+        return losses.auxk((x - recons).detach(), aux)
+
+    def _warm(self) -> float:
+        """L1 / L0 coefficient ramp from 0 over the first l1_warmup_frac of training."""
+        n = max(1, int(self.tcfg.l1_warmup_frac * self.total_steps))
+        return min(1.0, (self.step + 1) / n)
+
+    def train_step(self, x_raw: torch.Tensor) -> dict[str, float]:
+        if not math.isfinite(float(x_raw.sum(dtype=torch.float64))):  # one pass; NaN/inf anywhere makes it non-finite
+            raise FloatingPointError("non-finite activations in the input batch")
+        if self.step == 0 and self.tokens == 0:
+            self._init_from(x_raw)
+        x = self._prepare(x_raw)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.tcfg.lr_warmup_steps))
+        loss, stats = self.losses(x)
+        if not math.isfinite(stats["loss"]):
+            raise FloatingPointError("the loss became non-finite")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        renorm = self.cfg.architecture != "relu"
+        if renorm and self.sae.W_dec.grad is not None:
+            with torch.no_grad():  # drop the gradient component parallel to each unit decoder row
+                W, G = self.sae.W_dec, self.sae.W_dec.grad
+                G -= (G * W).sum(1, keepdim=True) * W
+        self.opt.step()
+        with torch.no_grad():
+            if renorm:
+                self.sae.W_dec /= self.sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            if self.cfg.architecture == "jumprelu":
+                self.sae.threshold.clamp_(min=1e-6)
+        self.step += 1
+        self.tokens += len(x_raw)
+        return stats
+
+    def _init_from(self, x_raw: torch.Tensor) -> None:
+        """Input scale and b_dec from the first batch (b_dec = the batch mean, in scaled units)."""
+        x = x_raw.to(self.device, torch.float32)
+        if self.base is not None:
+            with torch.no_grad():
+                x = x - self.base(x)
+        self.scale = float(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-8))
+        if self.sae.cfg.apply_b_dec:
+            with torch.no_grad():
+                self.sae.b_dec.copy_(x.mean(0) * self.scale)
+        if self.cfg.architecture == "jumprelu":
+            # Thresholds start where each latent fires on k/d_sae of the first batch (L0 ~ k): the
+            # straight-through estimator only moves thresholds slowly, so short runs need a good start.
+            with torch.no_grad():
+                pre = self.sae.pre_acts(x * self.scale)
+                q = 1 - min(self.cfg.k / self.cfg.d_sae, 0.5)
+                self.sae.threshold.copy_(torch.quantile(pre, q, dim=0).clamp_min(1e-3))
+
+    @torch.no_grad()
+    def calibrate_threshold(self, source: ActivationSource, n_batches: int = 8) -> None:
+        """BatchTopK's inference threshold: the mean over batches of the (k*N)-th largest activation, so
+        that the exported JumpReLU keeps k latents per token on average (the running value lags training)."""
+        vals = []
+        for i, x in enumerate(source.batches(self.tcfg.batch_size, self.tcfg.seed + 1)):
+            if i >= n_batches:
+                break
+            act = torch.relu(self.sae.pre_acts(self._prepare(x)))
+            vals.append(float(act.reshape(-1).topk(self.cfg.k * len(x)).values[-1]))
+        if vals:
+            self.bt_threshold = sum(vals) / len(vals)
+
+    # ---- export / checkpoint ----------------------------------------------------------------
+    def export(self) -> Sae:
+        """A copy of the SAE on raw activations (scale folded in; batchtopk becomes jumprelu)."""
+        c = self.scale
+        arch = "jumprelu" if self.cfg.architecture == "batchtopk" else self.sae.cfg.architecture
+        meta = dict(self.sae.cfg.meta, trained_as=self.cfg.architecture, input_scale=c)
+        out = Sae(SaeCfg(self.sae.cfg.d_in, self.cfg.d_sae, arch, self.cfg.k, self.sae.cfg.hook_name,
+                         self.sae.cfg.model_name, self.sae.cfg.apply_b_dec, meta))
+        with torch.no_grad():
+            out.W_enc.copy_(self.sae.W_enc)
+            out.W_dec.copy_(self.sae.W_dec)
+            out.b_enc.copy_(self.sae.b_enc / c)
+            out.b_dec.copy_(self.sae.b_dec / c)
+            theta = self.bt_threshold if self.cfg.architecture == "batchtopk" else None
+            out.threshold.copy_(torch.full_like(out.threshold, theta) if theta is not None else self.sae.threshold)
+            out.threshold.div_(c)
+        return out.cpu().eval()
+
+    def save_checkpoint(self, folder: Path) -> None:
+        tensors = {f"p.{n}": p.detach().cpu().contiguous() for n, p in self.sae.named_parameters()}
+        params = [p for p in self.sae.parameters() if p.requires_grad]
+        adam_steps = []
+        for i, p in enumerate(params):
+            st = self.opt.state.get(p)
+            adam_steps.append(float(st["step"]) if st else 0.0)
+            if st:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    tensors[f"o.{i}.{key}"] = st[key].cpu().contiguous()
+        tensors["since_fired"] = self.since_fired.clone()
+        scalars = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "bt_threshold": self.bt_threshold,
+                   "adam_steps": adam_steps}
+        with atomic_dir(folder) as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(scalars))
+
+    def load_checkpoint(self, folder: Path) -> None:
+        t = load_file(str(folder / "state.safetensors"))
+        s = json.loads((folder / "state.json").read_text())
+        with torch.no_grad():
+            for n, p in self.sae.named_parameters():
+                p.copy_(t[f"p.{n}"])
+        params = [p for p in self.sae.parameters() if p.requires_grad]
+        for i, p in enumerate(params):
+            if f"o.{i}.exp_avg" in t:
+                self.opt.state[p] = {"step": torch.tensor(s["adam_steps"][i]),  # Adam state in the param's layout
+                                     "exp_avg": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg"]),
+                                     "exp_avg_sq": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg_sq"])}
+        self.since_fired = t["since_fired"].long()
+        self.step, self.tokens, self.scale, self.bt_threshold = s["step"], s["tokens"], s["scale"], s["bt_threshold"]
+
+
+def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_dir: str | Path, *, base=None,
+              hook_name: str = "", model_name: str = "", progress: bool = True, resume: bool = True) -> Sae:
+    """Train one SAE on ``source`` and save it (SAELens layout + metrics.json) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    if base is not None and int(base.W_dec.shape[1]) != source.d_in:
+        raise SaeError(f"base SAE expects d_in={int(base.W_dec.shape[1])} but the activations have d={source.d_in}")
+    total = cfg.tokens or tcfg.tokens or source.n_tokens
+    tr = Trainer(cfg, tcfg, source.d_in, total, base=base, hook_name=hook_name, model_name=model_name)
+    ckpt = out_dir.with_name(f".{out_dir.name}.checkpoint")
+    if resume and (ckpt / "state.json").exists():
+        tr.load_checkpoint(ckpt)
+    bar = tqdm(total=total, initial=min(tr.tokens, total), desc=f"train {cfg.name}", unit="tok",
+               disable=not progress, dynamic_ncols=True)
+    t0, stats, epoch = time.time(), {}, 0
+    skip = tr.tokens  # on resume, skip the tokens already seen (same seeds -> same order)
+    try:
+        while tr.tokens < total:
+            for x in source.batches(tcfg.batch_size, tcfg.seed + epoch):
+                if skip > 0:
+                    skip -= len(x)
+                    continue
+                if tr.tokens >= total:
+                    break
+                try:
+                    stats = tr.train_step(x)
+                except FloatingPointError as e:
+                    if not (ckpt / "state.json").exists():
+                        tr.save_checkpoint(ckpt)  # the state before this step is still finite
+                    raise SaeError(f"training {cfg.name} stopped at step {tr.step}: {e}; the last good state is kept "
+                                   f"in {ckpt} (fix the activations and train again to resume)") from None
+                bar.update(len(x))
+                if tr.step % 10 == 0:
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
+                                    dead=f"{stats['dead']:.2f}")
+                if tcfg.checkpoint_every and tr.step % tcfg.checkpoint_every == 0:
+                    tr.save_checkpoint(ckpt)
+            epoch += 1
+    finally:
+        bar.close()
+    secs = time.time() - t0
+    if cfg.architecture == "batchtopk":
+        tr.calibrate_threshold(source)
+    sae = tr.export()
+    sae.save(out_dir)
+    metrics = {"train": {"tokens": tr.tokens, "steps": tr.step, "seconds": round(secs, 2),
+                         "tokens_per_s": round(tr.tokens / max(secs, 1e-9), 1), "final_fvu": stats.get("fvu"),
+                         "final_l0": stats.get("l0"), "dead_frac": stats.get("dead"), "lr": tr.lr}}
+    write_metrics(out_dir, metrics)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return sae
+
+
+def write_metrics(sae_dir: Path, new: dict) -> dict:
+    """Merge ``new`` into sae_dir/metrics.json atomically."""
+    p = Path(sae_dir) / "metrics.json"
+    cur = json.loads(p.read_text()) if p.exists() else {}
+    cur.update(new)
+    tmp = p.with_name(".metrics.json.tmp")
+    tmp.write_text(json.dumps(cur, indent=1))
+    os.replace(tmp, p)
+    return cur

@@ -1,0 +1,1 @@
+"""The Backend facade the UI codes against, and its views."""

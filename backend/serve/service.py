@@ -1,0 +1,411 @@
+"""The Backend facade: everything the UI and API clients ask of a workspace, as plain values.
+
+Contract: docs/service_api.md. Torch stays inside the backend; the index is read through
+store.IndexReader (one connection per Backend, a cursor per thread); the model and SAEs load lazily
+on the first request that needs them (search by text, steering) and are cached.
+
+Nearest directions: faiss IndexFlatIP over unit decoder rows (inner product = cosine), one index per
+SAE, built on first use from sae_weights.safetensors (no torch). A boosted composite's latents are
+its base's followed by its residual's, so its rows are the base's rows then the residual's.
+
+Hazards: user text is only ever a query parameter (store.py); text is capped at ``MAX_TEXT``
+characters and at ``MAX_SEARCH_TOKENS`` tokens (or the model's own limit): longer input is cut by the
+adapter's policy (first tokens for text, latest items for a recommender) and ``notice`` says so.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend import errors as check
+from backend.errors import BackendError
+from backend.serve.research import ResearchViews
+from backend.serve.steer import SteeringViews
+from backend.index.store import SORT_KEYS, IndexReader
+from backend.workspace import Workspace, open_workspace
+
+MAX_TEXT = 20_000
+MAX_SEARCH_TOKENS = 1024
+MAX_QUERY = 200          # characters of an explanation search
+MAX_ROWS = 10_000        # rows of one /latents page
+MAX_OFFSET = 10_000_000  # any offset past this is an error (no SAE has that many latents)
+MAX_RESULTS = 1_000      # /search_text top_n, /search_features limit, /compare page size
+MAX_NEAREST = 200
+__all__ = ["Backend", "BackendError"]
+
+
+@dataclass
+class Context:
+    tokens: list[str]
+    acts: list[float]
+    focus: int
+    source: str
+    domain: str
+    max_act: float
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # protein annotations (start, end, concept)
+
+
+@dataclass
+class FeatureView:
+    sae: str
+    latent: int
+    label: str
+    confidence: float
+    precision: float
+    recall: float
+    density: float
+    mean_act: float
+    max_act: float
+    hist_edges: list[float]
+    hist_counts: list[int]
+    top_contexts: list[Context]
+    quantiles: list[tuple[str, list[Context]]]
+    logits_top: list[tuple[str, float]]
+    logits_bottom: list[tuple[str, float]]
+    domain_rates: dict[str, float]
+    top_tokens: list[tuple[str, float]] = field(default_factory=list)
+    concepts: list[dict[str, Any]] = field(default_factory=list)  # concept matches (protein, recommender)
+
+
+@dataclass
+class TextSearchResult:
+    tokens: list[str]
+    top_latents: pd.DataFrame
+    per_token: list[list[tuple[int, float]]]
+    acts: dict[int, list[float]]
+    notice: str = ""  # e.g. the text was cut to MAX_SEARCH_TOKENS tokens
+
+
+COSINE_BINS = 20  # histogram of best-match cosines over [0, 1] in /compare's pairs
+
+
+@dataclass
+class CompareResult:
+    metrics: pd.DataFrame
+    matches: pd.DataFrame    # one page of pairs with cosine >= threshold, best first
+    unmatched: pd.DataFrame  # one page of latents of saes[0] below threshold, most distinct first
+    pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # per SAE pair: counts, median, cosine histogram
+    n_matches: int = 0       # all pairs at or above the threshold (over every page)
+    n_unmatched: int = 0
+
+
+def _context(r: dict[str, Any]) -> Context:
+    return Context(list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"],
+                   float(r["max_act"]))
+
+
+def _read_unit_decoder(folder: Path) -> np.ndarray:
+    """Unit-norm decoder rows (d_sae, d_in) float32 of an SAE folder (a boosted one: base rows first)."""
+    from safetensors.numpy import load_file
+
+    W = load_file(str(folder / "sae_weights.safetensors"))["W_dec"].astype(np.float32)
+    base = json.loads((folder / "cfg.json").read_text()).get("saex", {}).get("boost_base")
+    W = W / np.linalg.norm(W, axis=1, keepdims=True).clip(1e-8)
+    return np.ascontiguousarray(np.concatenate([_read_unit_decoder((folder / base).resolve()), W]) if base else W)
+
+
+class Backend(SteeringViews, ResearchViews):
+    def __init__(self, workspace: str | Path | Workspace):
+        self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
+        self.workspace_name = self.ws.config.name
+        self.model_name = self.ws.config.model.id
+        self.modality = self.ws.modality  # 'text' | 'protein' | 'recsys'
+        self.index = IndexReader(self.ws.index_path)
+        self._windows: pd.DataFrame | None = None
+        self._lock = threading.Lock()
+        self._saes: dict[str, Any] = {}
+        self._faiss: dict[str, Any] = {}
+        self._label_cache: dict[str, pd.Series] = {}
+        self._match_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        table = self.index.saes()
+        self._d_sae = dict(zip(table["sae"], table["d_sae"].astype(int)))
+        self._arch = dict(zip(table["sae"], table["architecture"]))
+        n_q = table["n_quantiles"] if "n_quantiles" in table else [self.ws.config.index.n_quantiles] * len(table)
+        self._n_bands = dict(zip(table["sae"], [int(n) for n in n_q]))
+        # ---- integrity (backend/integrity.py): serve only the SAEs whose files are sound -------------
+        from backend.integrity import check_saes
+
+        broken = check_saes(self.ws, list(self._d_sae), index_d_sae=self._d_sae)
+        self.problems: list[str] = list(broken.values())  # one line per broken SAE: the file, what to run
+        if broken and len(broken) == len(self._d_sae):
+            self.index.close()
+            more = f" (and {len(broken) - 1} more broken SAEs)" if len(broken) > 1 else ""
+            raise BackendError(f"no SAE of {self.ws.path} can be served: {self.problems[0]}{more}")
+        self._d_sae = {n: d for n, d in self._d_sae.items() if n not in broken}
+        # ---- end integrity ---------------------------------------------------------------------------
+        order = [s.name for s in self.ws.config.saes if s.name in self._d_sae]
+        self.sae_names = order + sorted(n for n in self._d_sae if n not in order)
+
+    def close(self) -> None:
+        """Release the index file (needed before reopening a rebuilt index in the same process)."""
+        self.index.close()
+
+    # ---- lazy heavy parts ----------------------------------------------------------------
+    def adapter(self):
+        with self._lock:
+            return self.ws.adapter(verbose=False)
+
+    def _check_sae(self, name: Any) -> str:
+        """The name itself when it is one of this workspace's SAEs (the only way a name reaches a path)."""
+        return check.choice("SAE", name, self.sae_names)
+
+    def sae(self, name: str):
+        """The loaded SAE (torch module), cached."""
+        self._check_sae(name)
+        with self._lock:
+            if name not in self._saes:
+                from backend.sae.model import load_sae
+
+                self._saes[name] = load_sae(self.ws.sae_dir(name))
+            return self._saes[name]
+
+    def _directions(self, name: str):
+        """faiss IndexFlatIP over the SAE's unit decoder rows (cached); ``.reconstruct_n`` gives them back."""
+        self._check_sae(name)
+        with self._lock:
+            if name not in self._faiss:
+                import faiss
+
+                W = _read_unit_decoder(self.ws.sae_dir(name))
+                index = faiss.IndexFlatIP(W.shape[1])
+                index.add(W)
+                self._faiss[name] = index
+            return self._faiss[name]
+
+    def _check_latent(self, sae: str, latent: Any) -> int:
+        self._check_sae(sae)
+        d_sae = self._d_sae[sae]
+        try:
+            i = check.whole("latent", latent, -(2**63), 2**63 - 1)
+        except BackendError:
+            raise BackendError(f"latent must be a whole number between 0 and {d_sae - 1}, "
+                               f"got {check.shown(latent)}") from None
+        if not 0 <= i < d_sae:
+            raise BackendError(f"latent {i} is out of range: SAE {sae!r} has latents 0..{d_sae - 1}")
+        return i
+
+    def _metrics(self, name: str) -> dict[str, Any]:
+        p = self.ws.sae_dir(name) / "metrics.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    # ---- browse --------------------------------------------------------------------------
+    def saes(self) -> pd.DataFrame:
+        rows = []
+        for name in self.sae_names:
+            m = self._metrics(name)
+            cfg_p = self.ws.sae_dir(name) / "cfg.json"
+            k = json.loads(cfg_p.read_text()).get("k") if cfg_p.exists() else None
+            rows.append({"name": name, "architecture": self._arch[name], "d_sae": self._d_sae[name], "k": k,
+                         "l0": m.get("l0"), "fvu": m.get("fvu"), "ce_recovered": m.get("ce_recovered"),
+                         "dead_frac": m.get("dead_frac"), "n_latents_indexed": self._d_sae[name]})
+        return pd.DataFrame(rows)
+
+    def domains(self) -> list[str]:
+        return self.index.domains()
+
+    def latents(self, sae: str, *, sort_by: str = "density", descending: bool = True, domain: str | None = None,
+                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
+        self._check_sae(sae)
+        if sort_by not in SORT_KEYS:
+            raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}, got {check.shown(sort_by)}")
+        domain = check.choice("domain", domain, self.domains()) if domain else ""
+        return self.index.latents(sae, sort_by, check.flag("descending", descending), domain,
+                                  check.number("min_density", 0.0 if min_density is None else min_density, 0.0, 1.0),
+                                  check.text("query", query, MAX_QUERY), check.whole("limit", limit, 1, MAX_ROWS),
+                                  check.whole("offset", offset, 0, MAX_OFFSET))
+
+    def feature(self, sae: str, latent: int) -> FeatureView:
+        i = self._check_latent(sae, latent)
+        row = self.index.latent(sae, i)
+        if row is None:
+            raise BackendError(f"latent {i} of {sae!r} is not in the index; rebuild it with `python -m backend index`")
+        by_kind: dict[str, list[Context]] = {}
+        for r in self.index.contexts(sae, i):  # ordered by kind, then rank (activation, descending)
+            c = _context(r)
+            if self.modality == "protein" and r.get("win_offset") is not None:
+                from backend.modalities.beyond import context_spans
+
+                c.spans = context_spans(self.ws, self.windows(), r["window_row"], r["win_offset"], len(c.tokens))
+            by_kind.setdefault(r["kind"], []).append(c)
+        nb = self._n_bands[sae]
+        bands = sorted((k for k in by_kind if k.startswith("q")), key=lambda k: -int(k[1:]))
+        quantiles = [(f"{int(k[1:]) * 100 // nb}-{(int(k[1:]) + 1) * 100 // nb}% of max", by_kind[k]) for k in bands]
+        toks = json.loads(row["top_tokens"])
+        scores = json.loads(row.get("top_token_scores") or "[]") or [0.0] * len(toks)
+        return FeatureView(
+            sae=sae, latent=i, label=row["label"], confidence=float(row["confidence"]),
+            precision=float(row["precision"]), recall=float(row["recall"]), density=float(row["density"]),
+            mean_act=float(row["mean_act"]), max_act=float(row["max_act"]),
+            hist_edges=[float(v) for v in row["hist_edges"]],
+            hist_counts=[int(v) for v in row["hist_counts"]], top_contexts=by_kind.get("top", []), quantiles=quantiles,
+            logits_top=[(t, float(v)) for t, v in json.loads(row["logit_top"])],
+            logits_bottom=[(t, float(v)) for t, v in json.loads(row["logit_bottom"])],
+            domain_rates=json.loads(row["domain_rates"]), top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
+            concepts=[{k: (None if isinstance(v, float) and v != v else v) for k, v in c.items() if k != "sae"}
+                      for c in self.index.concepts(sae, i)],
+        )
+
+    def example_input(self, n: int = 20) -> str:
+        """A real input to steer with: a text prompt, a protein sequence (an annotated window's residues,
+        SUMO site windows first) or a user's last ``n`` items as raw ids (recommender)."""
+        if self.modality == "text":
+            return "Tell me about your favourite place."
+        w = self.windows()
+        adapter = self.adapter()
+        if self.modality == "protein":
+            pick = w[w["doc_id"].astype(str).str.startswith("sumo_pos")]
+            ids = list((pick if len(pick) else w)["token_ids"].iloc[0])
+            return "".join(adapter.token_strings(ids))
+        ids = list(w["token_ids"].iloc[0])[-n:]
+        return " ".join(str(adapter.items[int(i) - 1]["id"]) for i in ids)
+
+    def windows(self) -> pd.DataFrame:
+        """The workspace's windows table (cached; for context provenance and annotation spans)."""
+        if self._windows is None:
+            self._windows = self.ws.windows()
+        return self._windows
+
+    # ---- search ----------------------------------------------------------------------------
+    def search_text(self, sae: str, text: str, top_n: int = 10) -> TextSearchResult:
+        """Latents firing on the text, ranked by max activation relative to each latent's indexed max
+        (raw values favour a few latents that fire hard on the first token of any text). Latents that never
+        fired on the index corpus get rel_act 0 and come last."""
+        import torch
+
+        self._check_sae(sae)
+        top_n = check.whole("top_n", top_n, 1, MAX_RESULTS)
+        if not isinstance(text, str) or not text.strip():
+            raise BackendError("type some text to search")
+        if len(text) > MAX_TEXT:
+            raise BackendError(f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}: "
+                               "search a shorter passage")
+        model, adapter = self.sae(sae), self.adapter()
+        batch = adapter.tokenize([text], MAX_SEARCH_TOKENS)  # the adapter's own truncation policy and limit
+        n_all, n_kept = len(adapter.encode_ids(text)), int(batch.keep_mask.sum())
+        notice = f"the text was cut: searched {n_kept:,} of its {n_all:,} tokens" if n_kept < n_all else ""
+        with torch.inference_mode():
+            acts = adapter.capture(batch, self.ws.config.activations.site)[batch.keep_mask.to(adapter.device)]
+            lat = model.encode(acts.float().to(model.W_dec.device)).cpu()  # (n, d_sae)
+        if len(lat) == 0:
+            raise BackendError("the text has no tokens the model reads (only special tokens?): type some words")
+        tokens = adapter.token_strings(batch.input_ids[batch.keep_mask].tolist())
+        mx, mean, fired = lat.max(0).values, lat.mean(0), (lat > 0).sum(0)
+        info = self.index.labels(sae).set_index("latent")
+        ref = torch.zeros_like(mx)
+        ref[torch.tensor(info.index.to_numpy())] = torch.tensor(info["max_act"].to_numpy(), dtype=mx.dtype)
+        # a latent that never fired on the index corpus has no reference (and an empty dashboard): rank it last
+        rel = torch.where(ref > 0, mx / ref.clamp_min(1e-12), torch.zeros_like(mx))
+        top = [i for i in torch.topk(rel, min(top_n, len(rel))).indices.tolist() if mx[i] > 0]
+        labels = info["label"]
+        table = pd.DataFrame({"latent": top, "label": [labels.get(i, "") for i in top],
+                              "max_act": [float(mx[i]) for i in top], "rel_act": [round(float(rel[i]), 3) for i in top],
+                              "mean_act": [float(mean[i]) for i in top],
+                              "n_tokens_fired": [int(fired[i]) for i in top]})
+        v, idx = lat.topk(min(3, lat.shape[1]), dim=1)
+        per_token = [[(int(j), float(a)) for j, a in zip(ri, rv) if a > 0] for ri, rv in zip(idx.tolist(), v.tolist())]
+        return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top}, notice)
+
+    def search_features(self, query: str, sae: str | None = None, limit: int = 50) -> pd.DataFrame:
+        q = check.text("query", query, MAX_QUERY).strip()
+        if not q:
+            raise BackendError("type a word to search the explanations for")
+        if sae:
+            self._check_sae(sae)
+        df = self.index.search_labels(q, sae or "", check.whole("limit", limit, 1, MAX_RESULTS))
+        df["score"] = df["confidence"]
+        return df
+
+    def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
+        i = self._check_latent(sae, latent)
+        target = self._check_sae(other_sae) if other_sae else sae
+        k = check.whole("k", k, 1, MAX_NEAREST)
+        query = self._directions(sae).reconstruct(i)[None, :]
+        cos, idx = self._directions(target).search(query, k + 1)
+        hits = [(int(j), float(c)) for j, c in zip(idx[0], cos[0]) if j >= 0 and not (target == sae and j == i)][:k]
+        labels = self.index.labels(target).set_index("latent")["label"]
+        return pd.DataFrame({"sae": target, "latent": [j for j, _ in hits], "cosine": [round(c, 4) for _, c in hits],
+                             "label": [labels.get(j, "") for j, _ in hits]})
+
+    def feature_map(self, sae: str | None = None) -> pd.DataFrame:
+        if sae:
+            self._check_sae(sae)
+        df = self.index.feature_map(sae or "")
+        if not sae:
+            df["x"], df["y"] = df["jx"], df["jy"]
+        if self.modality != "text":  # the concept a latent is labelled with (its 7 most common; the rest grouped)
+            lc = self.index.label_concepts(sae or "")
+            df = df.merge(lc, on=["sae", "latent"], how="left")
+            top = df["concept"].value_counts().index[:7]
+            df["concept"] = df["concept"].where(df["concept"].isin(top), np.where(df["concept"].isna(), "(token label)",
+                                                                                     "other concept"))
+        return df.drop(columns=["jx", "jy"])
+
+    # ---- compare ----------------------------------------------------------------------------
+    def _labels(self, sae: str) -> pd.Series:
+        """latent -> label of one SAE (cached: the index does not change while it is served)."""
+        with self._lock:
+            if sae not in self._label_cache:
+                self._label_cache[sae] = self.index.labels(sae).set_index("latent")["label"]
+            return self._label_cache[sae]
+
+    def best_matches(self, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine, latent of b) of the best decoder match in ``b`` of every latent of ``a``; computed once
+        per pair and kept (d_sae x 12 bytes a pair)."""
+        key = (self._check_sae(a), self._check_sae(b))
+        if key not in self._match_cache:
+            Wa = self._directions(a).reconstruct_n(0, self._d_sae[a])
+            cos, idx = self._directions(b).search(Wa, 1)
+            with self._lock:
+                self._match_cache[key] = (cos[:, 0].astype(np.float32), idx[:, 0].astype(np.int64))
+        return self._match_cache[key]
+
+    def compare(self, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> CompareResult:
+        """Best decoder match (max cosine) of every latent of saes[0] in each other SAE.
+
+        ``matches`` holds the pairs at or above ``threshold`` (best first) and ``unmatched`` the latents below
+        it (most distinct first), each paged by ``limit``/``offset``; ``pairs`` summarises every SAE pair with
+        the histogram of best-match cosines. Duplicate names are dropped, so a request costs at most one
+        comparison per SAE of the workspace, and each pair's matches are computed once per process."""
+        saes = check.names("SAEs", saes, self.sae_names, at_least=0)
+        if len(saes) < 2:
+            raise BackendError("pick at least two SAEs to compare")
+        threshold = check.number("threshold", threshold, 0.0, 1.0)
+        limit = check.whole("limit", limit, 1, MAX_RESULTS)
+        offset = check.whole("offset", offset, 0, MAX_OFFSET)
+        scalar = [{k: v for k, v in self._metrics(s).items() if not isinstance(v, (dict, list))} for s in saes]
+        metrics = pd.DataFrame([{"name": s, **m} for s, m in zip(saes, scalar)])
+        a = saes[0]
+        pairs, hit, miss = [], [], []
+        for b in saes[1:]:
+            cos, arg = self.best_matches(a, b)
+            ok = cos >= threshold
+            counts, _ = np.histogram(np.clip(cos, 0.0, 1.0), bins=COSINE_BINS, range=(0.0, 1.0))
+            pairs.append({"sae_a": a, "sae_b": b, "n_latents": len(cos), "n_matched": int(ok.sum()),
+                          "share_matched": round(float(ok.mean()), 4), "median_cosine": round(float(np.median(cos)), 4),
+                          "hist_counts": counts.tolist()})
+            lat = np.arange(len(cos))
+            hit.append(pd.DataFrame({"latent_a": lat[ok], "sae_b": b, "latent_b": arg[ok], "cosine": cos[ok]}))
+            miss.append(pd.DataFrame({"latent": lat[~ok], "best_cosine": cos[~ok], "vs": b}))
+        hits = pd.concat(hit, ignore_index=True).sort_values(["cosine", "latent_a"], ascending=[False, True],
+                                                             kind="stable")
+        misses = pd.concat(miss, ignore_index=True).sort_values(["best_cosine", "latent"], kind="stable")
+        hits, misses = hits.iloc[offset:offset + limit], misses.iloc[offset:offset + limit]
+        la = self._labels(a)
+        matches = pd.DataFrame({
+            "sae_a": a, "latent_a": hits["latent_a"].to_numpy(), "label_a": [la.get(int(i), "") for i in hits["latent_a"]],
+            "sae_b": hits["sae_b"].to_numpy(), "latent_b": hits["latent_b"].to_numpy(),
+            "label_b": [self._labels(b).get(int(j), "") for b, j in zip(hits["sae_b"], hits["latent_b"])],
+            "cosine": hits["cosine"].astype(np.float64).round(4).to_numpy()})
+        unmatched = pd.DataFrame({"sae": a, "latent": misses["latent"].to_numpy(),
+                                  "label": [la.get(int(i), "") for i in misses["latent"]],
+                                  "best_cosine": misses["best_cosine"].astype(np.float64).round(4).to_numpy(),
+                                  "vs": misses["vs"].to_numpy()})
+        total_hit = sum(p["n_matched"] for p in pairs)
+        return CompareResult(metrics, matches, unmatched, pd.DataFrame(pairs), total_hit,
+                             sum(p["n_latents"] for p in pairs) - total_hit)

@@ -1,0 +1,62 @@
+"""Evaluation metrics on hand-computed cases and on the real model with SAEs whose effect is known exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from backend.sae.evaluate import ce_metrics, decoder_max_cos, reconstruction_metrics
+from backend.sae.model import Sae, SaeCfg
+
+SITE = "blocks.6.hook_resid_post"
+
+
+def test_reconstruction_metrics_by_hand():
+    s = Sae(SaeCfg(d_in=2, d_sae=2, architecture="relu"))
+    with torch.no_grad():
+        s.W_enc.copy_(torch.eye(2))
+        s.W_dec.copy_(torch.eye(2))
+        s.b_enc.zero_()
+        s.b_dec.zero_()
+    x = torch.tensor([[1.0, -1.0], [3.0, 1.0]])  # recons = relu(x): error 1 on token 0; variance 1+1+1+1 = 4
+    m = reconstruction_metrics(s, x, widths=[1])
+    assert m["fvu"] == pytest.approx(0.25) and m["explained_variance"] == pytest.approx(0.75)
+    assert m["mse"] == pytest.approx(1 / 4) and m["l0"] == pytest.approx(1.5)
+    assert m["cosine"] == pytest.approx((1 / 2**0.5 + 1) / 2)
+    assert m["dead_frac"] == 0 and m["dense_frac"] == 1.0  # latent 0 fires on 2/2 tokens, latent 1 on 1/2
+    assert list(m["matryoshka_fvu"].values())[0] == pytest.approx(2 / 4)  # latent 0 alone: error 1 on each token
+
+
+def test_decoder_max_cos_is_chunked_brute_force():
+    W = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    Wn = torch.nn.functional.normalize(W, dim=1)
+    c = (Wn @ Wn.T).abs().fill_diagonal_(0)
+    assert np.allclose(decoder_max_cos(W, chunk=7), c.max(1).values.numpy(), atol=1e-6)
+
+
+def _identity_sae(d: int) -> Sae:
+    """relu(x) - relu(-x) == x: a 2d-latent ReLU SAE that reconstructs every input exactly."""
+    s = Sae(SaeCfg(d_in=d, d_sae=2 * d, architecture="relu"))
+    with torch.no_grad():
+        s.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
+        s.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 0))
+        s.b_enc.zero_()
+        s.b_dec.zero_()
+    return s
+
+
+def test_spliced_ce_recovered_and_kl_on_the_real_model(smollm2):
+    texts = {"general": "The capital of France is Paris, a city on the Seine with many museums.",
+             "code": "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0.0"}
+    windows = pd.DataFrame({"token_ids": [smollm2.encode_ids(t) for t in texts.values()], "domain": list(texts)})
+    perfect = ce_metrics(smollm2, _identity_sae(smollm2.d_model), SITE, windows)
+    assert perfect["ce_recovered"] == pytest.approx(1.0, abs=2e-3) and perfect["kl"] == pytest.approx(0.0, abs=2e-3)
+    assert perfect["ce_zero"] > perfect["ce_clean"] + 1  # ablating the residual stream wrecks the model
+    assert set(perfect["ppl_by_domain"]) == {"general", "code"}
+    zero = Sae(SaeCfg(d_in=smollm2.d_model, d_sae=8, architecture="relu"))
+    with torch.no_grad():  # encodes nothing, decodes to 0: exactly the zero-ablation
+        for p in zero.parameters():
+            p.zero_()
+    none = ce_metrics(smollm2, zero, SITE, windows)
+    assert none["ce_recovered"] == pytest.approx(0.0, abs=2e-3) and none["ce_sae"] == pytest.approx(none["ce_zero"], rel=1e-3)
