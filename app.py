@@ -7,6 +7,7 @@
 Binds 127.0.0.1 unless --host says otherwise. The backend (torch, DuckDB) is opened here and
 handed to ``explorer.ui.build_app``; the model itself loads on the first request that needs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,22 @@ DEFAULT_CONFIGS = ["configs/demo.yaml", "configs/protein.yaml", "configs/recsys.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python app.py",
-                                description="SAE Explorer: browse, search, map, compare and steer SAE latents.")
-    p.add_argument("--workspace", action="append", default=[],
-                   help="an existing workspace folder (with index.duckdb); repeat to serve several")
-    p.add_argument("--config", action="append", default=[],
-                   help="a workspace config; the workspace is built first if absent; repeat to serve several "
-                        f"(default: {' '.join(DEFAULT_CONFIGS)})")
+    p = argparse.ArgumentParser(
+        prog="python app.py", description="SAE Explorer: browse, search, map, compare and steer SAE latents."
+    )
+    p.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        help="an existing workspace folder (with index.duckdb); repeat to serve several",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="a workspace config; the workspace is built first if absent; repeat to serve several "
+        f"(default: {' '.join(DEFAULT_CONFIGS)})",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--auth", help="require a login, given as user:password")
@@ -47,8 +57,10 @@ def workspace_dirs(args: argparse.Namespace) -> list[Path]:
     for w in args.workspace:
         path = Path(w)
         if not (path / "index.duckdb").exists():
-            e = FileNotFoundError(f"{path} has no index.duckdb: build it with `python -m backend build CONFIG` "
-                                  "or start with --config CONFIG")
+            e = FileNotFoundError(
+                f"{path} has no index.duckdb: build it with `python -m backend build CONFIG` "
+                "or start with --config CONFIG"
+            )
             if len(args.workspace) + len(configs) == 1:
                 raise e
             _skip(str(path), e)
@@ -98,8 +110,11 @@ def open_backends(dirs: list[Path]) -> list:
 
 
 def mount_paths(backends: list) -> list[tuple[str, str, str]]:
-    """(name, modality, url path): the first workspace at /, the others at /<name>/."""
-    return [(b.workspace_name, b.modality, "/" if i == 0 else f"/{b.workspace_name}/") for i, b in enumerate(backends)]
+    """(name, kind of model as shown, url path): the first workspace at /, the others at /<name>/."""
+    return [
+        (b.workspace_name, b.capabilities["display_name"], "/" if i == 0 else f"/{b.workspace_name}/")
+        for i, b in enumerate(backends)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = mount_paths(backends)
     if len(backends) == 1:
         print(f"[app] serving workspace {names[0]} on http://{args.host}:{args.port}", flush=True)
-        build_app(backends[0]).launch(server_name=args.host, server_port=args.port, auth=auth, show_error=False,
-                                      **launch_options())
+        build_app(backends[0]).launch(
+            server_name=args.host, server_port=args.port, auth=auth, show_error=False, **launch_options()
+        )
         return 0
     import gradio as gr
     import uvicorn
@@ -132,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     app = FastAPI()
     # mount the sub-paths first: the app at "/" would otherwise catch their requests
     for b, (name, _, path) in sorted(zip(backends, paths), key=lambda bp: bp[1][2] == "/"):
-        gr.mount_gradio_app(app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=False,
-                            **launch_options())
+        gr.mount_gradio_app(
+            app, build_app(b, paths), path=path.rstrip("/") or "/", auth=auth, show_error=False, **launch_options()
+        )
         print(f"[app] workspace {name} ({b.modality}) at http://{args.host}:{args.port}{path}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     return 0

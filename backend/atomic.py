@@ -5,7 +5,7 @@ and renamed into place only when complete (a rename is atomic within one filesys
 is killed (SIGKILL, power loss) cannot remove its temporaries; they are recognisable by name:
 
     .<name>-<pid>-XXXXXXXX/                 atomic_dir's folder (older builds: .<name>-XXXXXXXX/)
-    .<name>.<pid>.tmp                       atomic_write_text's file (older builds: .<name>.tmp)
+    .<name>.<pid>.tmp                       atomic_write_text's / atomic_write_parquet's file (older: .<name>.tmp)
     .index.duckdb.<pid>-<tid>.staging|.building[.wal|.tmp]   store.IndexWriter's databases (+ DuckDB's)
 
 Every command that writes into a workspace holds ``workspace_lock(ws)`` (an exclusive ``flock`` on
@@ -14,6 +14,7 @@ only writer, so any temporary of another process found then is stale: ``remove_s
 those, never one named with the current process's pid. A second build of the same workspace fails at
 once with ``WorkspaceBusy`` naming the holder; the CLI turns it into one line and exit code 2.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -25,9 +26,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LOCK_NAME = ".lock"
 
@@ -62,6 +67,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a DataFrame (no index) as parquet under atomic_write_text's temporary name, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 # ---- the workspace lock -----------------------------------------------------------------------------
 _held: dict[Path, list[int]] = {}  # resolved workspace -> [fd, depth]: re-entrant within this process
 _held_guard = threading.Lock()
@@ -90,11 +107,15 @@ def lock_holder(path: str | Path) -> dict:
 def _busy_message(ws: Path) -> str:
     h = lock_holder(ws)
     if not h.get("pid"):
-        return (f"workspace {ws} is being written by another process (it holds {ws / LOCK_NAME}): "
-                "wait for it to finish, then run this again")
+        return (
+            f"workspace {ws} is being written by another process (it holds {ws / LOCK_NAME}): "
+            "wait for it to finish, then run this again"
+        )
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h.get("started") or 0)))
-    return (f"workspace {ws} is being written by process {h['pid']} (`{h.get('command', '?')}`, started {started}): "
-            f"wait for it to finish or stop it (kill {h['pid']}), then run this again")
+    return (
+        f"workspace {ws} is being written by process {h['pid']} (`{h.get('command', '?')}`, started {started}): "
+        f"wait for it to finish or stop it (kill {h['pid']}), then run this again"
+    )
 
 
 @contextmanager
@@ -130,8 +151,12 @@ def workspace_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
                 os.close(fd)
                 raise
             except OSError as e:  # a filesystem without flock (some network mounts): guard lost, work goes on
-                print(f"warning: cannot lock {ws / LOCK_NAME} ({e.strerror or e}); two builds of {ws} at once "
-                      "would not be stopped", file=sys.stderr, flush=True)
+                print(
+                    f"warning: cannot lock {ws / LOCK_NAME} ({e.strerror or e}); two builds of {ws} at once "
+                    "would not be stopped",
+                    file=sys.stderr,
+                    flush=True,
+                )
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _command(), "started": time.time()}).encode(), 0)
             _held[key] = entry = [fd, 1]
@@ -153,8 +178,8 @@ def workspace_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
 
 # ---- stale temporaries -------------------------------------------------------------------------------
 _STAGING = re.compile(r"^\..+\.(\d+)-\d+\.(staging|building)(\.wal|\.tmp)?$")  # store.IndexWriter (+ DuckDB's)
-_TMP_FILE = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(\.[A-Za-z0-9]+)?$")    # atomic_write_text, .x.tmp.npy
-_TMP_DIR = re.compile(r"^\..+?-(?:(\d+)-)?[a-z0-9_]{8}$")              # atomic_dir (tempfile.mkdtemp)
+_TMP_FILE = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(\.[A-Za-z0-9]+)?$")  # atomic_write_text, .x.tmp.npy
+_TMP_DIR = re.compile(r"^\..+?-(?:(\d+)-)?[a-z0-9_]{8}$")  # atomic_dir (tempfile.mkdtemp)
 
 
 def stale_files(path: str | Path) -> list[Path]:

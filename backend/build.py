@@ -9,6 +9,7 @@ The whole build holds the workspace lock (atomic.workspace_lock): a second build
 fails at once with WorkspaceBusy naming the first, and the temporaries of a killed build are removed
 when the next one takes the lock.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,9 @@ from backend.workspace import Workspace, create_workspace, workspace_lock
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
 
 
-def build_workspace(config: str | Path, path: str | Path | None = None, *, force: bool = False,
-                    steps: str = "all", verbose: bool = True) -> Workspace:
+def build_workspace(
+    config: str | Path, path: str | Path | None = None, *, force: bool = False, steps: str = "all", verbose: bool = True
+) -> Workspace:
     want = STEPS if steps == "all" else tuple(s.strip() for s in steps.split(","))
     bad = [s for s in want if s not in STEPS]
     if bad:
@@ -81,8 +83,16 @@ def _train_all(ws: Workspace, force: bool, verbose: bool, only: str | None) -> N
         source = ws.activation_source(s.data)
         if verbose:
             print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
-        train_sae(s, ws.config.train, source, out, base=base, hook_name=ws.config.activations.site,
-                  model_name=adapter_name, progress=verbose)
+        train_sae(
+            s,
+            ws.config.train,
+            source,
+            out,
+            base=base,
+            hook_name=ws.config.activations.site,
+            model_name=adapter_name,
+            progress=verbose,
+        )
 
 
 def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:

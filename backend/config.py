@@ -1,12 +1,18 @@
 """Workspace configuration: dataclasses validated once, loaded from YAML.
 
 A workspace is one folder; its ``workspace.yaml`` is a copy of the config it was built from.
-Every field has a one-line docstring (the comment under it). Unknown keys are an error, so a
-typo in a config never silently falls back to a default.
+Every field has a one-line docstring (the string under it, read by ``field_docs``). Unknown keys are an
+error, so a typo in a config never silently falls back to a default. Each default is set here once: the
+`train` command's flags are generated from SaeConfig and TrainConfig (backend/cli/sae.py).
 """
+
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +20,13 @@ from typing import Any
 import yaml
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+"""Training architectures (the one list: the CLI's choices and backend.sae.model check against it)."""
 MODEL_KINDS = ("causal_lm", "protein", "recsys")
+TRAIN_DTYPES = ("float32", "bfloat16")
+RELU_L1_COEF = 5.0
+"""l1_coef of a relu SAE when the config leaves it unset."""
+JUMPRELU_L0_COEF = 0.002
+"""l0_coef of a jumprelu SAE when the config leaves it unset."""
 
 
 class ConfigError(ValueError):
@@ -93,16 +105,16 @@ class ActivationConfig:
 class SaeConfig:
     name: str
     """Folder name under saes/ and the id shown in the UI."""
-    architecture: str = "topk"
+    architecture: str = field(default="topk", metadata={"choices": ARCHITECTURES})
     """relu | topk | batchtopk | jumprelu."""
     d_sae: int = 4608
     """Number of latents."""
     k: int = 32
     """Active latents per token (topk), mean per token (batchtopk), initial L0 target (jumprelu)."""
-    l1_coef: float = 0.0
-    """relu: L1 coefficient on latents weighted by decoder norms."""
-    l0_coef: float = 0.0
-    """jumprelu: coefficient of the (straight-through) L0 penalty."""
+    l1_coef: float | None = None
+    """relu: L1 coefficient on latents weighted by decoder norms (unset: 5.0 for relu, 0 for the others)."""
+    l0_coef: float | None = None
+    """jumprelu: coefficient of the (straight-through) L0 penalty (unset: 0.002 for jumprelu, 0 for the others)."""
     jumprelu_bandwidth: float = 0.05
     """jumprelu: bandwidth of the rectangle kernel in the straight-through estimator."""
     auxk_coef: float = 1 / 32
@@ -129,6 +141,11 @@ class SaeConfig:
             raise ConfigError(
                 f"saes[{self.name}].architecture {self.architecture!r} is unknown: use one of {', '.join(ARCHITECTURES)}"
             )
+        # the sparsity penalty of relu / jumprelu is their coefficient: unset, it takes the documented default
+        if self.l1_coef is None:
+            self.l1_coef = RELU_L1_COEF if self.architecture == "relu" else 0.0
+        if self.l0_coef is None:
+            self.l0_coef = JUMPRELU_L0_COEF if self.architecture == "jumprelu" else 0.0
         if self.d_sae < 1:
             raise ConfigError(f"saes[{self.name}].d_sae must be positive, got {self.d_sae}")
         if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
@@ -163,11 +180,11 @@ class TrainConfig:
     """A latent is dead when it has not fired in this many training tokens."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many steps (0 = never)."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"choices": TRAIN_DTYPES})
     """Dense encoder matmul dtype: float32 or bfloat16 (~2x faster on AVX-512 CPUs and GPUs); weights and Adam stay float32."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16"):
+        if self.dtype not in TRAIN_DTYPES:
             raise ConfigError(f"train.dtype {self.dtype!r}: use float32 or bfloat16")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be positive, got {self.batch_size}")
@@ -251,8 +268,6 @@ class WorkspaceConfig:
     """Evaluation and coverage settings."""
     subdomains: list[SubdomainConfig] = field(default_factory=list)
     """Subdomain training sets selected by retrieval (specialized SAEs)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Settings for later stages (subdomains, steering, ...)."""
 
     def __post_init__(self) -> None:
         if not self.corpora:
@@ -264,7 +279,9 @@ class WorkspaceConfig:
         subs = {d.name for d in self.subdomains}
         for d in self.subdomains:
             if d.seed_corpus not in corpora:
-                raise ConfigError(f"subdomains[{d.name}].seed_corpus {d.seed_corpus!r} is not one of the corpora {sorted(corpora)}")
+                raise ConfigError(
+                    f"subdomains[{d.name}].seed_corpus {d.seed_corpus!r} is not one of the corpora {sorted(corpora)}"
+                )
         for i, s in enumerate(self.saes):
             if s.boost_base is not None and s.boost_base not in names[:i]:
                 raise ConfigError(f"saes[{s.name}].boost_base {s.boost_base!r} must name an SAE listed before it")
@@ -273,11 +290,11 @@ class WorkspaceConfig:
 
     # ---- (de)serialization -------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WorkspaceConfig":
+    def from_dict(cls, d: dict[str, Any]) -> WorkspaceConfig:
         return _build(cls, d, "config")
 
     @classmethod
-    def load(cls, path: str | Path) -> "WorkspaceConfig":
+    def load(cls, path: str | Path) -> WorkspaceConfig:
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} does not exist")
@@ -293,6 +310,21 @@ class WorkspaceConfig:
         return dataclasses.asdict(self)
 
 
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: the string literal under it} of a dataclass, read from its source with ast (the CLI's help text)."""
+    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    return {
+        a.target.id: " ".join(b.value.value.split())
+        for a, b in zip(node.body, node.body[1:])
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(a.target, ast.Name)
+        and isinstance(b, ast.Expr)
+        and isinstance(b.value, ast.Constant)
+        and isinstance(b.value.value, str)
+    }
+
+
 _NESTED = {
     "model": ModelConfig,
     "activations": ActivationConfig,
@@ -306,6 +338,8 @@ _LISTS = {"corpora": CorpusConfig, "saes": SaeConfig, "subdomains": SubdomainCon
 def _build(cls: type, d: Any, where: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    if cls is WorkspaceConfig and d.get("extra") == {}:  # an empty key that workspace.yaml files of older builds hold
+        d = {k: v for k, v in d.items() if k != "extra"}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:

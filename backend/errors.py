@@ -6,12 +6,13 @@ traceback, an OverflowError from a JSON ``Infinity``, or a value silently rounde
 Request text is only ever compared against the workspace's own lists (``choice``, ``names``); it
 never becomes a file path.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any, Sequence
-
+from typing import Any
 
 MAX_LIST = 1_000  # entries in any list argument
 
@@ -102,4 +103,3 @@ def shown(value: Any, limit: int = 60) -> str:
     """A short, printable rendering of a request value for an error line."""
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 3] + "..."
-

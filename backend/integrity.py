@@ -18,17 +18,34 @@ tensors are shape-checked when present, and search and steering name a missing o
 
 Each problem is one line that names the file (relative to the workspace) and the command that repairs it.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors")  # SAELens layout, sparsify layout
 
@@ -52,8 +69,9 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
             raise ValueError(f"is truncated ({size} bytes; not even a safetensors header)")
         n = int.from_bytes(head, "little")
         if n > min(size - 8, MAX_HEADER):
-            raise ValueError(f"is truncated or not a safetensors file (its header claims {n:,} bytes; "
-                             f"the file has {size:,})")
+            raise ValueError(
+                f"is truncated or not a safetensors file (its header claims {n:,} bytes; the file has {size:,})"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -73,8 +91,9 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
             raise ValueError(f"has a corrupt header (tensor {name!r} lacks dtype, shape or data_offsets)") from None
         width = DTYPE_BYTES.get(dtype)
         if stop < begin or (width is not None and stop - begin != math.prod(shape) * width):
-            raise ValueError(f"has a corrupt header (tensor {name!r}: {dtype} {list(shape)} does not fit "
-                             f"bytes {begin}..{stop})")
+            raise ValueError(
+                f"has a corrupt header (tensor {name!r}: {dtype} {list(shape)} does not fit bytes {begin}..{stop})"
+            )
         out[name] = (dtype, shape)
         end = max(end, stop)
     data = size - 8 - n
@@ -109,16 +128,20 @@ def check_saes(ws, names: Iterable[str] | None = None, index_d_sae: dict[str, in
         try:
             d_in, d_sae = _inspect(ws, folder, width, seen=())
         except _BaseBroken as e:
-            problems[name] = (f"{_rel(ws, folder)} is boosted on {e.base}, which is broken ({e.cause}): "
-                              f"{_fix_boosted(ws, e.base_name, name)}")
+            problems[name] = (
+                f"{_rel(ws, folder)} is boosted on {e.base}, which is broken ({e.cause}): "
+                f"{_fix_boosted(ws, e.base_name, name)}"
+            )
             continue
         except IntegrityError as e:
             problems[name] = f"{e}: {_fix_sae(ws, name)}"
             continue
         if index_d_sae is not None and name in index_d_sae and int(index_d_sae[name]) != d_sae:
-            problems[name] = (f"index.duckdb lists {int(index_d_sae[name]):,} latents for SAE {name} but "
-                              f"{_rel(ws, folder)} has {d_sae:,}: the SAE changed after the index was built; "
-                              f"{_reindex(ws)}")
+            problems[name] = (
+                f"index.duckdb lists {int(index_d_sae[name]):,} latents for SAE {name} but "
+                f"{_rel(ws, folder)} has {d_sae:,}: the SAE changed after the index was built; "
+                f"{_reindex(ws)}"
+            )
     return problems
 
 
@@ -202,11 +225,17 @@ def _inspect(ws, folder: Path, width: tuple[int, str] | None, seen: tuple[Path, 
     sparsify = weights.name == "sae.safetensors"
     for key, said, has in (("d_in", cfg_d_in, d_in), ("d_sae", None if sparsify else cfg_d_sae, d_sae)):
         if said is not None and said != has:
-            raise IntegrityError(cfg_rel, f"says {key}={said} but {w_rel} has {key}={has} (W_dec is {d_sae}x{d_in}): "
-                                          "the two files do not belong together")
+            raise IntegrityError(
+                cfg_rel,
+                f"says {key}={said} but {w_rel} has {key}={has} (W_dec is {d_sae}x{d_in}): "
+                "the two files do not belong together",
+            )
     if width is not None and d_in != width[0]:
-        raise IntegrityError(w_rel, f"has d_in={d_in} but the model's activations at "
-                                    f"{ws.config.activations.site} have d={width[0]} ({width[1]})")
+        raise IntegrityError(
+            w_rel,
+            f"has d_in={d_in} but the model's activations at "
+            f"{ws.config.activations.site} have d={width[0]} ({width[1]})",
+        )
     saex = cfg.get("saex")
     base_rel = saex.get("boost_base") if isinstance(saex, dict) else None
     if not base_rel:
@@ -239,8 +268,11 @@ def _weight_dims(t: dict[str, tuple[str, tuple[int, ...]]], fname: str, w_rel: s
         want = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "b_dec": (d_in,)}
     for name, s in want.items():
         if name in t and t[name][1] != s:
-            raise IntegrityError(w_rel, f"has {name} of shape {list(t[name][1])} but W_dec {list(shape)} needs "
-                                        f"{list(s)}: the tensors do not belong together")
+            raise IntegrityError(
+                w_rel,
+                f"has {name} of shape {list(t[name][1])} but W_dec {list(shape)} needs "
+                f"{list(s)}: the tensors do not belong together",
+            )
     arch = str(cfg.get("architecture") or cfg.get("activation_fn_str") or "")
     if arch == "jumprelu" and "W_enc" in t:
         theta = t.get("threshold") or t.get("log_threshold")

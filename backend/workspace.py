@@ -11,19 +11,20 @@ Layout::
 
 Models are cached outside the workspace (``<cache>/models``), shared by all workspaces.
 """
+
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from backend.data.activations import ShardCache
-from backend.atomic import WorkspaceBusy, atomic_write_text, workspace_lock  # noqa: F401 (re-exported)
+from backend.atomic import WorkspaceBusy, atomic_write_parquet, atomic_write_text, workspace_lock  # noqa: F401
 from backend.config import WorkspaceConfig
+from backend.data.activations import ShardCache
 from backend.data.corpora import load_docs, make_windows
+from backend.modalities import Modality, get_modality
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "workspace.yaml"
@@ -36,11 +37,15 @@ class Workspace:
         self._adapter = None
 
     @property
+    def kind(self) -> Modality:
+        """The record of the workspace's model kind (backend/modalities): what differs between text, protein
+        and recommender workspaces."""
+        return get_modality(self.config.model.kind)
+
+    @property
     def modality(self) -> str:
         """'text', 'protein' or 'recsys' (from model.kind)."""
-        from backend.modalities.beyond import modality
-
-        return modality(self)
+        return self.kind.name
 
     # ---- paths ----------------------------------------------------------------------
     @property
@@ -82,10 +87,8 @@ class Workspace:
         if self.windows_path.exists() and not force:
             return self.windows()
         a = self.adapter(verbose)
-        from backend.modalities.beyond import modality_windows
-
-        df = modality_windows(self, a, verbose)  # protein / recommender corpora; None for text
-        if df is not None:
+        if self.kind.windows is not None:  # protein / recommender corpora (text: the corpora registry below)
+            df = self.kind.windows(self, a, verbose)
             atomic_write_parquet(df, self.windows_path)
             return df
         frames = []
@@ -94,7 +97,9 @@ class Workspace:
             docs = load_docs(c)
             w = make_windows(docs, c.name, a.encode_ids, self.config.activations.context_len, c.max_windows)
             if verbose:
-                print(f"[corpora] {c.name}: {len(docs)} docs -> {len(w)} windows ({time.time() - t0:.1f} s)", flush=True)
+                print(
+                    f"[corpora] {c.name}: {len(docs)} docs -> {len(w)} windows ({time.time() - t0:.1f} s)", flush=True
+                )
             frames.append(w)
         df = pd.concat(frames, ignore_index=True)
         atomic_write_parquet(df, self.windows_path)
@@ -107,8 +112,17 @@ class Workspace:
         w = self.windows()
         # Train on a shuffled order of windows so every corpus is represented within the budget.
         w = w.sample(frac=1.0, random_state=self.config.train.seed)
-        return ShardCache.build(a, w, ac.site, self.cache_dir(), batch_size=ac.batch_size, max_tokens=ac.max_tokens,
-                                shard_tokens=ac.shard_tokens, dtype=ac.cache_dtype, progress=verbose)
+        return ShardCache.build(
+            a,
+            w,
+            ac.site,
+            self.cache_dir(),
+            batch_size=ac.batch_size,
+            max_tokens=ac.max_tokens,
+            shard_tokens=ac.shard_tokens,
+            dtype=ac.cache_dtype,
+            progress=verbose,
+        )
 
 
 def create_workspace(config_path: str | Path, path: str | Path | None = None) -> Workspace:
@@ -127,17 +141,7 @@ def create_workspace(config_path: str | Path, path: str | Path | None = None) ->
 def open_workspace(path: str | Path) -> Workspace:
     p = Path(path)
     if not (p / CONFIG_NAME).exists():
-        raise FileNotFoundError(f"{p} is not a workspace (no {CONFIG_NAME}); build one with `python -m backend build CONFIG`")
+        raise FileNotFoundError(
+            f"{p} is not a workspace (no {CONFIG_NAME}); build one with `python -m backend build CONFIG`"
+        )
     return Workspace(p, WorkspaceConfig.load(p / CONFIG_NAME))
-
-
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-

@@ -5,11 +5,11 @@ Prints ratios; results are recorded by hand in bench/RESULTS.md.
 
     .venv/bin/python bench/bench_activations.py [--layer 15] [--batches 6] [--dtype float32]
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +57,9 @@ def main() -> None:
     docs = load_docs(CorpusConfig("wikipedia", max_docs=20))
     w = make_windows(docs, "wikipedia", a.encode_ids, args.ctx)
     w = w[w["token_ids"].map(len) == args.ctx - 1].head(args.batches * args.batch_size)
-    batches = [a.batch_from_ids(list(w["token_ids"].iloc[i : i + args.batch_size]))
-               for i in range(0, len(w), args.batch_size)]
+    batches = [
+        a.batch_from_ids(list(w["token_ids"].iloc[i : i + args.batch_size])) for i in range(0, len(w), args.batch_size)
+    ]
     site = f"blocks.{args.layer}.hook_resid_post"
 
     def run(fn) -> float:
@@ -73,7 +74,9 @@ def main() -> None:
     rounds = [(run(a.logits), run(lambda b: a.capture(b, site))) for _ in range(2)]
     full = max(r[0] for r in rounds)
     trunc = max(r[1] for r in rounds)
-    print(f"model load: cold (GGUF dequantize + cache) {cold:.1f} s, warm (safetensors) {warm:.2f} s, ratio {cold / warm:.0f}x")
+    print(
+        f"model load: cold (GGUF dequantize + cache) {cold:.1f} s, warm (safetensors) {warm:.2f} s, ratio {cold / warm:.0f}x"
+    )
     print(f"{args.dtype}, batch {args.batch_size}x{args.ctx}, {len(batches)} batches, best of 2")
     print(f"full model (with lm_head): {full:,.0f} tok/s")
     print(f"stop after block {args.layer}:  {trunc:,.0f} tok/s")

@@ -9,14 +9,13 @@ Counts are positions with attention (residues + <cls>/<eos>; tokens + BOS; items
 
 ``--train`` also times SASRec training (40 epochs) into a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,13 @@ from backend.adapters.protein import load_protein  # noqa: E402
 from backend.config import CorpusConfig, ModelConfig  # noqa: E402
 from backend.data.corpora import load_docs, make_windows  # noqa: E402
 from backend.modalities.protein import protein_windows, read_pfam  # noqa: E402
-from backend.modalities.recsys import load_ml100k, load_recsys, recsys_windows, train_recommender, user_docs  # noqa: E402
+from backend.modalities.recsys import (  # noqa: E402
+    load_ml100k,
+    load_recommender,
+    recsys_windows,
+    train_recommender,
+    user_docs,
+)
 
 
 def throughput(batches, fn) -> float:
@@ -61,13 +66,16 @@ def main() -> None:
     pw = full_windows(protein_windows(docs, esm, args.ctx), args.ctx - 2, n_win)
     pb = batches_of(esm, pw)
 
-    rec = load_recsys(ModelConfig(id="sasrec-ml100k", kind="recsys", device="cpu"), verbose=False)
+    rec = load_recommender(ModelConfig(id="sasrec-ml100k", kind="recsys", device="cpu"), verbose=False)
     rw = full_windows(recsys_windows(user_docs(load_ml100k()), rec, 50), 50, n_win)
     rb = batches_of(rec, rw)
 
     lm = load_causal_lm(ModelConfig(device="cpu"), verbose=False)
-    lw = full_windows(make_windows(load_docs(CorpusConfig("wikipedia", max_docs=20)), "wikipedia", lm.encode_ids, args.ctx),
-                      args.ctx - 1, n_win)
+    lw = full_windows(
+        make_windows(load_docs(CorpusConfig("wikipedia", max_docs=20)), "wikipedia", lm.encode_ids, args.ctx),
+        args.ctx - 1,
+        n_win,
+    )
     lb = batches_of(lm, lw)
 
     rows = {
@@ -76,15 +84,21 @@ def main() -> None:
         "ESM-2 8M, full (classifier head)": (pb, esm.logits, "residues/s"),
         "SASRec, stop after block 1 (last)": (rb, lambda b: rec.capture(b, "blocks.1.hook_resid_post"), "items/s"),
         "SASRec, full (scores over 1,682 items)": (rb, rec.logits, "items/s"),
-        "SmolLM2-135M, stop after block 15 (of 30)": (lb, lambda b: lm.capture(b, "blocks.15.hook_resid_post"), "tok/s"),
+        "SmolLM2-135M, stop after block 15 (of 30)": (
+            lb,
+            lambda b: lm.capture(b, "blocks.15.hook_resid_post"),
+            "tok/s",
+        ),
         "SmolLM2-135M, full (with lm_head)": (lb, lm.logits, "tok/s"),
     }
     best = {k: 0.0 for k in rows}
     for _ in range(2):
         for k, (b, fn, _) in rows.items():
             best[k] = max(best[k], throughput(b, fn))
-    print(f"batch {bs} x {args.ctx} positions (SASRec {bs} x 50), {args.batches} batches, best of 2, float32, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"batch {bs} x {args.ctx} positions (SASRec {bs} x 50), {args.batches} batches, best of 2, float32, "
+        f"{torch.get_num_threads()} threads"
+    )
     for k, (_, _, unit) in rows.items():
         print(f"{k:45s} {best[k]:>10,.0f} {unit}")
     lm_ref = best["SmolLM2-135M, stop after block 15 (of 30)"]
@@ -93,9 +107,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             m = train_recommender(tmp, epochs=40, verbose=False)
-            print(f"SASRec training, 40 epochs: {m['train_seconds']} s (total with eval/save {time.perf_counter() - t:.0f} s); "
-                  f"HR@10 {m['sasrec']['hr@10']:.4f} NDCG@10 {m['sasrec']['ndcg@10']:.4f} vs popularity "
-                  f"{m['popularity']['hr@10']:.4f} / {m['popularity']['ndcg@10']:.4f}")
+            print(
+                f"SASRec training, 40 epochs: {m['train_seconds']} s (total with eval/save {time.perf_counter() - t:.0f} s); "
+                f"HR@10 {m['sasrec']['hr@10']:.4f} NDCG@10 {m['sasrec']['ndcg@10']:.4f} vs popularity "
+                f"{m['popularity']['hr@10']:.4f} / {m['popularity']['ndcg@10']:.4f}"
+            )
 
 
 if __name__ == "__main__":

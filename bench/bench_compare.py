@@ -9,12 +9,12 @@ matches once. Measured through the same path as the endpoint (Backend.compare, t
 json.dumps): the repeated request, the largest request cold (pairs computed) and warm (cached), and for
 scale the size of the whole unpaged result the old endpoint returned.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -60,13 +60,19 @@ def main() -> None:
         (f"all {len(names)} SAEs x 10 (repeated), cold", names * 10, {"limit": MAX_RESULTS}),
         (f"all {len(names)} SAEs, limit {MAX_RESULTS}, warm", names, {"limit": MAX_RESULTS}),
         (f"all {len(names)} SAEs, default page (100), warm", names, {}),
-        (f"all {len(names)} SAEs, last page, warm", names, {"limit": MAX_RESULTS, "offset": max(total - MAX_RESULTS, 0)}),
+        (
+            f"all {len(names)} SAEs, last page, warm",
+            names,
+            {"limit": MAX_RESULTS, "offset": max(total - MAX_RESULTS, 0)},
+        ),
     ]
     for label, saes, kw in rows:
         s, n, m = timed(b, saes, **kw)
         print(f"{label:<44} {s:8.3f} {n:11,} {m:8.1f}")
-    print(f"the unpaged result would hold {total:,} match rows plus their unmatched rows "
-          f"({len(names) - 1} pairs x d_sae); a page holds at most {2 * MAX_RESULTS:,} rows")
+    print(
+        f"the unpaged result would hold {total:,} match rows plus their unmatched rows "
+        f"({len(names) - 1} pairs x d_sae); a page holds at most {2 * MAX_RESULTS:,} rows"
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@ measured over users rather than shown for one). Also: clamping a random latent w
 
     .venv/bin/python bench/bench_concept_steering.py [--workspace workspaces/recsys] [--users 200] [--value 10]
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -28,21 +27,30 @@ def main() -> None:
     adapter, sae, site = b.adapter(), b.sae(a.sae), b.ws.config.activations.site
     w = b.windows()
     hist = [list(t)[-20:] for t in w.groupby("doc_id")["token_ids"].last().iloc[: a.users]]
-    best = b.index.df("SELECT concept, latent, confidence FROM concepts WHERE sae = ? AND concept LIKE 'genre:%' "
-                      "QUALIFY row_number() OVER (PARTITION BY concept ORDER BY confidence DESC) = 1 "
-                      "ORDER BY confidence DESC", [a.sae]).head(a.genres)
-    labelled = set(b.index.df("SELECT DISTINCT latent FROM concepts WHERE sae = ? AND concept LIKE 'genre:%'",
-                              [a.sae])["latent"])
+    best = b.index.df(
+        "SELECT concept, latent, confidence FROM concepts WHERE sae = ? AND concept LIKE 'genre:%' "
+        "QUALIFY row_number() OVER (PARTITION BY concept ORDER BY confidence DESC) = 1 "
+        "ORDER BY confidence DESC",
+        [a.sae],
+    ).head(a.genres)
+    labelled = set(
+        b.index.df("SELECT DISTINCT latent FROM concepts WHERE sae = ? AND concept LIKE 'genre:%'", [a.sae])["latent"]
+    )
     rng = np.random.default_rng(0)
-    print(f"| genre | latent (confidence) | share before | after clamp {a.value:g} | users gained | control latent: after |")
+    print(
+        f"| genre | latent (confidence) | share before | after clamp {a.value:g} | users gained | control latent: after |"
+    )
     print("|---|---|---|---|---|---|")
     for r in best.itertuples():
         g = r.concept.split(":", 1)[1]
         e = concept_steering_effect(adapter, sae, site, hist, r.latent, g, a.value)
         ctrl_latent = int(rng.choice([i for i in range(int(sae.W_dec.shape[0])) if i not in labelled]))
         c = concept_steering_effect(adapter, sae, site, hist, ctrl_latent, g, a.value)
-        print(f"| {g} | {r.latent} ({r.confidence:.2f}) | {e['share_before']:.3f} | {e['share_after']:.3f} | "
-              f"{e['users_gained']:.0%} | {c['share_after']:.3f} (latent {ctrl_latent}) |", flush=True)
+        print(
+            f"| {g} | {r.latent} ({r.confidence:.2f}) | {e['share_before']:.3f} | {e['share_after']:.3f} | "
+            f"{e['users_gained']:.0%} | {c['share_after']:.3f} (latent {ctrl_latent}) |",
+            flush=True,
+        )
     b.close()
 
 

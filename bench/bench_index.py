@@ -11,12 +11,12 @@
    + labels + logit lens), per 100k tokens.
 3. With --full as well: build_index of the whole workspace into a temporary file (maps included).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -26,9 +26,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-from backend.serve.service import Backend
 from backend.index.store import IndexWriter
+from backend.serve.service import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 D_SAE, TOP, BANDS, PER_BAND, WIDTH = 18_432, 20, 5, 4, 25
 
@@ -41,30 +42,58 @@ def synthetic_workspace(folder: Path) -> None:
     shutil.copy(ROOT / "configs" / "tiny.yaml", folder / "workspace.yaml")
     rng = np.random.default_rng(0)
     mx = rng.random(D_SAE) * 10
-    latents = pa.table({
-        "sae": ["big"] * D_SAE, "latent": np.arange(D_SAE), "density": rng.random(D_SAE) * 0.01,
-        "mean_act": rng.random(D_SAE), "max_act": mx,
-        "hist_edges": _lists((np.linspace(0, 1, 21)[None] * mx[:, None]).ravel(), D_SAE, 21, pa.float64()),
-        "hist_counts": _lists(rng.integers(0, 50, D_SAE * 20), D_SAE, 20, pa.int64()),
-        "label": [f'"tok{i}" (bigram: "a tok{i}") [general 50%]' for i in range(D_SAE)],
-        "confidence": rng.random(D_SAE), "precision": rng.random(D_SAE), "recall": rng.random(D_SAE),
-        "top_domain": ["general"] * D_SAE, "top_tokens": ['["a", "b"]'] * D_SAE,
-        "top_token_scores": ["[3.1, 2.0]"] * D_SAE,
-        "logit_top": ['[["a", 1.0]]'] * D_SAE, "logit_bottom": ['[["b", -1.0]]'] * D_SAE,
-        "domain_rates": ['{"general": 0.01, "legal": 0.002}'] * D_SAE})
+    latents = pa.table(
+        {
+            "sae": ["big"] * D_SAE,
+            "latent": np.arange(D_SAE),
+            "density": rng.random(D_SAE) * 0.01,
+            "mean_act": rng.random(D_SAE),
+            "max_act": mx,
+            "hist_edges": _lists((np.linspace(0, 1, 21)[None] * mx[:, None]).ravel(), D_SAE, 21, pa.float64()),
+            "hist_counts": _lists(rng.integers(0, 50, D_SAE * 20), D_SAE, 20, pa.int64()),
+            "label": [f'"tok{i}" (bigram: "a tok{i}") [general 50%]' for i in range(D_SAE)],
+            "confidence": rng.random(D_SAE),
+            "precision": rng.random(D_SAE),
+            "recall": rng.random(D_SAE),
+            "top_domain": ["general"] * D_SAE,
+            "top_tokens": ['["a", "b"]'] * D_SAE,
+            "top_token_scores": ["[3.1, 2.0]"] * D_SAE,
+            "logit_top": ['[["a", 1.0]]'] * D_SAE,
+            "logit_bottom": ['[["b", -1.0]]'] * D_SAE,
+            "domain_rates": ['{"general": 0.01, "legal": 0.002}'] * D_SAE,
+        }
+    )
     per = TOP + BANDS * PER_BAND
     n = D_SAE * per
     words = np.array([f" w{i}" for i in range(500)], dtype=object)
     kinds = ["top"] * TOP + [f"q{b}" for b in range(BANDS) for _ in range(PER_BAND)]
     ranks = list(range(TOP)) + list(range(PER_BAND)) * BANDS
-    contexts = pa.table({
-        "sae": pa.array(["big"] * n), "latent": np.repeat(np.arange(D_SAE), per), "kind": kinds * D_SAE,
-        "rank": ranks * D_SAE, "window_row": rng.integers(0, 10_000, n),
-        "tokens": _lists(words[rng.integers(0, 500, n * WIDTH)], n, WIDTH, pa.string()),
-        "acts": _lists(rng.random(n * WIDTH, dtype=np.float32), n, WIDTH, pa.float32()), "focus": np.full(n, 12),
-        "source": ["synthetic"] * n, "domain": ["general"] * n, "max_act": rng.random(n, dtype=np.float32)})
-    saes = pa.table({"sae": ["big"], "architecture": ["topk"], "d_in": [576], "d_sae": [D_SAE], "n_tokens": [1],
-                     "n_heldout": [1], "n_quantiles": [BANDS]})
+    contexts = pa.table(
+        {
+            "sae": pa.array(["big"] * n),
+            "latent": np.repeat(np.arange(D_SAE), per),
+            "kind": kinds * D_SAE,
+            "rank": ranks * D_SAE,
+            "window_row": rng.integers(0, 10_000, n),
+            "tokens": _lists(words[rng.integers(0, 500, n * WIDTH)], n, WIDTH, pa.string()),
+            "acts": _lists(rng.random(n * WIDTH, dtype=np.float32), n, WIDTH, pa.float32()),
+            "focus": np.full(n, 12),
+            "source": ["synthetic"] * n,
+            "domain": ["general"] * n,
+            "max_act": rng.random(n, dtype=np.float32),
+        }
+    )
+    saes = pa.table(
+        {
+            "sae": ["big"],
+            "architecture": ["topk"],
+            "d_in": [576],
+            "d_sae": [D_SAE],
+            "n_tokens": [1],
+            "n_heldout": [1],
+            "n_quantiles": [BANDS],
+        }
+    )
     with IndexWriter(folder / "index.duckdb") as w:
         w.add("saes", saes)
         w.add("latents", latents)
@@ -81,8 +110,10 @@ def feature_latency() -> None:
         t = time.perf_counter()
         synthetic_workspace(Path(tmp))
         size = (Path(tmp) / "index.duckdb").stat().st_size / 2**20
-        print(f"synthetic {D_SAE:,}-latent index ({D_SAE * (TOP + BANDS * PER_BAND):,} context rows, {size:.0f} MiB) "
-              f"written in {time.perf_counter() - t:.1f} s")
+        print(
+            f"synthetic {D_SAE:,}-latent index ({D_SAE * (TOP + BANDS * PER_BAND):,} context rows, {size:.0f} MiB) "
+            f"written in {time.perf_counter() - t:.1f} s"
+        )
         b = Backend(tmp)
         b.feature("big", 0)
         rng = np.random.default_rng(1)
@@ -109,7 +140,7 @@ def feature_latency() -> None:
 
 def build_vs_encode(ws_path: str, sae_name: str, full: bool) -> None:
     from backend.index import build as ix
-    from backend.sae.model import Sae, SaeCfg, load_sae
+    from backend.sae.model import Sae, SaeSpec, load_sae
     from backend.workspace import open_workspace
 
     ws = open_workspace(ws_path)
@@ -117,11 +148,13 @@ def build_vs_encode(ws_path: str, sae_name: str, full: bool) -> None:
     ia = ix.collect(ws, progress=False)
     n = len(ia.token)
     per = 100_000 / n
-    print(f"{ws.config.name}: {n:,} indexing tokens collected in {time.perf_counter() - t:.1f} s "
-          f"(activation cache + model for the rest)")
+    print(
+        f"{ws.config.name}: {n:,} indexing tokens collected in {time.perf_counter() - t:.1f} s "
+        f"(activation cache + model for the rest)"
+    )
     adapter = ws.adapter(verbose=False)
     d_in = int(ia.acts.shape[1])
-    big = Sae(SaeCfg(d_in=d_in, d_sae=D_SAE, architecture="topk", k=32)).eval()
+    big = Sae(SaeSpec(d_in=d_in, d_sae=D_SAE, architecture="topk", k=32)).eval()
     for name, sae in ((sae_name, load_sae(ws.sae_dir(sae_name))), (f"random topk {D_SAE:,}", big)):
         rows = np.arange(n)
         t = time.perf_counter()
@@ -131,24 +164,29 @@ def build_vs_encode(ws_path: str, sae_name: str, full: bool) -> None:
         t = time.perf_counter()
         ix.index_sae(name, "topk", sae, ia, ws.config.index, adapter.unembed(), adapter.token_strings)
         full_t = time.perf_counter() - t
-        print(f"  {name} ({int(sae.W_dec.shape[0]):,} latents): encode only {enc * per:.1f} s / 100k tokens; "
-              f"index_sae {full_t * per:.1f} s / 100k tokens = {full_t / enc:.2f}x the encode")
+        print(
+            f"  {name} ({int(sae.W_dec.shape[0]):,} latents): encode only {enc * per:.1f} s / 100k tokens; "
+            f"index_sae {full_t * per:.1f} s / 100k tokens = {full_t / enc:.2f}x the encode"
+        )
     if full:
         with tempfile.TemporaryDirectory() as tmp:
             tm = ix.build_index(ws, progress=False, out=Path(tmp) / "index.duckdb")
         sae_s = sum(v for k, v in tm.items() if k.startswith("sae:"))
-        print(f"  build_index, {len(ws.config.saes)} SAEs: {tm['total_s']:.0f} s in all = "
-              f"activations {tm['activations_s']:.0f} s "
-              f"+ SAEs {sae_s:.0f} s + maps {tm['maps_s']:.0f} s ({'UMAP' if ws.config.index.umap else 'PCA'}); "
-              f"{tm['total_s'] * 100_000 / tm['tokens']:.0f} s / 100k tokens")
+        print(
+            f"  build_index, {len(ws.config.saes)} SAEs: {tm['total_s']:.0f} s in all = "
+            f"activations {tm['activations_s']:.0f} s "
+            f"+ SAEs {sae_s:.0f} s + maps {tm['maps_s']:.0f} s ({'UMAP' if ws.config.index.umap else 'PCA'}); "
+            f"{tm['total_s'] * 100_000 / tm['tokens']:.0f} s / 100k tokens"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace")
     ap.add_argument("--sae", default="general")
-    ap.add_argument("--full", action="store_true",
-                    help="also time build_index of the whole workspace (into a temp file)")
+    ap.add_argument(
+        "--full", action="store_true", help="also time build_index of the whole workspace (into a temp file)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     feature_latency()

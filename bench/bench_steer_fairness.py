@@ -14,6 +14,7 @@ early). The short one asks for 4 new tokens and starts 1 s after the long one. T
 With --gradio (the default) the same pair is also sent through a running app's /steer endpoint
 (concurrency_limit 4, gradio_client), to check the Gradio-level setting end to end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,10 @@ def main() -> None:
         return b.steer(sae, SHORT_PROMPT, EDITS, max_new_tokens=4, temperature=0.0)
 
     short_req()  # warm-up
-    print(f"caps: prompt {steering.MAX_PROMPT_TOKENS} tokens, {steering.MAX_NEW_TOKENS} new tokens, "
-          f"{steering.STEER_TIME_LIMIT_S:g} s per request; torch threads {torch.get_num_threads()}")
+    print(
+        f"caps: prompt {steering.MAX_PROMPT_TOKENS} tokens, {steering.MAX_NEW_TOKENS} new tokens, "
+        f"{steering.STEER_TIME_LIMIT_S:g} s per request; torch threads {torch.get_num_threads()}"
+    )
 
     t = time.perf_counter()
     s = short_req()
@@ -91,8 +94,10 @@ def main() -> None:
     lg = long_req()
     long_alone = time.perf_counter() - t
     n_long = len(adapter.encode_ids(lg.steered))
-    print(f"alone: short (4 new tokens) {short_alone:.2f} s; long ({n_long} new tokens) {long_alone:.2f} s"
-          f"  [notice: {lg.notice}]")
+    print(
+        f"alone: short (4 new tokens) {short_alone:.2f} s; long ({n_long} new tokens) {long_alone:.2f} s"
+        f"  [notice: {lg.notice}]"
+    )
 
     whole = threading.Lock()  # one request at a time, as with Gradio's concurrency_limit=1
 
@@ -100,6 +105,7 @@ def main() -> None:
         def run():
             with whole:
                 return fn()
+
         return run
 
     r = run_pair(serial(long_req), serial(short_req))
@@ -107,12 +113,16 @@ def main() -> None:
     serial_short = r["short"]
 
     r = run_pair(long_req, short_req)
-    print(f"turns (now):         short {r['short']:.2f} s, long {r['long']:.2f} s"
-          f"  [long notice: {r['long_result'].notice}]")
+    print(
+        f"turns (now):         short {r['short']:.2f} s, long {r['long']:.2f} s"
+        f"  [long notice: {r['long_result'].notice}]"
+    )
     assert r["short_result"].steered == s.steered, "the short request's text changed under interleaving"
-    print(f"short request: {serial_short / r['short']:.1f}x faster than behind the long one; "
-          f"{r['short'] / short_alone:.1f}x its time alone. "
-          f"Long request: {r['long'] / long_alone:.2f}x its time alone.")
+    print(
+        f"short request: {serial_short / r['short']:.1f}x faster than behind the long one; "
+        f"{r['short'] / short_alone:.1f}x its time alone. "
+        f"Long request: {r['long'] / long_alone:.2f}x its time alone."
+    )
 
     if not args.no_gradio:
         gradio_pair(b, sae)
@@ -132,10 +142,14 @@ def gradio_pair(b: Backend, sae: str) -> None:
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
     try:
         c1, c2 = Client(url, verbose=False), Client(url, verbose=False)
-        r = run_pair(lambda: c1.predict(sae, LONG_PROMPT, EDITS, steering.MAX_NEW_TOKENS, 0.0, 0, api_name="/steer"),
-                     lambda: c2.predict(sae, SHORT_PROMPT, EDITS, 4, 0.0, 0, api_name="/steer"))
-        print(f"via the app's /steer (concurrency_limit {steer.CONCURRENCY}): short {r['short']:.2f} s, "
-              f"long {r['long']:.2f} s  [long notice: {r['long_result'].get('notice')}]")
+        r = run_pair(
+            lambda: c1.predict(sae, LONG_PROMPT, EDITS, steering.MAX_NEW_TOKENS, 0.0, 0, api_name="/steer"),
+            lambda: c2.predict(sae, SHORT_PROMPT, EDITS, 4, 0.0, 0, api_name="/steer"),
+        )
+        print(
+            f"via the app's /steer (concurrency_limit {steer.CONCURRENCY}): short {r['short']:.2f} s, "
+            f"long {r['long']:.2f} s  [long notice: {r['long_result'].get('notice')}]"
+        )
     finally:
         demo.close()
 

@@ -5,13 +5,12 @@
 The clamp keeps the SAE error term (x + decode(clamped) - decode(latents)), so each step encodes
 the new token's activation with the full SAE. Rounds alternate plain / steered to share noise.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 

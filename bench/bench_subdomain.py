@@ -8,11 +8,11 @@
    (a) general activations, (b) the subdomain cache with TERM (t=0.5), (c) the subdomain cache without;
    seconds and tokens/s side by side.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,21 +60,33 @@ def main() -> None:
     sel_b = retrieval.select(seeds, texts, sd.select, "bm25")
     bm25_s = time.perf_counter() - t
     prec = lambda s: float((w["domain"].to_numpy()[s.indices] == dom).mean())  # noqa: E731
-    print(f"pool {len(texts):,} windows: dense (embed + faiss) {dense_s:.1f} s, precision {prec(sel):.2f}; "
-          f"BM25 {bm25_s:.2f} s, precision {prec(sel_b):.2f} (top {sd.select}, seeds {len(seeds)})")
+    print(
+        f"pool {len(texts):,} windows: dense (embed + faiss) {dense_s:.1f} s, precision {prec(sel):.2f}; "
+        f"BM25 {bm25_s:.2f} s, precision {prec(sel_b):.2f} (top {sd.select}, seeds {len(seeds)})"
+    )
     d_sae = next(s.d_sae for s in ws.config.saes if s.data == "general")
-    runs = [("general, no TERM", "general", 0.0), (f"{args.subdomain}, TERM t=0.5", args.subdomain, 0.5),
-            (f"{args.subdomain}, no TERM", args.subdomain, 0.0)]
+    runs = [
+        ("general, no TERM", "general", 0.0),
+        (f"{args.subdomain}, TERM t=0.5", args.subdomain, 0.5),
+        (f"{args.subdomain}, no TERM", args.subdomain, 0.0),
+    ]
     base = None
     for label, data, tilt in runs:
         src = Limited(ws.activation_source(data), args.tokens)
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            train_sae(SaeConfig(name="b", architecture="topk", d_sae=d_sae, k=32, term_tilt=tilt),
-                      TrainConfig(batch_size=1024, lr=1e-3, checkpoint_every=0), src, Path(tmp) / "s", progress=False)
+            train_sae(
+                SaeConfig(name="b", architecture="topk", d_sae=d_sae, k=32, term_tilt=tilt),
+                TrainConfig(batch_size=1024, lr=1e-3, checkpoint_every=0),
+                src,
+                Path(tmp) / "s",
+                progress=False,
+            )
             secs = time.perf_counter() - t
         base = base or secs
-        print(f"{label:28s} {src.n_tokens:,} tokens in {secs:5.1f} s ({src.n_tokens / secs:,.0f} tok/s), {secs / base:.2f}x general")
+        print(
+            f"{label:28s} {src.n_tokens:,} tokens in {secs:5.1f} s ({src.n_tokens / secs:,.0f} tok/s), {secs / base:.2f}x general"
+        )
 
 
 if __name__ == "__main__":

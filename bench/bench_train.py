@@ -12,6 +12,7 @@ machine hits all alike; tokens/s = tokens / summed step time, and the ratio is a
 GFLOP/s counts the dense encoder matmul plus the sparse work, against fp32 and bf16 matmul peaks
 measured at the start and the end of the run (best of both).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 from backend import losses  # noqa: E402
-from backend.data.activations import ShardCache  # noqa: E402
 from backend.config import SaeConfig, TrainConfig  # noqa: E402
+from backend.data.activations import ShardCache  # noqa: E402
 from backend.sae.train import Trainer  # noqa: E402
 
 BS, K = 4096, 32
 SAELENS_PY = Path(os.environ.get("SAELENS_VENV", ROOT / "bench" / "_venvs" / "saelens")) / "bin" / "python"
-SAELENS_WORKER = r'''
+SAELENS_WORKER = r"""
 import json, sys, time, numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -58,7 +59,7 @@ for line in sys.stdin:
         with torch.no_grad():
             v = x[int(a[0]):int(a[1])]; r = sae.decode(sae.encode(v))
             print(float(((r - v) ** 2).sum() / ((v - v.mean(0)) ** 2).sum()), flush=True)
-'''
+"""
 
 
 def matmul_peaks() -> dict[str, float]:
@@ -90,14 +91,20 @@ def ensure_saelens() -> None:
     venv = SAELENS_PY.parent.parent
     print(f"[bench] installing sae-lens into {venv} (first run only)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(SAELENS_PY), "install", "-q", "torch==2.13.0",
-                    "sae-lens>=6.0"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(SAELENS_PY), "install", "-q", "torch==2.13.0", "sae-lens>=6.0"],
+        check=True,
+    )
 
 
 class SaeLensWorker:
     def __init__(self, npy: Path, d_sae: int, threads: int):
-        self.p = subprocess.Popen([str(SAELENS_PY), "-c", SAELENS_WORKER, str(npy), str(d_sae), str(threads)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            [str(SAELENS_PY), "-c", SAELENS_WORKER, str(npy), str(d_sae), str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if self.p.stdout.readline().strip() != "ready":
             raise RuntimeError("SAELens worker failed to start")
 
@@ -113,9 +120,15 @@ class SaeLensWorker:
 
 def run_width(x: torch.Tensor, held: torch.Tensor, d_sae: int, npy: Path | None, threads: int) -> dict:
     lr = 2e-4 / (d_sae / 2**14) ** 0.5
-    ours = {dt: Trainer(SaeConfig(name=f"bench{d_sae}", architecture="topk", d_sae=d_sae, k=K, auxk_coef=0),
-                        TrainConfig(batch_size=BS, lr=lr, dtype=dt), x.shape[1], len(x))
-            for dt in ("bfloat16", "float32")}
+    ours = {
+        dt: Trainer(
+            SaeConfig(name=f"bench{d_sae}", architecture="topk", d_sae=d_sae, k=K, auxk_coef=0),
+            TrainConfig(batch_size=BS, lr=lr, dtype=dt),
+            x.shape[1],
+            len(x),
+        )
+        for dt in ("bfloat16", "float32")
+    }
     sl = SaeLensWorker(npy, d_sae, threads) if npy else None
     times: dict[str, list[float]] = {"bfloat16": [], "float32": [], "saelens": []}
     for s in range(0, len(x) - BS + 1, BS):
@@ -158,8 +171,11 @@ def main() -> None:
     allx = allx[torch.randperm(len(allx), generator=torch.Generator().manual_seed(0))].float().contiguous()
     x, held = allx[: args.tokens], allx[args.tokens :]
     peaks = matmul_peaks()
-    print(f"{len(x):,} training + {len(held):,} held-out real activation tokens (d={x.shape[1]}), {args.threads} threads; "
-          f"matmul peak at start fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    print(
+        f"{len(x):,} training + {len(held):,} held-out real activation tokens (d={x.shape[1]}), {args.threads} threads; "
+        f"matmul peak at start fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         npy = None
         if not args.no_saelens:
@@ -170,8 +186,10 @@ def main() -> None:
     end = matmul_peaks()
     peaks = {k: max(v, end[k]) for k, v in peaks.items()}
     print(f"matmul peak at end fp32 {end['fp32']:.0f}, bf16 {end['bf16']:.0f} GFLOP/s; best used below")
-    print("| d_sae | ours bf16 tok/s | ours fp32 tok/s | SAELens tok/s | bf16 / SAELens (paired median) | fp32 / SAELens "
-          "| FVU bf16 / fp32 / SAELens | ours bf16 GFLOP/s (% fp32 peak, % bf16 peak) |")
+    print(
+        "| d_sae | ours bf16 tok/s | ours fp32 tok/s | SAELens tok/s | bf16 / SAELens (paired median) | fp32 / SAELens "
+        "| FVU bf16 / fp32 / SAELens | ours bf16 GFLOP/s (% fp32 peak, % bf16 peak) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for d_sae, r in results.items():
         b, f, s = r["bfloat16"], r["float32"], r.get("saelens")
@@ -182,11 +200,22 @@ def main() -> None:
             st, sf = f"{s['tok_s']:,.0f}", f"{s['fvu']:.3f}"
         else:
             rb = rf = st = sf = "-"
-        print(f"| {d_sae:,} | {b['tok_s']:,.0f} | {f['tok_s']:,.0f} | {st} | {rb} | {rf} | "
-              f"{b['fvu']:.3f} / {f['fvu']:.3f} / {sf} | {gf:.0f} ({gf / peaks['fp32']:.0%}, {gf / peaks['bf16']:.0%}) |")
-    print("median step ms: " + "; ".join(f"{d}: " + ", ".join(f"{n} {v['step_ms']:.0f}" for n, v in r.items() if "step_ms" in v)
-                                          for d, r in results.items()))
-    print(json.dumps({d: {n: {k: v for k, v in e.items() if k != "steps"} for n, e in r.items()} for d, r in results.items()}))
+        print(
+            f"| {d_sae:,} | {b['tok_s']:,.0f} | {f['tok_s']:,.0f} | {st} | {rb} | {rf} | "
+            f"{b['fvu']:.3f} / {f['fvu']:.3f} / {sf} | {gf:.0f} ({gf / peaks['fp32']:.0%}, {gf / peaks['bf16']:.0%}) |"
+        )
+    print(
+        "median step ms: "
+        + "; ".join(
+            f"{d}: " + ", ".join(f"{n} {v['step_ms']:.0f}" for n, v in r.items() if "step_ms" in v)
+            for d, r in results.items()
+        )
+    )
+    print(
+        json.dumps(
+            {d: {n: {k: v for k, v in e.items() if k != "steps"} for n, e in r.items()} for d, r in results.items()}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ refused (its message was written for the user: what was wrong and what to send).
 fault of the server: the client gets one generic line, and the traceback goes to the server log,
 never to the client (no paths, no SQL).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("sae_explorer")
 BAD_INPUT = (ValueError, TypeError, OverflowError)  # what a UI handler turns into a warning

@@ -4,13 +4,15 @@ Everything here takes plain values (the Backend's dataclasses and DataFrames) an
 figures or dicts; nothing reads files or calls the backend. Token text is always passed through
 ``html.escape`` (tokens contain '<', '&', quotes, newlines and leading spaces).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import html
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
@@ -48,8 +50,9 @@ def visible_token(token: str) -> str:
     return "".join(out) or '<span class="ws">∅</span>'
 
 
-def token_span(token: str, act: float, vmax: float, focus: bool = False, extra_title: str = "",
-               mark: str | None = None) -> str:
+def token_span(
+    token: str, act: float, vmax: float, focus: bool = False, extra_title: str = "", mark: str | None = None
+) -> str:
     """One token coloured by its activation; the hover title shows the exact value. ``mark``: the colour
     of an annotation span drawn under the token."""
     r, g, b = act_rgb(act, vmax)
@@ -60,10 +63,18 @@ def token_span(token: str, act: float, vmax: float, focus: bool = False, extra_t
     return f'<span class="{cls}" style="{style}" title="{title}">{visible_token(token)}</span>'
 
 
-def tokens_html(tokens: Sequence[str], acts: Sequence[float], vmax: float, focus: int | None = None,
-                titles: Sequence[str] | None = None, marks: Sequence[str | None] | None = None) -> str:
-    spans = [token_span(t, float(a), vmax, i == focus, titles[i] if titles else "", marks[i] if marks else None)
-             for i, (t, a) in enumerate(zip(tokens, acts))]
+def tokens_html(
+    tokens: Sequence[str],
+    acts: Sequence[float],
+    vmax: float,
+    focus: int | None = None,
+    titles: Sequence[str] | None = None,
+    marks: Sequence[str | None] | None = None,
+) -> str:
+    spans = [
+        token_span(t, float(a), vmax, i == focus, titles[i] if titles else "", marks[i] if marks else None)
+        for i, (t, a) in enumerate(zip(tokens, acts))
+    ]
     return f'<div class="toks">{"".join(spans)}</div>'
 
 
@@ -77,8 +88,9 @@ def span_marks(n: int, spans: Sequence[tuple[int, int, str]]) -> tuple[list[str 
         for i in range(max(a, 0), min(b, n)):
             marks[i] = marks[i] or colour[c]
             notes[i] += f"\n{c}"
-    legend = "".join(f'<span class="span-key"><i style="background:{col}"></i>{html.escape(c)}</span>'
-                     for c, col in colour.items())
+    legend = "".join(
+        f'<span class="span-key"><i style="background:{col}"></i>{html.escape(c)}</span>' for c, col in colour.items()
+    )
     return marks, notes, legend
 
 
@@ -86,9 +98,11 @@ def context_html(ctx: Any, vmax: float) -> str:
     """A compact card: the window's tokens as a heatmap, the max token outlined, and where it came from;
     annotation spans (protein workspaces) are drawn under their tokens with a legend."""
     source = html.escape(str(ctx.source), quote=True)
-    meta = (f'<span class="pill">{html.escape(str(ctx.domain))}</span>'
-            f'<span class="src" title="{source}">{source}</span>'
-            f'<span class="val">max {ctx.max_act:.2f}</span>')
+    meta = (
+        f'<span class="pill">{html.escape(str(ctx.domain))}</span>'
+        f'<span class="src" title="{source}">{source}</span>'
+        f'<span class="val">max {ctx.max_act:.2f}</span>'
+    )
     spans = list(getattr(ctx, "spans", None) or [])
     marks, notes, legend = span_marks(len(ctx.tokens), spans) if spans else (None, None, "")
     toks = tokens_html(ctx.tokens, ctx.acts, vmax, ctx.focus, notes, marks)
@@ -96,8 +110,9 @@ def context_html(ctx: Any, vmax: float) -> str:
     return f'<div class="ctx">{toks}{legend}<div class="meta">{meta}</div></div>'
 
 
-def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.",
-                  show: int | None = None) -> str:
+def contexts_html(
+    contexts: Sequence[Any], vmax: float, empty: str = "No activating contexts were indexed.", show: int | None = None
+) -> str:
     """Context cards; past the first ``show`` of them, the rest sit in a collapsed "more" block."""
     if not contexts:
         return f'<p class="muted">{html.escape(empty)}</p>'
@@ -105,8 +120,10 @@ def contexts_html(contexts: Sequence[Any], vmax: float, empty: str = "No activat
     head, rest = (contexts, []) if show is None else (contexts[:show], contexts[show:])
     out = "".join(context_html(c, vmax) for c in head)
     if rest:
-        out += (f'<details class="band more"><summary>{len(rest)} more contexts</summary>'
-                f'{"".join(context_html(c, vmax) for c in rest)}</details>')
+        out += (
+            f'<details class="band more"><summary>{len(rest)} more contexts</summary>'
+            f"{''.join(context_html(c, vmax) for c in rest)}</details>"
+        )
     return out
 
 
@@ -117,8 +134,10 @@ def quantiles_html(bands: Sequence[tuple[str, Sequence[Any]]], vmax: float) -> s
     parts = []
     for i, (band, ctxs) in enumerate(bands):
         opened = " open" if i == len(bands) - 1 else ""
-        parts.append(f'<details class="band"{opened}><summary>{html.escape(band)} <span class="muted">'
-                     f'({len(ctxs)})</span></summary>{contexts_html(ctxs, vmax, "No samples in this band.")}</details>')
+        parts.append(
+            f'<details class="band"{opened}><summary>{html.escape(band)} <span class="muted">'
+            f"({len(ctxs)})</span></summary>{contexts_html(ctxs, vmax, 'No samples in this band.')}</details>"
+        )
     return "".join(parts)
 
 
@@ -129,19 +148,31 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def feature_header_html(fv: Any) -> str:
     """The explanation, its detection score, and the activation statistics of one latent."""
-    tops = " ".join(f'<code title="log-odds {v:.2f}">{visible_token(t)}</code>' if v
-                    else f"<code>{visible_token(t)}</code>" for t, v in list(fv.top_tokens)[:8])
-    stats = "".join(f'<div class="stat"><b>{v}</b><span>{k}</span></div>' for k, v in [
-        ("density", _fmt(fv.density * 100, ".3g") + "%"), ("mean act", _fmt(fv.mean_act)),
-        ("max act", _fmt(fv.max_act)), ("confidence", _fmt(fv.confidence)), ("precision", _fmt(fv.precision)),
-        ("recall", _fmt(fv.recall))])
+    tops = " ".join(
+        f'<code title="log-odds {v:.2f}">{visible_token(t)}</code>' if v else f"<code>{visible_token(t)}</code>"
+        for t, v in list(fv.top_tokens)[:8]
+    )
+    stats = "".join(
+        f'<div class="stat"><b>{v}</b><span>{k}</span></div>'
+        for k, v in [
+            ("density", _fmt(fv.density * 100, ".3g") + "%"),
+            ("mean act", _fmt(fv.mean_act)),
+            ("max act", _fmt(fv.max_act)),
+            ("confidence", _fmt(fv.confidence)),
+            ("precision", _fmt(fv.precision)),
+            ("recall", _fmt(fv.recall)),
+        ]
+    )
     link = html.escape(f"?{urlencode({'sae': fv.sae, 'latent': fv.latent})}", quote=True)
-    return (f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}'
-            f' <a class="permalink" href="{link}" title="a link that opens this latent">link</a></div>'
-            f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
-            f'<div class="stats">{stats}</div>'
-            + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "")
-            + concepts_html(getattr(fv, "concepts", None) or []) + "</div>")
+    return (
+        f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}'
+        f' <a class="permalink" href="{link}" title="a link that opens this latent">link</a></div>'
+        f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
+        f'<div class="stats">{stats}</div>'
+        + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "")
+        + concepts_html(getattr(fv, "concepts", None) or [])
+        + "</div>"
+    )
 
 
 CONCEPT_METHODS = {"f1": "best-threshold F1", "top": "top-activation enrichment"}
@@ -154,38 +185,48 @@ def concepts_html(concepts: Sequence[dict[str, Any]], show: int = 6) -> str:
         return ""
     hidden = len(concepts) - len(shown)
     rows = "".join(
-        f'<tr><td><code>{html.escape(str(c["concept"]))}</code></td>'
-        f'<td>{html.escape(CONCEPT_METHODS.get(str(c.get("method")), str(c.get("method"))))}</td>'
-        f'<td><b>{_fmt(c.get("confidence"))}</b></td><td>{_fmt(c.get("conf_precision"))}</td>'
-        f'<td>{_fmt(c.get("conf_recall"))}</td><td>{_fmt(c.get("f1"))}</td><td>{_fmt(c.get("lift"), ".1f")}</td>'
-        f'<td>{"&lt;1e-300" if c.get("q_value") == 0 else _fmt(c.get("q_value"), ".1e")}</td></tr>' for c in shown)
+        f"<tr><td><code>{html.escape(str(c['concept']))}</code></td>"
+        f"<td>{html.escape(CONCEPT_METHODS.get(str(c.get('method')), str(c.get('method'))))}</td>"
+        f"<td><b>{_fmt(c.get('confidence'))}</b></td><td>{_fmt(c.get('conf_precision'))}</td>"
+        f"<td>{_fmt(c.get('conf_recall'))}</td><td>{_fmt(c.get('f1'))}</td><td>{_fmt(c.get('lift'), '.1f')}</td>"
+        f"<td>{'&lt;1e-300' if c.get('q_value') == 0 else _fmt(c.get('q_value'), '.1e')}</td></tr>"
+        for c in shown
+    )
     more = f" · {hidden} more without held-out support" if hidden > 0 else ""
-    return ('<div class="concepts-wrap"><table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
-            f'P(concept | fires) and their F1 = confidence){more}</caption><tr><th>concept</th><th>found by</th>'
-            '<th>confidence</th><th>P(fires|c)</th><th>P(c|fires)</th><th>train F1</th><th>lift</th><th>q</th></tr>'
-            f'{rows}</table></div>')
+    return (
+        '<div class="concepts-wrap"><table class="concepts"><caption>Concept matches (held-out: P(fires | concept), '
+        f"P(concept | fires) and their F1 = confidence){more}</caption><tr><th>concept</th><th>found by</th>"
+        "<th>confidence</th><th>P(fires|c)</th><th>P(c|fires)</th><th>train F1</th><th>lift</th><th>q</th></tr>"
+        f"{rows}</table></div>"
+    )
 
 
 def logits_html(top: Sequence[tuple[str, float]], bottom: Sequence[tuple[str, float]]) -> str:
     """Logit-lens tables: the output tokens this direction promotes and suppresses."""
     if not top and not bottom:
         return '<p class="muted">No logit lens: this model has no output embedding (e.g. a classifier head).</p>'
+
     def table(rows: Sequence[tuple[str, float]], title: str, cls: str) -> str:
-        body = "".join(f'<tr><td><code>{visible_token(t)}</code></td><td class="{cls}">{v:+.2f}</td></tr>'
-                       for t, v in rows)
+        body = "".join(
+            f'<tr><td><code>{visible_token(t)}</code></td><td class="{cls}">{v:+.2f}</td></tr>' for t, v in rows
+        )
         return f'<table class="logits"><caption>{title}</caption>{body}</table>'
+
     return f'<div class="logit-pair">{table(top, "promoted", "pos")}{table(bottom, "suppressed", "neg")}</div>'
 
 
 def feature_card_html(fv: Any, n_contexts: int = 4) -> str:
     """A self-contained dashboard card (header, top contexts, logit lens) for side-by-side views."""
-    return (f'<div class="card">{feature_header_html(fv)}<h4>Top contexts</h4>'
-            f'{contexts_html(list(fv.top_contexts)[:n_contexts], fv.max_act)}'
-            f'{logits_html(list(fv.logits_top)[:5], list(fv.logits_bottom)[:5])}</div>')
+    return (
+        f'<div class="card">{feature_header_html(fv)}<h4>Top contexts</h4>'
+        f"{contexts_html(list(fv.top_contexts)[:n_contexts], fv.max_act)}"
+        f"{logits_html(list(fv.logits_top)[:5], list(fv.logits_bottom)[:5])}</div>"
+    )
 
 
-def heatmap_html(tokens: Sequence[str], acts: Sequence[float], focus: int | None = None,
-                 max_act: float | None = None) -> str:
+def heatmap_html(
+    tokens: Sequence[str], acts: Sequence[float], focus: int | None = None, max_act: float | None = None
+) -> str:
     """Tokens coloured by activation (``max_act`` defaults to the largest of ``acts``), ``focus`` outlined."""
     vmax = max_act if max_act is not None else max((float(a) for a in acts), default=0.0)
     return tokens_html(tokens, acts, vmax, focus)
@@ -201,17 +242,21 @@ def dashboard_html(fv: Any, n_contexts: int = 4) -> str:
     return feature_card_html(fv, n_contexts)
 
 
-def text_heatmap_html(tokens: Sequence[str], acts: Sequence[float], per_token: Sequence[Sequence[tuple[int, float]]],
-                      latent: int) -> str:
+def text_heatmap_html(
+    tokens: Sequence[str], acts: Sequence[float], per_token: Sequence[Sequence[tuple[int, float]]], latent: int
+) -> str:
     """A searched text coloured by one latent; each token's hover also lists its strongest latents."""
     if not tokens:
         return '<p class="muted">No tokens.</p>'
-    titles = ["\ntop latents: " + ", ".join(f"{k} ({a:.2f})" for k, a in list(pt)[:5]) if pt else ""
-              for pt in per_token]
+    titles = [
+        "\ntop latents: " + ", ".join(f"{k} ({a:.2f})" for k, a in list(pt)[:5]) if pt else "" for pt in per_token
+    ]
     vmax = max((float(a) for a in acts), default=0.0)
     focus = int(np.argmax(acts)) if vmax > 0 else None
-    return (f'<div class="card"><div class="fid">latent {latent} on your text · max {vmax:.2f}</div>'
-            f'{tokens_html(tokens, acts, vmax, focus, titles)}</div>')
+    return (
+        f'<div class="card"><div class="fid">latent {latent} on your text · max {vmax:.2f}</div>'
+        f"{tokens_html(tokens, acts, vmax, focus, titles)}</div>"
+    )
 
 
 def message_html(text: str, kind: str = "error") -> str:
@@ -221,8 +266,14 @@ def message_html(text: str, kind: str = "error") -> str:
 
 
 def _layout(fig: go.Figure, title: str, height: int = 260, **kw: Any) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=13)), template="plotly_white", height=height,
-                      margin=dict(l=45, r=15, t=40, b=40), showlegend=False, **kw)
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=13)),
+        template="plotly_white",
+        height=height,
+        margin=dict(l=45, r=15, t=40, b=40),
+        showlegend=False,
+        **kw,
+    )
     return fig
 
 
@@ -232,19 +283,37 @@ def histogram_figure(edges: Sequence[float], counts: Sequence[int]) -> go.Figure
     mids = [(a + b) / 2 for a, b in zip(edges, edges[1:])] or [0.0]
     widths = [b - a for a, b in zip(edges, edges[1:])] or [1.0]
     vmax = edges[-1] if edges else 1.0
-    fig = go.Figure(go.Bar(x=mids, y=counts[:len(mids)], width=widths, marker_color=[act_color(m, vmax) for m in mids],
-                           marker_line=dict(color="#c2410c", width=0.5),
-                           hovertemplate="act %{x:.2f}: %{y} tokens<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=mids,
+            y=counts[: len(mids)],
+            width=widths,
+            marker_color=[act_color(m, vmax) for m in mids],
+            marker_line=dict(color="#c2410c", width=0.5),
+            hovertemplate="act %{x:.2f}: %{y} tokens<extra></extra>",
+        )
+    )
     log = bool(counts) and max(counts) > 50 * max(min(c for c in counts if c > 0) if any(counts) else 1, 1)
-    return _layout(fig, "activation histogram (firing tokens)", xaxis_title="activation",
-                   yaxis=dict(title="tokens", type="log", dtick=1) if log else dict(title="tokens"))
+    return _layout(
+        fig,
+        "activation histogram (firing tokens)",
+        xaxis_title="activation",
+        yaxis=dict(title="tokens", type="log", dtick=1) if log else dict(title="tokens"),
+    )
 
 
 def domain_figure(rates: dict[str, float]) -> go.Figure:
     """Firing rate per corpus domain, as horizontal bars."""
     items = sorted(rates.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v * 100 for _, v in items], y=[k for k, _ in items], orientation="h",
-                           marker_color="#f76707", hovertemplate="%{y}: %{x:.3g}% of tokens<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=[v * 100 for _, v in items],
+            y=[k for k, _ in items],
+            orientation="h",
+            marker_color="#f76707",
+            hovertemplate="%{y}: %{x:.3g}% of tokens<extra></extra>",
+        )
+    )
     return _layout(fig, "firing rate per domain", xaxis_title="% of tokens")
 
 
@@ -257,21 +326,43 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
         return _layout(fig, "no map: the index has no UMAP layout", height=620)
     if color_by == "density":
         d = df["density"].clip(lower=1e-6)
-        fig.add_trace(scatter(
-            x=df["x"], y=df["y"], mode="markers", text=df["label"], hovertemplate=hover,
-            customdata=np.stack([df["sae"], df["latent"], df["density"]], axis=1),
-            marker=dict(size=5, opacity=0.85, color=np.log10(d), colorscale="YlOrRd", showscale=True,
-                        line=dict(width=0), colorbar=dict(title="log10 density", thickness=12))))
+        fig.add_trace(
+            scatter(
+                x=df["x"],
+                y=df["y"],
+                mode="markers",
+                text=df["label"],
+                hovertemplate=hover,
+                customdata=np.stack([df["sae"], df["latent"], df["density"]], axis=1),
+                marker=dict(
+                    size=5,
+                    opacity=0.85,
+                    color=np.log10(d),
+                    colorscale="YlOrRd",
+                    showscale=True,
+                    line=dict(width=0),
+                    colorbar=dict(title="log10 density", thickness=12),
+                ),
+            )
+        )
     else:
         key = {"domain": "top_domain", "concept": "concept"}.get(color_by, "sae")
         if key not in df:
             key = "sae"
         groups = df[key].fillna("").astype(str).replace("", "(never fires)")
         for i, (name, g) in enumerate(df.groupby(groups, sort=True)):
-            fig.add_trace(scatter(
-                x=g["x"], y=g["y"], mode="markers", name=str(name), text=g["label"], hovertemplate=hover,
-                customdata=np.stack([g["sae"], g["latent"], g["density"]], axis=1),
-                marker=dict(size=5, opacity=0.85, color=PALETTE[i % len(PALETTE)], line=dict(width=0))))
+            fig.add_trace(
+                scatter(
+                    x=g["x"],
+                    y=g["y"],
+                    mode="markers",
+                    name=str(name),
+                    text=g["label"],
+                    hovertemplate=hover,
+                    customdata=np.stack([g["sae"], g["latent"], g["density"]], axis=1),
+                    marker=dict(size=5, opacity=0.85, color=PALETTE[i % len(PALETTE)], line=dict(width=0)),
+                )
+            )
     _layout(fig, "", height=620, dragmode="pan", xaxis=dict(visible=False), yaxis=dict(visible=False))
     fig.update_layout(showlegend=color_by != "density", legend=dict(orientation="h", y=-0.02), margin=dict(t=10, b=10))
     return fig
@@ -283,16 +374,27 @@ def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
     down = "ce_recovered"
     if ("ce_recovered" not in metrics or metrics["ce_recovered"].isna().all()) and "classifier_kl" in metrics:
         down = "classifier_kl"
-    title = "L0 vs CE recovered (higher is better)" if down == "ce_recovered" else "L0 vs classifier KL (lower is better)"
+    title = (
+        "L0 vs CE recovered (higher is better)" if down == "ce_recovered" else "L0 vs classifier KL (lower is better)"
+    )
     fig = make_subplots(rows=1, cols=2, subplot_titles=("L0 vs FVU (lower is better)", title))
     names = metrics["name"] if "name" in metrics else metrics.index.astype(str)
     for col, ycol in ((1, "fvu"), (2, down)):
         if ycol not in metrics or "l0" not in metrics:
             continue
-        fig.add_trace(go.Scatter(
-            x=metrics["l0"], y=metrics[ycol], mode="markers+text", text=names, textposition="top center",
-            marker=dict(size=11, color=[PALETTE[i % len(PALETTE)] for i in range(len(metrics))]),
-            hovertemplate="%{text}: L0 %{x:.1f}, " + ycol + " %{y:.3f}<extra></extra>"), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=metrics["l0"],
+                y=metrics[ycol],
+                mode="markers+text",
+                text=names,
+                textposition="top center",
+                marker=dict(size=11, color=[PALETTE[i % len(PALETTE)] for i in range(len(metrics))]),
+                hovertemplate="%{text}: L0 %{x:.1f}, " + ycol + " %{y:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
         fig.update_yaxes(title_text=ycol, row=1, col=col)
     return _layout(fig, "", height=340)

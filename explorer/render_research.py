@@ -1,4 +1,5 @@
 """Pure builders for the coverage and SHIFT views: tables and plotly figures from plain dicts."""
+
 from __future__ import annotations
 
 import math
@@ -11,29 +12,44 @@ FREQ_BINS = [(0, 0, "0"), (1, 9, "1-9"), (10, 99, "10-99"), (100, 999, "100-999"
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=340,
-                      margin=dict(l=50, r=20, t=50, b=45), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=340,
+        margin=dict(l=50, r=20, t=50, b=45),
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
 def coverage_summary(cov: dict) -> pd.DataFrame:
     rows = []
     for name, e in cov["saes"].items():
-        rows.append({
-            "SAE": name,
-            "token types captured": round(e["token_recall"], 3),
-            "subdomain tokens covered": round(e["token_share_covered"], 3),
-            "latents without a match in " + cov["reference"]: e.get("n_unique", "-"),
-            "CE general": round(e["ce"]["general"], 3),
-            "CE subdomain": round(e["ce"]["subdomain"], 3),
-            "ppl general": round(e["ppl"]["general"], 1),
-            "ppl subdomain": round(e["ppl"]["subdomain"], 1),
-        })
+        rows.append(
+            {
+                "SAE": name,
+                "token types captured": round(e["token_recall"], 3),
+                "subdomain tokens covered": round(e["token_share_covered"], 3),
+                "latents without a match in " + cov["reference"]: e.get("n_unique", "-"),
+                "CE general": round(e["ce"]["general"], 3),
+                "CE subdomain": round(e["ce"]["subdomain"], 3),
+                "ppl general": round(e["ppl"]["general"], 1),
+                "ppl subdomain": round(e["ppl"]["subdomain"], 1),
+            }
+        )
     clean = cov.get("clean_ce", {})
     if clean:
-        rows.append({"SAE": "(no SAE: clean model)", "CE general": round(clean["general"], 3),
-                     "CE subdomain": round(clean["subdomain"], 3), "ppl general": round(math.exp(clean["general"]), 1),
-                     "ppl subdomain": round(math.exp(clean["subdomain"]), 1)})
+        rows.append(
+            {
+                "SAE": "(no SAE: clean model)",
+                "CE general": round(clean["general"], 3),
+                "CE subdomain": round(clean["subdomain"], 3),
+                "ppl general": round(math.exp(clean["general"]), 1),
+                "ppl subdomain": round(math.exp(clean["subdomain"]), 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -49,8 +65,17 @@ def recall_by_frequency(cov: dict) -> go.Figure:
                 ys.append(sel.captured.mean())
                 labels.append(lab)
                 ns.append(len(sel))
-        fig.add_trace(go.Scatter(x=labels, y=ys, mode="lines+markers", name=name, line=dict(color=PALETTE[i % 6], width=3),
-                                 customdata=ns, hovertemplate="%{x}: %{y:.2f} of %{customdata} token types"))
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=ys,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=PALETTE[i % 6], width=3),
+                customdata=ns,
+                hovertemplate="%{x}: %{y:.2f} of %{customdata} token types",
+            )
+        )
     fig.update_yaxes(range=[0, 1])
     return _layout(fig, "Tail-concept recall", "token frequency in the general corpus", "token types captured")
 
@@ -61,8 +86,12 @@ def cumulative_coverage(cov: dict) -> go.Figure:
         y = e["cumulative"]
         x = [j / max(len(y) - 1, 1) for j in range(len(y))]
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=PALETTE[i % 6], width=3)))
-    return _layout(fig, "Cumulative coverage of subdomain tokens", "token types, rare to common in general text (share)",
-                   "subdomain tokens covered")
+    return _layout(
+        fig,
+        "Cumulative coverage of subdomain tokens",
+        "token types, rare to common in general text (share)",
+        "subdomain tokens covered",
+    )
 
 
 def log_ratio_histogram(cov: dict) -> go.Figure:
@@ -70,8 +99,9 @@ def log_ratio_histogram(cov: dict) -> go.Figure:
     for i, (name, e) in enumerate(cov["saes"].items()):
         fig.add_trace(go.Histogram(x=e["log_ratio"], name=name, opacity=0.55, nbinsx=60, marker_color=PALETTE[i % 6]))
     fig.update_layout(barmode="overlay")
-    return _layout(fig, "Per-latent firing log-ratio, subdomain vs general", "log(rate subdomain / rate general)",
-                   "latents")
+    return _layout(
+        fig, "Per-latent firing log-ratio, subdomain vs general", "log(rate subdomain / rate general)", "latents"
+    )
 
 
 def unique_latents(cov: dict, sae: str) -> pd.DataFrame:
@@ -80,11 +110,27 @@ def unique_latents(cov: dict, sae: str) -> pd.DataFrame:
 
 
 def shift_table(report: dict | None) -> pd.DataFrame:
-    cols = ["SAE", "latents ablated", "worst-group before", "worst-group after ablation", "worst-group after retrain",
-            "overall before", "overall after retrain"]
+    cols = [
+        "SAE",
+        "latents ablated",
+        "worst-group before",
+        "worst-group after ablation",
+        "worst-group after retrain",
+        "overall before",
+        "overall after retrain",
+    ]
     if not report:
         return pd.DataFrame(columns=cols)
-    rows = [[r["sae"], len(r["ablated"]), r["before"]["worst_group"], r["after_ablation"]["worst_group"],
-             r["after_retrain"]["worst_group"], r["before"]["overall"], r["after_retrain"]["overall"]]
-            for r in report["reports"]]
+    rows = [
+        [
+            r["sae"],
+            len(r["ablated"]),
+            r["before"]["worst_group"],
+            r["after_ablation"]["worst_group"],
+            r["after_retrain"]["worst_group"],
+            r["before"]["overall"],
+            r["after_retrain"]["overall"],
+        ]
+        for r in report["reports"]
+    ]
     return pd.DataFrame(rows, columns=cols).round(3)

@@ -6,6 +6,7 @@
 - ``tiny_index``: the real tiny workspace (conftest's ``tiny_ws``: SmolLM2, real corpora, trained SAEs)
   re-indexed by the current code into a temporary workspace that links the real one's parts.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ from tests.stand_ins import ReluSae
 
 D_IN, D_SAE, VOCAB = 16, 24, 40
 N_WIN, WIN_LEN = 60, 25
-SYNTH_CFG = IndexConfig(max_tokens=N_WIN * WIN_LEN, top_k=5, n_quantiles=3, per_quantile=2, context_radius=3,
-                        umap=False)
+SYNTH_CFG = IndexConfig(
+    max_tokens=N_WIN * WIN_LEN, top_k=5, n_quantiles=3, per_quantile=2, context_radius=3, umap=False
+)
 
 
 def make_acts(seed: int = 0) -> IndexActs:
@@ -37,10 +39,16 @@ def make_acts(seed: int = 0) -> IndexActs:
     x = torch.from_numpy(g.standard_normal((n, D_IN)).astype(np.float32))
     x[token == 7] += 4 * ReluSae(D_IN, D_SAE, seed=1).W_dec[0]
     pos_in_index = window  # every window is indexed, in order
-    return IndexActs(acts=x.half(), token=token, window=window, domain=(window % 2),
-                     heldout=pos_in_index % 5 == 4, domains=["general", "legal"],
-                     tokstr=np.array([f"t{i}" for i in range(VOCAB)], dtype=object),
-                     source=np.array([f"doc{w // 3}" for w in range(N_WIN)], dtype=object))
+    return IndexActs(
+        acts=x.half(),
+        token=token,
+        window=window,
+        domain=(window % 2),
+        heldout=pos_in_index % 5 == 4,
+        domains=["general", "legal"],
+        tokstr=np.array([f"t{i}" for i in range(VOCAB)], dtype=object),
+        source=np.array([f"doc{w // 3}" for w in range(N_WIN)], dtype=object),
+    )
 
 
 def token_strings(ids: list[int]) -> list[str]:
@@ -55,10 +63,15 @@ def synth_acts() -> IndexActs:
 @pytest.fixture(scope="session")
 def synth_ws(tmp_path_factory, synth_acts) -> Workspace:
     root = tmp_path_factory.mktemp("synth_ws")
-    cfg = {"name": "synth", "corpora": [{"name": "hpo"}],
-           "saes": [{"name": n, "architecture": "relu", "d_sae": D_SAE} for n in ("a", "b")],
-           "index": {k: getattr(SYNTH_CFG, k) for k in ("max_tokens", "top_k", "n_quantiles", "per_quantile",
-                                                        "context_radius", "umap")}}
+    cfg = {
+        "name": "synth",
+        "corpora": [{"name": "hpo"}],
+        "saes": [{"name": n, "architecture": "relu", "d_sae": D_SAE} for n in ("a", "b")],
+        "index": {
+            k: getattr(SYNTH_CFG, k)
+            for k in ("max_tokens", "top_k", "n_quantiles", "per_quantile", "context_radius", "umap")
+        },
+    }
     (root / "workspace.yaml").write_text(yaml.safe_dump(cfg))
     saes = {"a": ReluSae(D_IN, D_SAE, seed=1), "b": ReluSae(D_IN, D_SAE, seed=2)}
     for sae in saes.values():
@@ -70,8 +83,9 @@ def synth_ws(tmp_path_factory, synth_acts) -> Workspace:
         (d / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE}))
         (d / "metrics.json").write_text(json.dumps({"l0": 10.0, "fvu": 0.5, "train": {"steps": 1}}))
     U = torch.from_numpy(np.random.default_rng(3).standard_normal((VOCAB, D_IN)).astype(np.float32))
-    write_index(root / "index.duckdb", synth_acts, [(n, "relu", s) for n, s in saes.items()], SYNTH_CFG, U,
-                token_strings)
+    write_index(
+        root / "index.duckdb", synth_acts, [(n, "relu", s) for n, s in saes.items()], SYNTH_CFG, U, token_strings
+    )
     return open_workspace(root)
 
 

@@ -3,6 +3,7 @@
 The tiny workspace is built from configs/tiny.yaml into workspaces/tiny with the real SmolLM2
 and real corpora (about a minute or two on 2 cores the first time; reused afterwards).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,12 +4,17 @@ Used by the handler tests so that they need no built workspace: it returns the c
 dataclasses and DataFrames with the contract's columns, and raises BackendError with one-line
 messages for bad input, like the real facade.
 """
+
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 
 from backend import errors as check
+from backend.modalities import get_modality
+from backend.sae import steering
 from backend.serve.service import (
     BackendError,
     CompareResult,
@@ -17,6 +22,7 @@ from backend.serve.service import (
     FeatureView,
     TextSearchResult,
 )
+from backend.serve.steer import SteerUpdate, parse_edits
 
 MAX_TEXT = 20_000
 DOMAINS = ["general", "code", "legal"]
@@ -28,6 +34,8 @@ class FakeBackend:
 
     workspace_name = "fake"
     model_name = "fake-lm"
+    modality = "text"
+    capabilities = get_modality("text").capabilities()  # as Backend builds it from the kind's record
     D_SAE = 40
     MAX_TOKENS = 64
 
@@ -37,16 +45,20 @@ class FakeBackend:
         self._lat = {}
         for s in self._saes:
             n = self.D_SAE
-            self._lat[s] = pd.DataFrame({
-                "latent": np.arange(n),
-                "label": [f"{WORDS[i % len(WORDS)].strip() or 'newline'} tokens in {DOMAINS[i % 3]} text"
-                          for i in range(n)],
-                "confidence": rng.uniform(0, 1, n).round(3),
-                "density": rng.uniform(0, 0.05, n),
-                "mean_act": rng.uniform(0.5, 2, n),
-                "max_act": rng.uniform(2, 8, n),
-                "top_domain": [DOMAINS[i % 3] for i in range(n)],
-            })
+            self._lat[s] = pd.DataFrame(
+                {
+                    "latent": np.arange(n),
+                    "label": [
+                        f"{WORDS[i % len(WORDS)].strip() or 'newline'} tokens in {DOMAINS[i % 3]} text"
+                        for i in range(n)
+                    ],
+                    "confidence": rng.uniform(0, 1, n).round(3),
+                    "density": rng.uniform(0, 0.05, n),
+                    "mean_act": rng.uniform(0.5, 2, n),
+                    "max_act": rng.uniform(2, 8, n),
+                    "top_domain": [DOMAINS[i % 3] for i in range(n)],
+                }
+            )
 
     _NO_LATENT = object()
 
@@ -60,11 +72,19 @@ class FakeBackend:
         return self._lat[sae]
 
     def saes(self) -> pd.DataFrame:
-        return pd.DataFrame({
-            "name": self._saes, "architecture": ["topk", "relu", "batchtopk"], "d_sae": [self.D_SAE] * 3,
-            "k": [8, None, 4], "l0": [8.0, 20.5, 4.0], "fvu": [0.3, 0.25, 0.4], "ce_recovered": [0.8, 0.85, 0.7],
-            "dead_frac": [0.0, 0.1, 0.02], "n_latents_indexed": [self.D_SAE] * 3,
-        })
+        return pd.DataFrame(
+            {
+                "name": self._saes,
+                "architecture": ["topk", "relu", "batchtopk"],
+                "d_sae": [self.D_SAE] * 3,
+                "k": [8, None, 4],
+                "l0": [8.0, 20.5, 4.0],
+                "fvu": [0.3, 0.25, 0.4],
+                "ce_recovered": [0.8, 0.85, 0.7],
+                "dead_frac": [0.0, 0.1, 0.02],
+                "n_latents_indexed": [self.D_SAE] * 3,
+            }
+        )
 
     def domains(self) -> list[str]:
         return list(DOMAINS)
@@ -78,15 +98,25 @@ class FakeBackend:
     def shift_report(self) -> dict | None:
         return None
 
-    def latents(self, sae: str, *, sort_by: str = "density", descending: bool = True, domain: str | None = None,
-                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
+    def latents(
+        self,
+        sae: str,
+        *,
+        sort_by: str = "density",
+        descending: bool = True,
+        domain: str | None = None,
+        min_density: float = 0.0,
+        query: str = "",
+        limit: int = 200,
+        offset: int = 0,
+    ) -> pd.DataFrame:
         df = self._check(sae)
         df = df[df["density"] >= min_density]
         if domain:
             df = df[df["top_domain"] == domain]
         if query:
             df = df[df["label"].str.contains(query, case=False, regex=False)]
-        return df.sort_values(sort_by, ascending=not descending).iloc[offset:offset + limit].reset_index(drop=True)
+        return df.sort_values(sort_by, ascending=not descending).iloc[offset : offset + limit].reset_index(drop=True)
 
     def _context(self, latent: int, r: int, scale: float) -> Context:
         tokens = [WORDS[(latent + r + i) % len(WORDS)] for i in range(12)]
@@ -97,12 +127,31 @@ class FakeBackend:
     def feature(self, sae: str, latent: int) -> FeatureView:
         row = self._check(sae, latent).iloc[int(latent)]
         top = [self._context(int(latent), r, float(row.max_act)) for r in range(4)]
-        bands = [(f"{lo}-{lo + 20}% of max", [self._context(int(latent), lo, row.max_act * lo / 100)])
-                 for lo in (0, 40, 80)]
+        bands = [
+            (f"{lo}-{lo + 20}% of max", [self._context(int(latent), lo, row.max_act * lo / 100)]) for lo in (0, 40, 80)
+        ]
         return FeatureView(
-            sae, int(latent), str(row.label), float(row.confidence), 0.7, 0.6, float(row.density), float(row.mean_act),
-            float(row.max_act), [0.0, 1.0, 2.0, 3.0], [30, 10, 2], top, bands, [(" Paris", 2.5), ("<", 1.0)],
-            [(" &", -1.5)], {d: 0.01 * (i + 1) for i, d in enumerate(DOMAINS)}, [(" Paris", 3.2)])
+            sae,
+            int(latent),
+            str(row.label),
+            float(row.confidence),
+            0.7,
+            0.6,
+            float(row.density),
+            float(row.mean_act),
+            float(row.max_act),
+            [0.0, 1.0, 2.0, 3.0],
+            [30, 10, 2],
+            top,
+            bands,
+            [(" Paris", 2.5), ("<", 1.0)],
+            [(" &", -1.5)],
+            {d: 0.01 * (i + 1) for i, d in enumerate(DOMAINS)},
+            [(" Paris", 3.2)],
+        )
+
+    def example_input(self, n: int = 20) -> str:
+        return get_modality(self.modality).example_input(self, n)  # text: a prompt, no windows needed
 
     def _text(self, text: str) -> str:
         if not text.strip():
@@ -116,12 +165,18 @@ class FakeBackend:
         tokens = [" " + w if i else w for i, w in enumerate(self._text(text).split())]
         notice = ""
         if len(tokens) > self.MAX_TOKENS:
-            tokens, notice = tokens[:self.MAX_TOKENS], f"the text was cut to its first {self.MAX_TOKENS} tokens"
+            tokens, notice = tokens[: self.MAX_TOKENS], f"the text was cut to its first {self.MAX_TOKENS} tokens"
         lat = list(range(min(top_n, 3)))
         acts = {k: [float((i + k) % 3) for i in range(len(tokens))] for k in lat}
-        top = pd.DataFrame({"latent": lat, "label": [self._lat[sae].label[k] for k in lat],
-                            "max_act": [max(acts[k]) for k in lat], "mean_act": [float(np.mean(acts[k])) for k in lat],
-                            "n_tokens_fired": [sum(a > 0 for a in acts[k]) for k in lat]})
+        top = pd.DataFrame(
+            {
+                "latent": lat,
+                "label": [self._lat[sae].label[k] for k in lat],
+                "max_act": [max(acts[k]) for k in lat],
+                "mean_act": [float(np.mean(acts[k])) for k in lat],
+                "n_tokens_fired": [sum(a > 0 for a in acts[k]) for k in lat],
+            }
+        )
         per_token = [[(k, acts[k][i]) for k in lat if acts[k][i] > 0] for i in range(len(tokens))]
         return TextSearchResult(tokens, top, per_token, acts, notice)
 
@@ -138,8 +193,14 @@ class FakeBackend:
         target = other_sae or sae
         lab = self._check(target)
         ids = [(int(latent) + j) % self.D_SAE for j in range(1, k + 1)]
-        return pd.DataFrame({"sae": target, "latent": ids, "cosine": [1 - 0.05 * j for j in range(k)],
-                             "label": [lab.label[i] for i in ids]})
+        return pd.DataFrame(
+            {
+                "sae": target,
+                "latent": ids,
+                "cosine": [1 - 0.05 * j for j in range(k)],
+                "label": [lab.label[i] for i in ids],
+            }
+        )
 
     def feature_map(self, sae: str | None = None) -> pd.DataFrame:
         names = [sae] if sae else self._saes
@@ -159,15 +220,75 @@ class FakeBackend:
         metrics = self.saes().set_index("name").loc[saes].reset_index()
         a, b = saes[0], saes[1]
         cos = np.linspace(1.0, 0.2, self.D_SAE)
-        pairs = pd.DataFrame([{"sae_a": a, "sae_b": b, "n_latents": self.D_SAE, "n_matched": int((cos >= threshold).sum()),
-                               "share_matched": float((cos >= threshold).mean()), "median_cosine": float(np.median(cos)),
-                               "hist_counts": np.histogram(cos, bins=20, range=(0, 1))[0].tolist()}])
-        every = pd.DataFrame({"sae_a": a, "latent_a": range(self.D_SAE), "label_a": self._lat[a].label,
-                              "sae_b": b, "latent_b": range(self.D_SAE), "label_b": self._lat[b].label, "cosine": cos})
+        pairs = pd.DataFrame(
+            [
+                {
+                    "sae_a": a,
+                    "sae_b": b,
+                    "n_latents": self.D_SAE,
+                    "n_matched": int((cos >= threshold).sum()),
+                    "share_matched": float((cos >= threshold).mean()),
+                    "median_cosine": float(np.median(cos)),
+                    "hist_counts": np.histogram(cos, bins=20, range=(0, 1))[0].tolist(),
+                }
+            ]
+        )
+        every = pd.DataFrame(
+            {
+                "sae_a": a,
+                "latent_a": range(self.D_SAE),
+                "label_a": self._lat[a].label,
+                "sae_b": b,
+                "latent_b": range(self.D_SAE),
+                "label_b": self._lat[b].label,
+                "cosine": cos,
+            }
+        )
         matches = every[every.cosine >= threshold]
         low = every[every.cosine < threshold].sort_values("cosine")
-        unmatched = pd.DataFrame({"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine,
-                                  "vs": b})
+        unmatched = pd.DataFrame(
+            {"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine, "vs": b}
+        )
         page = slice(offset, offset + limit)
-        return CompareResult(metrics, matches.iloc[page].reset_index(drop=True),
-                             unmatched.iloc[page].reset_index(drop=True), pairs, len(matches), len(unmatched))
+        return CompareResult(
+            metrics,
+            matches.iloc[page].reset_index(drop=True),
+            unmatched.iloc[page].reset_index(drop=True),
+            pairs,
+            len(matches),
+            len(unmatched),
+        )
+
+    # ---- steering: deterministic stand-ins with the real edit checks -------------------------------------
+    def steer_stream(
+        self,
+        sae: str,
+        prompt: str,
+        edits,
+        *,
+        max_new_tokens: int = 48,
+        temperature: float = 0.7,
+        seed: int = 0,
+        chat: bool = True,
+    ) -> Iterator[SteerUpdate]:
+        """The prompt's words echoed (baseline) and upper-cased (steered), a word per step, as the real stream."""
+        self._check(sae)
+        checked, notice = parse_edits(edits)
+        steering.validate_edits(checked, self.D_SAE)
+        if not (prompt or "").strip():
+            raise BackendError("the prompt is empty: type a prompt to generate from")
+        words = prompt.split()[: check.whole("max_new_tokens", max_new_tokens, 1, steering.MAX_NEW_TOKENS)]
+        base = steer = ""
+        for w in words:
+            base, steer = f"{base} {w}".strip(), f"{steer} {w.upper()}".strip()
+            yield SteerUpdate(base, steer, notice)
+        yield SteerUpdate(base, steer, notice, True, [(e.latent, 1.0, len(words)) for e in checked])
+
+    def steer(self, sae: str, prompt: str, edits, **kw) -> SteerUpdate:
+        *_, last = self.steer_stream(sae, prompt, edits, **kw)
+        return last
+
+    def steer_outcome(
+        self, sae: str, inputs: str, edits, *, k: int = 10, motif: str = "", n_iters: int = 50, seed: int = 0
+    ) -> dict:
+        raise BackendError("this is a text workspace: steer it by generation (the Steer tab, /steer)")

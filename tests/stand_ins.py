@@ -1,4 +1,5 @@
 """Small stand-ins for mechanics tests (never used by the demo)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,8 @@
 """app.py: which workspaces it serves, and how one that cannot be built is reported without stopping the others."""
+
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,9 +37,15 @@ def test_a_single_bad_config_is_an_error(bad):
 
 
 def test_mount_paths_put_the_first_workspace_at_the_root():
+    from backend.modalities import get_modality
+
     class B:
         def __init__(self, name, modality):
             self.workspace_name, self.modality = name, modality
+            self.capabilities = get_modality(modality).capabilities()
 
     assert app.mount_paths([B("demo", "text"), B("protein", "protein"), B("recsys", "recsys")]) == [
-        ("demo", "text", "/"), ("protein", "protein", "/protein/"), ("recsys", "recsys", "/recsys/")]
+        ("demo", "text", "/"),
+        ("protein", "protein LM", "/protein/"),
+        ("recsys", "recommender", "/recsys/"),
+    ]

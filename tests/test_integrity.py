@@ -5,6 +5,7 @@ workspace is refused naming the first; temporaries of killed builds are removed 
 Every test works on a copy of a built workspace (never on workspaces/ itself); the copies leave out the
 activation shards (only the caches' meta.json, which records the model's width, is kept).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from backend.atomic import WorkspaceBusy, lock_holder, remove_stale_files, workspace_lock
-from backend.integrity import check_saes, safetensors_header
 from backend.index.store import IndexUnreadable
+from backend.integrity import check_saes, safetensors_header
 from backend.workspace import open_workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ def tiny_src(request) -> Path:
 
 def copy_ws(src: Path, dst: Path, index: bool = True) -> Path:
     """A copy of a workspace without its activation shards, temporaries and lock (and without the index)."""
+
     def ignore(folder: str, names: list[str]) -> list[str]:
         if Path(folder).parent.name == "activations":
             return [n for n in names if n != "meta.json"]
@@ -47,8 +49,10 @@ def copy_ws(src: Path, dst: Path, index: bool = True) -> Path:
 
 
 def fix(ws: Path, name: str) -> str:
-    return (f"retrain it with `python -m backend train --workspace {ws} --sae {name} --force`, "
-            f"then rebuild the index with `python -m backend index --workspace {ws} --force`")
+    return (
+        f"retrain it with `python -m backend train --workspace {ws} --sae {name} --force`, "
+        f"then rebuild the index with `python -m backend index --workspace {ws} --force`"
+    )
 
 
 # ---- broken SAE files: left out, one line each, the rest served -----------------------------------------
@@ -58,8 +62,10 @@ def test_invalid_cfg_json_leaves_that_sae_out_and_serves_the_others(tiny_src, tm
     ws = copy_ws(tiny_src, tmp_path / "ws")
     (ws / "saes" / "relu" / "cfg.json").write_text("{nope")
     b = Backend(ws)
-    assert b.problems == ["saes/relu/cfg.json is not valid JSON (line 1 column 2: Expecting property name "
-                          f"enclosed in double quotes): {fix(ws, 'relu')}"]
+    assert b.problems == [
+        "saes/relu/cfg.json is not valid JSON (line 1 column 2: Expecting property name "
+        f"enclosed in double quotes): {fix(ws, 'relu')}"
+    ]
     assert b.sae_names == ["topk", "ssae_bio", "boost_bio"]
     assert b.feature("topk", 0).latent == 0 and b.feature("boost_bio", 0).sae == "boost_bio"
     assert list(b.saes()["name"]) == ["topk", "ssae_bio", "boost_bio"]
@@ -78,8 +84,10 @@ def test_truncated_weights_are_left_out_and_nearest_serves_the_rest(tiny_src, tm
         f.truncate(size - 1000)
     b = Backend(ws)
     n = size - 1000 - 8 - int.from_bytes(w.read_bytes()[:8], "little")
-    assert b.problems == [f"saes/ssae_bio/sae_weights.safetensors is truncated: its header describes {n + 1000:,} "
-                          f"bytes of tensors but the file holds {n:,}: {fix(ws, 'ssae_bio')}"]
+    assert b.problems == [
+        f"saes/ssae_bio/sae_weights.safetensors is truncated: its header describes {n + 1000:,} "
+        f"bytes of tensors but the file holds {n:,}: {fix(ws, 'ssae_bio')}"
+    ]
     assert "ssae_bio" not in b.sae_names and len(b.nearest("topk", 3, k=5)) == 5  # /nearest reads W_dec of topk
     with pytest.raises(BackendError, match="ssae_bio"):  # not a raw SafetensorError
         b.nearest("topk", 3, other_sae="ssae_bio")
@@ -94,9 +102,10 @@ def test_a_boosted_sae_is_broken_when_its_base_is(tiny_src, tmp_path):
     assert problems == {
         "topk": f"{base}: {fix(ws_path, 'topk')}",
         "boost_bio": f"saes/boost_bio is boosted on saes/topk, which is broken ({base}): retrain the base with "
-                     f"`python -m backend train --workspace {ws_path} --sae topk --force`, then this SAE with "
-                     f"`python -m backend train --workspace {ws_path} --sae boost_bio --force`, then rebuild the "
-                     f"index with `python -m backend index --workspace {ws_path} --force`"}
+        f"`python -m backend train --workspace {ws_path} --sae topk --force`, then this SAE with "
+        f"`python -m backend train --workspace {ws_path} --sae boost_bio --force`, then rebuild the "
+        f"index with `python -m backend index --workspace {ws_path} --force`",
+    }
 
 
 def test_cfg_d_in_that_disagrees_with_the_weights_is_a_problem(tiny_src, tmp_path):
@@ -105,7 +114,8 @@ def test_cfg_d_in_that_disagrees_with_the_weights_is_a_problem(tiny_src, tmp_pat
     cfg_p.write_text(json.dumps({**json.loads(cfg_p.read_text()), "d_in": 512}))
     assert check_saes(open_workspace(ws_path)) == {
         "relu": "saes/relu/cfg.json says d_in=512 but saes/relu/sae_weights.safetensors has d_in=576 (W_dec is "
-                f"1152x576): the two files do not belong together: {fix(ws_path, 'relu')}"}
+        f"1152x576): the two files do not belong together: {fix(ws_path, 'relu')}"
+    }
 
 
 def test_weights_whose_d_in_is_not_the_model_width_are_a_problem(tiny_src, tmp_path):
@@ -116,12 +126,21 @@ def test_weights_whose_d_in_is_not_the_model_width_are_a_problem(tiny_src, tmp_p
     cfg = json.loads((d / "cfg.json").read_text())
     (d / "cfg.json").write_text(json.dumps({**cfg, "d_in": 64}))
     z = np.zeros
-    save_file({"W_enc": z((64, 1152), np.float32), "W_dec": z((1152, 64), np.float32),
-               "b_enc": z(1152, np.float32), "b_dec": z(64, np.float32)}, str(d / "sae_weights.safetensors"))
+    save_file(
+        {
+            "W_enc": z((64, 1152), np.float32),
+            "W_dec": z((1152, 64), np.float32),
+            "b_enc": z(1152, np.float32),
+            "b_dec": z(64, np.float32),
+        },
+        str(d / "sae_weights.safetensors"),
+    )
     b = Backend(ws)
-    assert b.problems == ["saes/relu/sae_weights.safetensors has d_in=64 but the model's activations at "
-                          "blocks.6.hook_resid_post have d=576 (activations/blocks.6.hook_resid_post/meta.json): "
-                          f"{fix(ws, 'relu')}"]
+    assert b.problems == [
+        "saes/relu/sae_weights.safetensors has d_in=64 but the model's activations at "
+        "blocks.6.hook_resid_post have d=576 (activations/blocks.6.hook_resid_post/meta.json): "
+        f"{fix(ws, 'relu')}"
+    ]
     assert "relu" not in b.sae_names
     b.close()
 
@@ -150,9 +169,11 @@ def test_an_index_of_random_bytes_is_one_clean_error(tiny_src, tmp_path):
     (ws / "index.duckdb").write_bytes(np.random.default_rng(0).bytes(20_000))
     with pytest.raises(IndexUnreadable) as e:
         Backend(ws)
-    assert str(e.value) == (f"index.duckdb in {ws} cannot be read (The file index.duckdb exists, but it is not a "
-                            f"valid DuckDB database file!): rebuild it with `python -m backend index --workspace {ws} "
-                            "--force`")
+    assert str(e.value) == (
+        f"index.duckdb in {ws} cannot be read (The file index.duckdb exists, but it is not a "
+        f"valid DuckDB database file!): rebuild it with `python -m backend index --workspace {ws} "
+        "--force`"
+    )
 
 
 def test_an_index_without_its_tables_is_one_clean_error(tmp_path):
@@ -171,12 +192,23 @@ def test_an_index_without_its_tables_is_one_clean_error(tmp_path):
 def test_the_next_build_removes_what_killed_builds_left(tmp_path):
     ws, dead, me = tmp_path / "ws", 999_999_999, os.getpid()
     (ws / "saes" / "topk").mkdir(parents=True)
-    stale = [ws / f".index.duckdb.{dead}-7.staging", ws / f".index.duckdb.{dead}-7.staging.wal",
-             ws / f".index.duckdb.{dead}-7.building", ws / "corpora" / ".windows.parquet.tmp",
-             ws / "saes" / f".topk-{dead}-ab_cd123", ws / "saes" / ".relu-x1y2z3w4", ws / f".workspace.yaml.{dead}.tmp"]
-    kept = [ws / "index.duckdb", ws / f".index.duckdb.{me}-7.staging", ws / "saes" / f".topk-{me}-ab_cd123",
-            ws / "saes" / ".topk.checkpoint" / "state.json", ws / "saes" / "topk" / "cfg.json",
-            ws / ".lock"]
+    stale = [
+        ws / f".index.duckdb.{dead}-7.staging",
+        ws / f".index.duckdb.{dead}-7.staging.wal",
+        ws / f".index.duckdb.{dead}-7.building",
+        ws / "corpora" / ".windows.parquet.tmp",
+        ws / "saes" / f".topk-{dead}-ab_cd123",
+        ws / "saes" / ".relu-x1y2z3w4",
+        ws / f".workspace.yaml.{dead}.tmp",
+    ]
+    kept = [
+        ws / "index.duckdb",
+        ws / f".index.duckdb.{me}-7.staging",
+        ws / "saes" / f".topk-{me}-ab_cd123",
+        ws / "saes" / ".topk.checkpoint" / "state.json",
+        ws / "saes" / "topk" / "cfg.json",
+        ws / ".lock",
+    ]
     for p in stale + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         if p.name.startswith(".topk-") or p.name.startswith(".relu-"):
@@ -208,15 +240,24 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "workspace.yaml").write_text("name: w\ncorpora: [{name: hpo}]\nsaes: [{name: s}]\n")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         holder.stdin.write(f"{ws}\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "held"
         assert lock_holder(ws)["command"] == "python -m backend build configs/tiny.yaml"
-        with pytest.raises(WorkspaceBusy, match=rf"^workspace {ws} is being written by process {holder.pid} "
-                                                r"\(`python -m backend build configs/tiny\.yaml`, started 20"):
+        with pytest.raises(
+            WorkspaceBusy,
+            match=rf"^workspace {ws} is being written by process {holder.pid} "
+            r"\(`python -m backend build configs/tiny\.yaml`, started 20",
+        ):
             with workspace_lock(ws):
                 pass
         with pytest.raises(WorkspaceBusy):  # waiting (test sessions sharing a workspace) gives up at the deadline
@@ -250,13 +291,15 @@ def test_app_serves_the_good_workspace_when_another_is_broken(tiny_src, tmp_path
     backends = app.open_backends(dirs)
     assert [b.ws.path for b in backends] == [good] and "relu" not in backends[0].sae_names
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"[app] skipping {bad}: index.duckdb in {bad} cannot be read (The file index.duckdb exists, but "
-                   f"it is not a valid DuckDB database file!): rebuild it with `python -m backend index --workspace "
-                   f"{bad} --force`",
-                   f"[app] tiny: not serving an SAE: saes/relu/cfg.json must hold a JSON object, not list: "
-                   f"{fix(good, 'relu')}"]
+    assert err == [
+        f"[app] skipping {bad}: index.duckdb in {bad} cannot be read (The file index.duckdb exists, but "
+        f"it is not a valid DuckDB database file!): rebuild it with `python -m backend index --workspace "
+        f"{bad} --force`",
+        f"[app] tiny: not serving an SAE: saes/relu/cfg.json must hold a JSON object, not list: {fix(good, 'relu')}",
+    ]
     backends[0].close()
     assert app.main(["--workspace", str(bad)]) == 2  # alone, it is the one error line
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: index.duckdb in {bad} cannot be read (The file index.duckdb exists, but it is not a valid DuckDB "
-        f"database file!): rebuild it with `python -m backend index --workspace {bad} --force`"]
+        f"database file!): rebuild it with `python -m backend index --workspace {bad} --force`"
+    ]

@@ -1,23 +1,17 @@
 """Model adapters: the only code that touches model internals."""
+
 from __future__ import annotations
 
-from backend.config import ModelConfig
 from backend.adapters.base import ModelAdapter, Site, TokenBatch
+from backend.config import ModelConfig
 
 
 def load_adapter(cfg: ModelConfig, verbose: bool = True) -> ModelAdapter:
-    """The adapter for a model config: a causal LM, a protein LM (ESM-2) or a sequential recommender."""
-    if cfg.kind == "protein":
-        from backend.adapters.protein import load_protein
+    """The adapter for a model config: the loader of its kind's record (backend/modalities), e.g. a causal LM,
+    a protein LM (ESM-2) or a sequential recommender."""
+    from backend.modalities import get_modality  # not at import: the kinds' modules import the adapters
 
-        return load_protein(cfg, verbose=verbose)
-    if cfg.kind == "recsys":
-        from backend.modalities.recsys import load_recsys
-
-        return load_recsys(cfg, verbose=verbose)
-    from backend.adapters.causal_lm import load_causal_lm
-
-    return load_causal_lm(cfg, verbose=verbose)
+    return get_modality(cfg.kind).load_adapter(cfg, verbose)
 
 
 __all__ = ["ModelAdapter", "Site", "TokenBatch", "load_adapter"]

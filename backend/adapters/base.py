@@ -14,12 +14,14 @@ Hazards:
 - ``intervene`` is a context manager scoped to one call: the hook is removed in ``finally``.
   Interventions never leak between requests because nothing is global.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -41,7 +43,7 @@ class Site:
         return f"blocks.{self.layer}.hook_{self.kind}"
 
     @classmethod
-    def parse(cls, name: str, n_layers: int | None = None) -> "Site":
+    def parse(cls, name: str, n_layers: int | None = None) -> Site:
         m = SITE_RE.match(name.strip())
         if not m:
             raise ValueError(
@@ -49,9 +51,7 @@ class Site:
             )
         site = cls(int(m.group(1)), m.group(2))
         if n_layers is not None and not 0 <= site.layer < n_layers:
-            raise ValueError(
-                f"block index {site.layer} is out of range: this model has blocks 0..{n_layers - 1}"
-            )
+            raise ValueError(f"block index {site.layer} is out of range: this model has blocks 0..{n_layers - 1}")
         return site
 
 
@@ -68,7 +68,7 @@ class TokenBatch:
     attention_mask: torch.Tensor
     keep_mask: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "TokenBatch":
+    def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.keep_mask.to(device))
 
 

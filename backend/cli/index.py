@@ -5,6 +5,7 @@
 Labels and maps are computed inside the same build (they need the same encode pass), so there is no
 separate `label` or `map` command. Without --force an existing index is kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,10 @@ def _index(args: argparse.Namespace) -> None:
         return
     timings = build_index(ws, progress=not args.quiet)
     if args.quiet:
-        print(f"[index] {ws.index_path}: {len(ws.config.saes)} SAEs, {timings['tokens']:,.0f} tokens, "
-              f"{timings['total_s']:.0f} s")
+        print(
+            f"[index] {ws.index_path}: {len(ws.config.saes)} SAEs, {timings['tokens']:,.0f} tokens, "
+            f"{timings['total_s']:.0f} s"
+        )
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

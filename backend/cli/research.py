@@ -1,4 +1,5 @@
 """CLI commands for the specialized-SAE research views: subdomain selection, coverage, SHIFT."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,8 @@ from backend.workspace import Workspace, atomic_write_text, open_workspace, work
 
 def shift_reports(ws: Workspace, sae_names: list[str], csv: str | None = None, top: int = 50) -> list[dict]:
     """Run SHIFT for each SAE on a CSV (text, label, group[, split]) or on the demo set; save JSON."""
-    from backend.sae.model import load_sae
     from backend.research.shift import ShiftError, check_table, pooled_latents, run_shift, speeches_shift_table
+    from backend.sae.model import load_sae
 
     if csv:
         try:
@@ -31,7 +32,9 @@ def shift_reports(ws: Workspace, sae_names: list[str], csv: str | None = None, t
     for name in sae_names:
         feats = pooled_latents(adapter, load_sae(ws.sae_dir(name)), site, df["text"].astype(str).tolist())
         reports.append(asdict(run_shift(name, feats, df, top=top)))
-    atomic_write_text(ws.path / "shift" / "report.json", json.dumps({"csv": csv or "demo: speeches", "reports": reports}))
+    atomic_write_text(
+        ws.path / "shift" / "report.json", json.dumps({"csv": csv or "demo: speeches", "reports": reports})
+    )
     return reports
 
 
@@ -41,10 +44,12 @@ def _shift(args: argparse.Namespace) -> None:
     with workspace_lock(ws.path):
         reports = shift_reports(ws, names, args.csv, args.top)
     for r in reports:
-        print(f"{r['sae']:>12s}  ablated {len(r['ablated']):3d} latents | worst-group acc "
-              f"{r['before']['worst_group']:.3f} -> {r['after_ablation']['worst_group']:.3f} (ablate) "
-              f"-> {r['after_retrain']['worst_group']:.3f} (retrain) | overall {r['before']['overall']:.3f} -> "
-              f"{r['after_retrain']['overall']:.3f}")
+        print(
+            f"{r['sae']:>12s}  ablated {len(r['ablated']):3d} latents | worst-group acc "
+            f"{r['before']['worst_group']:.3f} -> {r['after_ablation']['worst_group']:.3f} (ablate) "
+            f"-> {r['after_retrain']['worst_group']:.3f} (retrain) | overall {r['before']['overall']:.3f} -> "
+            f"{r['after_retrain']['overall']:.3f}"
+        )
 
 
 def default_shift_saes(ws: Workspace) -> list[str]:
@@ -86,4 +91,3 @@ def add_commands(sub) -> None:
     d.add_argument("--workspace", required=True)
     d.add_argument("--force", action="store_true")
     d.set_defaults(func=_subdomains)
-

@@ -7,13 +7,22 @@ token id, window row and position, so the indexer can map activations back to te
 ``ShardCache`` stores those rows as safetensors shards (activations in float16 by default)
 so several SAEs train on one pass of the model. A cache is written into a temporary folder and
 renamed into place when complete: an interrupted build leaves no half cache behind.
+
+Attention sinks ("massive activations"): a few tokens of small LMs, mostly the first content token of
+a window, have residual norms 15-200x the median (83 of 250k tokens at SmolLM2's block 12 hold most of
+the variance). They are decided once per cache, at build time, by an explicit rule (``Exclusion``:
+positions below ``first_positions`` and tokens whose norm exceeds ``norm_factor`` x the cache's median
+norm) recorded in meta.json; ``batches`` and ``all_acts`` then serve the normal tokens only, so SAEs
+neither train nor are scored on them (SAELens and SAEBench do the same). They stay in the cache.
 """
+
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from backend.adapters.base import ModelAdapter
-from backend.atomic import atomic_dir
+from backend.atomic import atomic_dir, atomic_write_text
 
 _DT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -71,12 +80,35 @@ def stream_activations(
             seen += len(chunk.acts)
             bar.update(len(chunk.acts))
             if not torch.isfinite(chunk.acts).all():
-                raise FloatingPointError(f"non-finite activations at {site} in windows {start}..{start + len(rows) - 1}")
+                raise FloatingPointError(
+                    f"non-finite activations at {site} in windows {start}..{start + len(rows) - 1}"
+                )
             yield chunk
             if max_tokens and seen >= max_tokens:
                 break
     finally:
         bar.close()
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Which cached tokens are not normal: attention-sink / massive-activation tokens (decided at build time)."""
+
+    first_positions: int = 0  # kept tokens at window positions below this are excluded (BOS is never cached)
+    norm_factor: float = 10.0  # tokens whose L2 norm exceeds norm_factor x the cache's median norm are excluded
+    median_norm: float = float("inf")
+    n_excluded: int = 0
+
+    @property
+    def threshold(self) -> float:
+        return self.norm_factor * self.median_norm if self.norm_factor > 0 else float("inf")
+
+    def normal(self, acts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(n,) bool: the rows that are normal tokens."""
+        ok = pos.long() >= self.first_positions
+        if math.isfinite(self.threshold):
+            ok &= acts.float().norm(dim=1) <= self.threshold
+        return ok
 
 
 class ShardCache:
@@ -90,12 +122,46 @@ class ShardCache:
         self.path = Path(path)
         meta_p = self.path / "meta.json"
         if not meta_p.exists():
-            raise FileNotFoundError(f"no activation cache at {self.path}: build the workspace first (`python -m backend build`)")
+            raise FileNotFoundError(
+                f"no activation cache at {self.path}: build the workspace first (`python -m backend build`)"
+            )
         self.meta = json.loads(meta_p.read_text())
         self.d_in: int = self.meta["d_in"]
         self.n_tokens: int = self.meta["n_tokens"]
         self.site: str = self.meta["site"]
         self.shards = [self.path / s for s in self.meta["shards"]]
+        ex = self.meta.get("exclusion")
+        self.exclusion: Exclusion | None = Exclusion(**ex) if ex else None
+
+    @property
+    def n_normal(self) -> int:
+        """Tokens that ``batches`` and ``all_acts`` serve (all of them when no exclusion was decided)."""
+        return self.n_tokens - (self.exclusion.n_excluded if self.exclusion else 0)
+
+    def decide_exclusion(self, first_positions: int = 0, norm_factor: float = 10.0) -> Exclusion:
+        """Measure the median token norm over the whole cache, count the tokens the rule excludes, and record
+        the rule in meta.json (atomically). Idempotent: the same rule on the same cache gives the same record."""
+        norms, low_pos = [], 0
+        for i in range(len(self.shards)):
+            sh = self.load_shard(i)
+            n = sh["acts"].float().norm(dim=1)
+            keep_pos = sh["pos"].long() >= first_positions
+            low_pos += int((~keep_pos).sum())
+            norms.append(n[keep_pos])
+        allnorm = torch.cat(norms) if norms else torch.empty(0)
+        median = float(allnorm.median()) if len(allnorm) else float("inf")
+        over = int((allnorm > norm_factor * median).sum()) if norm_factor > 0 and len(allnorm) else 0
+        ex = Exclusion(first_positions, float(norm_factor), median, low_pos + over)
+        self.meta["exclusion"] = asdict(ex)
+        atomic_write_text(self.path / "meta.json", json.dumps(self.meta, indent=1))
+        self.exclusion = ex
+        return ex
+
+    def _normal_rows(self, shard: dict[str, torch.Tensor]) -> torch.Tensor:
+        acts = shard["acts"]
+        if self.exclusion is None:
+            return acts.float()
+        return acts[self.exclusion.normal(acts, shard["pos"])].float()
 
     @staticmethod
     def build(
@@ -109,7 +175,7 @@ class ShardCache:
         shard_tokens: int = 65_536,
         dtype: str = "float16",
         progress: bool = True,
-    ) -> "ShardCache":
+    ) -> ShardCache:
         out = Path(out)
         with atomic_dir(out) as tmp:
             names, buf, n_buf, total = [], [], 0, 0
@@ -131,15 +197,23 @@ class ShardCache:
                 names.append(name)
                 buf, n_buf = [], 0
 
-            for chunk in stream_activations(adapter, windows, site, batch_size, max_tokens, progress, desc=f"cache {site}"):
+            for chunk in stream_activations(
+                adapter, windows, site, batch_size, max_tokens, progress, desc=f"cache {site}"
+            ):
                 buf.append(chunk)
                 n_buf += len(chunk.acts)
                 total += len(chunk.acts)
                 if n_buf >= shard_tokens:
                     flush()
             flush()
-            meta = {"site": site, "model": adapter.model_id, "d_in": adapter.d_model, "n_tokens": total,
-                    "dtype": dtype, "shards": names}
+            meta = {
+                "site": site,
+                "model": adapter.model_id,
+                "d_in": adapter.d_model,
+                "n_tokens": total,
+                "dtype": dtype,
+                "shards": names,
+            }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         return ShardCache(out)
 
@@ -147,10 +221,10 @@ class ShardCache:
         return load_file(str(self.shards[i]))
 
     def all_acts(self, max_tokens: int | None = None) -> torch.Tensor:
-        """All cached activations as one float32 tensor (n, d) (mind memory for big caches)."""
+        """All cached normal-token activations as one float32 tensor (n, d) (mind memory for big caches)."""
         out, n = [], 0
         for i in range(len(self.shards)):
-            a = self.load_shard(i)["acts"].float()
+            a = self._normal_rows(self.load_shard(i))
             out.append(a)
             n += len(a)
             if max_tokens and n >= max_tokens:
@@ -159,13 +233,13 @@ class ShardCache:
         return x[:max_tokens] if max_tokens else x
 
     def batches(self, batch_size: int, seed: int = 0, mix_shards: int = 4) -> Iterator[torch.Tensor]:
-        """One shuffled epoch of float32 batches (n <= batch_size, d): shards in random order,
+        """One shuffled epoch of float32 batches (n <= batch_size, d) of normal tokens: shards in random order,
         ``mix_shards`` of them mixed at a time, rows permuted within the mix."""
         g = np.random.default_rng(seed)
         order = g.permutation(len(self.shards))
         carry = torch.empty(0, self.d_in)
         for s in range(0, len(order), mix_shards):
-            group = [self.load_shard(int(i))["acts"].float() for i in order[s : s + mix_shards]]
+            group = [self._normal_rows(self.load_shard(int(i))) for i in order[s : s + mix_shards]]
             pool = torch.cat([carry, *group])
             pool = pool[torch.from_numpy(g.permutation(len(pool)))]
             n_full = len(pool) // batch_size * batch_size

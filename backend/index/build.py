@@ -9,7 +9,7 @@ Pipeline (``build_index``):
 2. Per SAE, ONE encode pass over the train rows (``CHUNK`` tokens at a time) yields the sparse
    firings (row, latent, value); per chunk: firing counts, sums, maxima, per-domain counts, and the
    top-k rows per latent by a streaming threshold-filtered merge (backend/sae/kernels.py: only candidates
-   above a latent's current k-th best are merged, O(candidates) per chunk, PERF.md: 0.7 s vs 165 s).
+   above a latent's current k-th best are merged, O(candidates) per chunk; bench/RESULTS.md times it).
    The firings are kept (``Firings``: 12 bytes per nonzero), so that the rest needs no re-encode:
    - a histogram per latent, ``N_BINS`` equal bins over (0, max];
    - ``n_quantiles`` bands of equal width over (0, max] and ``per_quantile`` uniform samples from
@@ -26,6 +26,7 @@ Hazards: memory is n_tokens x d x 2 bytes for the activations (1M x 576: 1.15 GB
 nonzero latent for one SAE's firings (1M tokens at L0 32: 384 MB). Latent statistics describe the
 train split only; ``density`` is firings / train tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,8 @@ import scipy.sparse as sp
 import torch
 from safetensors import safe_open
 
-from backend.data.activations import ShardCache, stream_activations
 from backend.config import IndexConfig
-from backend.index.maps import joint_layout, layout
+from backend.data.activations import ShardCache, stream_activations
 from backend.index.label import (
     Labeller,
     LatentEvidence,
@@ -52,9 +52,10 @@ from backend.index.label import (
     bigrams_around,
     detection_scores,
 )
-from backend.sae.model import check_site, load_sae
+from backend.index.maps import joint_layout, layout
 from backend.index.store import IndexWriter
 from backend.sae.kernels import StreamingTopK
+from backend.sae.model import check_site, load_sae
 
 CHUNK = 4096
 N_BINS = 20
@@ -111,8 +112,9 @@ class Firings:
             yield r, c, self.value[s : s + size]
 
 
-def index_windows(windows: pd.DataFrame, max_tokens: int, seed: int = 0,
-                  prefer: np.ndarray | None = None) -> pd.DataFrame:
+def index_windows(
+    windows: pd.DataFrame, max_tokens: int, seed: int = 0, prefer: np.ndarray | None = None
+) -> pd.DataFrame:
     """A deterministic subset of windows spread evenly across corpora, ~max_tokens tokens in all:
     each corpus' windows are shuffled (``prefer``-red rows first: those already in the activation
     cache, itself a seeded uniform sample), then taken round-robin (1st of every corpus, 2nd, ...)."""
@@ -158,8 +160,11 @@ def collect(ws, progress: bool = True) -> IndexActs:
     cache, cached = _cached_windows(ws, adapter, allw)
     w = index_windows(allw, ws.config.index.max_tokens, ws.config.train.seed, prefer=cached)
     hit = w.index.isin(cached)
-    chunks = list(stream_activations(adapter, w[~hit], site, ws.config.activations.batch_size, progress=progress,
-                                     desc="index activations"))
+    chunks = list(
+        stream_activations(
+            adapter, w[~hit], site, ws.config.activations.batch_size, progress=progress, desc="index activations"
+        )
+    )
     parts = [(c.acts.half(), c.token_ids.numpy(), c.window.numpy()) for c in chunks]
     for i in range(len(cache.shards) if cache is not None and hit.any() else 0):
         sh = cache.load_shard(i)
@@ -199,9 +204,19 @@ def _ragged(flat: np.ndarray, lengths: np.ndarray, type_: pa.DataType) -> pa.Lis
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=type_))
 
 
-def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembed: torch.Tensor | None,
-              token_strings: Callable[[list[int]], list[str]], seed: int = 0, device: torch.device | str = "cpu",
-              labeller: Labeller | None = None, concepts: tuple[np.ndarray, list[str]] | None = None) -> dict[str, pa.Table]:
+def index_sae(
+    name: str,
+    arch: str,
+    sae,
+    ia: IndexActs,
+    cfg: IndexConfig,
+    unembed: torch.Tensor | None,
+    token_strings: Callable[[list[int]], list[str]],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    labeller: Labeller | None = None,
+    concepts: tuple[np.ndarray, list[str]] | None = None,
+) -> dict[str, pa.Table]:
     """Index one SAE over ``ia``: returns the ``saes``, ``latents`` and ``contexts`` tables (see module doc),
     and ``concepts`` when token concept labels (n, C) are given (protein and recommender workspaces)."""
     d_sae = int(sae.W_dec.shape[0])
@@ -241,15 +256,21 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
     dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
     rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
     g, _, _, row = top.items()
-    ev = LatentEvidence(pairs, np.bincount(ia.token[train], minlength=V).astype(float),
-                        bigrams_around(g, row, ia.token, ia.window, d_sae), rates, ia.domains,
-                        lambda ids: ia.tokstr[ids].tolist())
+    ev = LatentEvidence(
+        pairs,
+        np.bincount(ia.token[train], minlength=V).astype(float),
+        bigrams_around(g, row, ia.token, ia.window, d_sae),
+        rates,
+        ia.domains,
+        lambda ids: ia.tokstr[ids].tolist(),
+    )
     expl = (labeller or StatisticalLabeller()).explain(ev)
     detection_scores(expl, held_pairs, np.bincount(ia.token[held], minlength=V).astype(float))
     tables: dict[str, pa.Table] = {}
     if concepts is not None:
-        held_fire = sp.csr_matrix((np.ones(len(hr), np.float32), (np.searchsorted(held, hr), hc)),
-                                  shape=(len(held), d_sae))  # held-out rows x latents: 1 where it fired
+        held_fire = sp.csr_matrix(
+            (np.ones(len(hr), np.float32), (np.searchsorted(held, hr), hc)), shape=(len(held), d_sae)
+        )  # held-out rows x latents: 1 where it fired
         cm = concept_matches(fired, train, held, held_fire, top.items(), mx, *concepts)
         tables["concepts"] = pa.Table.from_pandas(cm.assign(sae=name), preserve_index=False)
         best = cm.sort_values("confidence", ascending=False).drop_duplicates("latent")
@@ -259,30 +280,64 @@ def index_sae(name: str, arch: str, sae, ia: IndexActs, cfg: IndexConfig, unembe
                 e.label, e.confidence, e.precision, e.recall = r.concept, r.confidence, r.conf_precision, r.conf_recall
     logit_top, logit_bottom = logit_lens(sae.W_dec, unembed, token_strings)
     edges = np.linspace(0, 1, N_BINS + 1)[None, :] * mx[:, None].astype(np.float64)  # (d_sae, N_BINS + 1)
-    latents = pa.table({
-        "sae": [name] * d_sae, "latent": np.arange(d_sae, dtype=np.int32), "density": fires / max(len(train), 1),
-        "mean_act": sums / np.maximum(fires, 1), "max_act": mx.astype(np.float64),
-        "hist_edges": _ragged(edges.ravel(), np.full(d_sae, N_BINS + 1), pa.float64()),
-        "hist_counts": _ragged(hist, np.full(d_sae, N_BINS), pa.int64()),
-        "label": [e.label for e in expl], "confidence": [e.confidence for e in expl],
-        "precision": [e.precision for e in expl], "recall": [e.recall for e in expl],
-        "top_domain": [ia.domains[int(j)] if rates[i].sum() > 0 else "" for i, j in enumerate(rates.argmax(1))],
-        "top_tokens": [json.dumps(ia.tokstr[e.tokens].tolist()) for e in expl],
-        "top_token_scores": [json.dumps(e.scores) for e in expl],
-        "logit_top": logit_top, "logit_bottom": logit_bottom,
-        "domain_rates": [json.dumps(dict(zip(ia.domains, r.round(6).tolist()))) for r in rates],
-    })
+    latents = pa.table(
+        {
+            "sae": [name] * d_sae,
+            "latent": np.arange(d_sae, dtype=np.int32),
+            "density": fires / max(len(train), 1),
+            "mean_act": sums / np.maximum(fires, 1),
+            "max_act": mx.astype(np.float64),
+            "hist_edges": _ragged(edges.ravel(), np.full(d_sae, N_BINS + 1), pa.float64()),
+            "hist_counts": _ragged(hist, np.full(d_sae, N_BINS), pa.int64()),
+            "label": [e.label for e in expl],
+            "confidence": [e.confidence for e in expl],
+            "precision": [e.precision for e in expl],
+            "recall": [e.recall for e in expl],
+            "top_domain": [ia.domains[int(j)] if rates[i].sum() > 0 else "" for i, j in enumerate(rates.argmax(1))],
+            "top_tokens": [json.dumps(ia.tokstr[e.tokens].tolist()) for e in expl],
+            "top_token_scores": [json.dumps(e.scores) for e in expl],
+            "logit_top": logit_top,
+            "logit_bottom": logit_bottom,
+            "domain_rates": [json.dumps(dict(zip(ia.domains, r.round(6).tolist()))) for r in rates],
+        }
+    )
     qg, _, _, qrow = bands.items()
-    contexts = context_table(name, np.r_[g, qg // nb], np.r_[np.zeros(len(g), np.int64), 1 + qg % nb],
-                             np.r_[row, qrow], fired, ia, cfg.context_radius)
-    saes = pa.table({"sae": [name], "architecture": [arch], "d_in": [int(sae.W_dec.shape[1])], "d_sae": [d_sae],
-                     "n_tokens": [len(train)], "n_heldout": [len(held)], "n_quantiles": [nb]})
+    contexts = context_table(
+        name,
+        np.r_[g, qg // nb],
+        np.r_[np.zeros(len(g), np.int64), 1 + qg % nb],
+        np.r_[row, qrow],
+        fired,
+        ia,
+        cfg.context_radius,
+    )
+    saes = pa.table(
+        {
+            "sae": [name],
+            "architecture": [arch],
+            "d_in": [int(sae.W_dec.shape[1])],
+            "d_sae": [d_sae],
+            "n_tokens": [len(train)],
+            "n_heldout": [len(held)],
+            "n_quantiles": [nb],
+        }
+    )
     return {"saes": saes, "latents": latents, "contexts": contexts, **tables}
 
 
-def concept_matches(fired: Firings, train: np.ndarray, held: np.ndarray, held_fire: sp.csr_matrix, top_items,
-                    mx: np.ndarray, labels: np.ndarray, names: list[str], per_latent: int = 3,
-                    max_q: float = 0.05, min_lift: float = 1.5) -> pd.DataFrame:
+def concept_matches(
+    fired: Firings,
+    train: np.ndarray,
+    held: np.ndarray,
+    held_fire: sp.csr_matrix,
+    top_items,
+    mx: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    per_latent: int = 3,
+    max_q: float = 0.05,
+    min_lift: float = 1.5,
+) -> pd.DataFrame:
     """Latent-concept matches of one SAE (backend/index/concepts.py), two ways, each checked on held-out rows:
 
     - ``f1`` (InterPLM): on the train rows, precision/recall/F1 of "fires above t x max" against the
@@ -292,7 +347,7 @@ def concept_matches(fired: Firings, train: np.ndarray, held: np.ndarray, held_fi
       (q <= max_q, lift >= 1.5, >= 3 hits).
     Confidence (RecSAE): on the held-out rows, predict "the latent fires" from the concept alone:
     conf_precision = P(fires | concept), conf_recall = P(concept | fires), confidence = their F1."""
-    from backend.index.concepts import ConceptAccumulator, assign_concepts, enrichment_table
+    from backend.index.concepts import ConceptAccumulator, assign_concepts, enrichment_table, held_out_confidence
 
     d_sae, C = fired.d_sae, labels.shape[1]
     acc = ConceptAccumulator(mx, C)
@@ -317,29 +372,45 @@ def concept_matches(fired: Firings, train: np.ndarray, held: np.ndarray, held_fi
     n_train = labels[train].sum(0)
     enr = enrichment_table(hits, np.bincount(g, minlength=d_sae), n_train, len(train), names)
     top = assign_concepts(enr, max_q=max_q, min_lift=min_lift).assign(method="top")
-    out = pd.concat([f1[["latent", "concept", "method", "threshold", "precision", "recall", "f1", "lift", "q_value"]],
-                     top[["latent", "concept", "method", "share", "lift", "q_value"]]], ignore_index=True)
-    # held-out confidence of every candidate pair
-    Y = sp.csr_matrix(labels[held].astype(np.float32))  # (n_held, C)
-    both = (held_fire.T @ Y).toarray()  # (d_sae, C); held_fire is (n_held, d_sae), rows in ``held`` order
-    n_fire = np.asarray(held_fire.sum(0)).ravel()
-    n_c = np.asarray(Y.sum(0)).ravel()
+    out = pd.concat(
+        [
+            f1[["latent", "concept", "method", "threshold", "precision", "recall", "f1", "lift", "q_value"]],
+            top[["latent", "concept", "method", "share", "lift", "q_value"]],
+        ],
+        ignore_index=True,
+    )
+    # held-out confidence of every candidate pair (held_fire's rows are in ``held`` order)
     col = {c: j for j, c in enumerate(names)}
     li, ci = out["latent"].to_numpy(np.int64), out["concept"].map(col).to_numpy(np.int64)
-    b = both[li, ci]
-    prec = np.divide(b, n_c[ci], out=np.zeros_like(b), where=n_c[ci] > 0)
-    rec = np.divide(b, n_fire[li], out=np.zeros_like(b), where=n_fire[li] > 0)
-    out["conf_precision"], out["conf_recall"] = prec, rec
-    out["confidence"] = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(b), where=(prec + rec) > 0)
-    out["support"] = n_c[ci].astype(np.int64)
-    cols = ["latent", "concept", "method", "threshold", "precision", "recall", "f1", "share", "lift", "q_value",
-            "conf_precision", "conf_recall", "confidence", "support"]
-    return out.reindex(columns=cols).astype({"latent": np.int32}).sort_values(["latent", "confidence"],
-                                                                               ascending=[True, False])
+    out["conf_precision"], out["conf_recall"], out["confidence"], out["support"] = held_out_confidence(
+        held_fire, labels[held], li, ci
+    )
+    cols = [
+        "latent",
+        "concept",
+        "method",
+        "threshold",
+        "precision",
+        "recall",
+        "f1",
+        "share",
+        "lift",
+        "q_value",
+        "conf_precision",
+        "conf_recall",
+        "confidence",
+        "support",
+    ]
+    return (
+        out.reindex(columns=cols)
+        .astype({"latent": np.int32})
+        .sort_values(["latent", "confidence"], ascending=[True, False])
+    )
 
 
-def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.ndarray, fired: Firings,
-                  ia: IndexActs, radius: int) -> pa.Table:
+def context_table(
+    name: str, latent: np.ndarray, band: np.ndarray, center: np.ndarray, fired: Firings, ia: IndexActs, radius: int
+) -> pa.Table:
     """Context rows: the tokens within +-radius of each center row (inside its window) and the latent's
     activation on each. band 0 = top-k (kind 'top'), b >= 1 = quantile band b-1 (kind 'q<b-1>');
     rank = position by activation at the center, descending, within (latent, kind)."""
@@ -357,18 +428,32 @@ def context_table(name: str, latent: np.ndarray, band: np.ndarray, center: np.nd
     rank[order] = np.arange(len(order)) - group_start
     kinds = np.array(["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
     focus = radius - (~valid[:, :radius]).sum(1)  # the center's position in its (clipped) context
-    return pa.table({
-        "sae": [name] * len(center), "latent": latent.astype(np.int32), "kind": kinds[band].tolist(), "rank": rank,
-        "window_row": ia.window[center], "win_offset": (center - focus - start[center]).astype(np.int32),
-        "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
-        "acts": _ragged(acts, lengths, pa.float32()), "focus": focus.astype(np.int32),
-        "source": ia.source[ia.window[center]].tolist(), "domain": [ia.domains[d] for d in ia.domain[center]],
-        "max_act": max_act,
-    })
+    return pa.table(
+        {
+            "sae": [name] * len(center),
+            "latent": latent.astype(np.int32),
+            "kind": kinds[band].tolist(),
+            "rank": rank,
+            "window_row": ia.window[center],
+            "win_offset": (center - focus - start[center]).astype(np.int32),
+            "tokens": _ragged(ia.tokstr[ia.token[flat_rows]], lengths, pa.string()),
+            "acts": _ragged(acts, lengths, pa.float32()),
+            "focus": focus.astype(np.int32),
+            "source": ia.source[ia.window[center]].tolist(),
+            "domain": [ia.domains[d] for d in ia.domain[center]],
+            "max_act": max_act,
+        }
+    )
 
 
-def logit_lens(W_dec: torch.Tensor, U: torch.Tensor | None, token_strings: Callable[[list[int]], list[str]],
-               n: int = 10, chunk: int = 1024, margin: int = 8) -> tuple[list[str], list[str]]:
+def logit_lens(
+    W_dec: torch.Tensor,
+    U: torch.Tensor | None,
+    token_strings: Callable[[list[int]], list[str]],
+    n: int = 10,
+    chunk: int = 1024,
+    margin: int = 8,
+) -> tuple[list[str], list[str]]:
     """JSON [[token, score], ...] of the n highest and n lowest entries of W_dec[l] @ U^T per latent
     ("[]" for every latent when the model has no unembedding).
 
@@ -406,18 +491,29 @@ def _check_saes(ws) -> None:
         raise ValueError("the workspace config lists no SAEs under 'saes:': there is nothing to index")
     missing = [s.name for s in ws.config.saes if not (ws.sae_dir(s.name) / "cfg.json").exists()]
     if missing:
-        raise FileNotFoundError(f"SAE(s) {', '.join(missing)} not trained yet (no cfg.json under {ws.path / 'saes'}): "
-                                f"run `python -m backend build {ws.path / 'workspace.yaml'} --steps train` first")
+        raise FileNotFoundError(
+            f"SAE(s) {', '.join(missing)} not trained yet (no cfg.json under {ws.path / 'saes'}): "
+            f"run `python -m backend build {ws.path / 'workspace.yaml'} --steps train` first"
+        )
 
 
 def _arch(s) -> str:
     return f"{s.architecture} (boosted on {s.boost_base})" if s.boost_base else s.architecture
 
 
-def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, Any]], cfg: IndexConfig,
-                unembed: torch.Tensor | None, token_strings: Callable[[list[int]], list[str]], *, seed: int = 0,
-                device: torch.device | str = "cpu", progress: bool = False,
-                concepts: tuple[np.ndarray, list[str]] | None = None) -> dict[str, float]:
+def write_index(
+    out: str | Path,
+    ia: IndexActs,
+    saes: Iterable[tuple[str, str, Any]],
+    cfg: IndexConfig,
+    unembed: torch.Tensor | None,
+    token_strings: Callable[[list[int]], list[str]],
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    concepts: tuple[np.ndarray, list[str]] | None = None,
+) -> dict[str, float]:
     """Index (name, architecture, sae) triples (a lazy iterable: one SAE in memory at a time) over ``ia``
     and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps."""
     timings: dict[str, float] = {}
@@ -425,8 +521,9 @@ def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, A
     with IndexWriter(out) as writer:
         for name, arch, sae in saes:
             t = time.perf_counter()
-            for table, frame in index_sae(name, arch, sae, ia, cfg, unembed, token_strings, seed, device,
-                                          concepts=concepts).items():
+            for table, frame in index_sae(
+                name, arch, sae, ia, cfg, unembed, token_strings, seed, device, concepts=concepts
+            ).items():
                 writer.add(table, frame)
             mats[name] = sae.W_dec.detach().float().cpu().numpy()
             timings[f"sae:{name}_s"] = time.perf_counter() - t
@@ -437,8 +534,19 @@ def write_index(out: str | Path, ia: IndexActs, saes: Iterable[tuple[str, str, A
         joint = joint_layout(mats, seed=seed, method=method)
         for name, W in mats.items():
             xy = layout(W, seed=seed, method=method)
-            writer.add("map", pd.DataFrame({"sae": name, "latent": np.arange(len(W)), "x": xy[:, 0], "y": xy[:, 1],
-                                            "jx": joint[name][:, 0], "jy": joint[name][:, 1]}))
+            writer.add(
+                "map",
+                pd.DataFrame(
+                    {
+                        "sae": name,
+                        "latent": np.arange(len(W)),
+                        "x": xy[:, 0],
+                        "y": xy[:, 1],
+                        "jx": joint[name][:, 0],
+                        "jy": joint[name][:, 1],
+                    }
+                ),
+            )
         timings["maps_s"] = time.perf_counter() - t
     return timings
 
@@ -467,14 +575,26 @@ def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]
             check_site(sae, adapter.d_model, ws.config.activations.site)
             yield s.name, _arch(s), sae
 
-    from backend.modalities.beyond import token_concepts
+    from backend.modalities import token_concepts
 
     concepts = token_concepts(ws, ws.windows(), ia.window, ia.offsets(), ia.token)  # None for text
     out = Path(out or ws.index_path)
-    timings = write_index(out, ia, saes(), ws.config.index, adapter.unembed(), adapter.token_strings,
-                          seed=ws.config.train.seed, device=adapter.device, progress=progress, concepts=concepts)
+    timings = write_index(
+        out,
+        ia,
+        saes(),
+        ws.config.index,
+        adapter.unembed(),
+        adapter.token_strings,
+        seed=ws.config.train.seed,
+        device=adapter.device,
+        progress=progress,
+        concepts=concepts,
+    )
     timings.update(tokens=float(len(ia.token)), activations_s=t_acts, total_s=time.perf_counter() - t0)
     if progress:
-        print(f"[index] {len(ws.config.saes)} SAEs over {len(ia.token):,} tokens in {timings['total_s']:.0f} s "
-              f"-> {out}", flush=True)
+        print(
+            f"[index] {len(ws.config.saes)} SAEs over {len(ia.token):,} tokens in {timings['total_s']:.0f} s -> {out}",
+            flush=True,
+        )
     return timings

@@ -16,17 +16,21 @@ loop over latents.
 3. Top-activation over-representation (RecSAE): among latent l's ``top_n`` highest (firing)
    positions, share_lc = mean y_c; lift = share / base rate of c; p as in (2) with n = top count.
 4. Confidence (RecSAE): predict "latent l fires" on HELD-OUT data from its concept c alone:
-       precision = |fires and c| / |c|,   recall = |fires and c| / |fires|.
+       precision = |fires and c| / |c|,   recall = |fires and c| / |fires|,   confidence = their F1
+   (``confidence_from_counts``; from dense latents ``concept_confidence``, from the index's sparse
+   held-out firings ``held_out_confidence``).
 
 Hazards: max-relative thresholds make a latent with one huge outlier look sparse; latents that
 never fire get precision 0 and p = 1. Labels and latents must come from the same token order.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from scipy.stats import false_discovery_control, hypergeom
 
@@ -87,16 +91,26 @@ class ConceptAccumulator:
         tp_b, nf_b = pick(tp), pick(np.broadcast_to(nf, tp.shape))
         p = np.minimum(1.0, _enrichment_p(tp_b, self.n, np.broadcast_to(nc[0], tp_b.shape), nf_b) * len(self.thr))
         L, C = best.shape
-        return pd.DataFrame({
-            "latent": np.repeat(np.arange(L), C), "concept": np.tile(np.asarray(concepts, dtype=object), L),
-            "threshold": self.thr.numpy()[best].ravel(), "precision": pick(prec).ravel(), "recall": pick(rec).ravel(),
-            "f1": pick(f1).ravel(), "tp": tp_b.ravel().astype(np.int64), "n_fire": nf_b.ravel().astype(np.int64),
-            "n_concept": np.tile(nc[0, 0], L).astype(np.int64), "p_value": p.ravel(), "q_value": bh_qvalues(p).ravel(),
-        })
+        return pd.DataFrame(
+            {
+                "latent": np.repeat(np.arange(L), C),
+                "concept": np.tile(np.asarray(concepts, dtype=object), L),
+                "threshold": self.thr.numpy()[best].ravel(),
+                "precision": pick(prec).ravel(),
+                "recall": pick(rec).ravel(),
+                "f1": pick(f1).ravel(),
+                "tp": tp_b.ravel().astype(np.int64),
+                "n_fire": nf_b.ravel().astype(np.int64),
+                "n_concept": np.tile(nc[0, 0], L).astype(np.int64),
+                "p_value": p.ravel(),
+                "q_value": bh_qvalues(p).ravel(),
+            }
+        )
 
 
-def concept_f1(latents, labels, concepts: Sequence[str], thresholds: Sequence[float] = THRESHOLDS,
-               chunk: int = 8192) -> pd.DataFrame:
+def concept_f1(
+    latents, labels, concepts: Sequence[str], thresholds: Sequence[float] = THRESHOLDS, chunk: int = 8192
+) -> pd.DataFrame:
     """Best-threshold precision/recall/F1 and enrichment q for every (latent, concept); in-memory input."""
     z, y = _t(latents).float(), _t(labels).bool()
     if y.shape[1] != len(concepts):
@@ -125,8 +139,9 @@ def top_activation_enrichment(latents, labels, concepts: Sequence[str], top_n: i
     return enrichment_table(hits.numpy(), firing.sum(1).numpy(), y.sum(0).numpy(), N, concepts)
 
 
-def enrichment_table(hits: np.ndarray, n_top: np.ndarray, n_concept: np.ndarray, n_total: int,
-                     concepts: Sequence[str]) -> pd.DataFrame:
+def enrichment_table(
+    hits: np.ndarray, n_top: np.ndarray, n_concept: np.ndarray, n_total: int, concepts: Sequence[str]
+) -> pd.DataFrame:
     """The ``top_activation_enrichment`` frame from counts: hits (L, C) concept positives among each
     latent's n_top (L,) top positions; n_concept (C,) positives among all n_total positions."""
     hits = np.round(hits)
@@ -135,27 +150,40 @@ def enrichment_table(hits: np.ndarray, n_top: np.ndarray, n_concept: np.ndarray,
     share = np.divide(hits, n_top, out=np.zeros_like(hits, dtype=float), where=n_top > 0)
     base = np.asarray(n_concept, dtype=float)[None, :] / max(n_total, 1)
     lift = np.divide(share, base, out=np.zeros_like(share), where=base > 0)
-    p = _enrichment_p(hits, n_total, np.broadcast_to(np.asarray(n_concept)[None, :], hits.shape),
-                      np.broadcast_to(n_top, hits.shape))
-    return pd.DataFrame({
-        "latent": np.repeat(np.arange(L), C), "concept": np.tile(np.asarray(concepts, dtype=object), L),
-        "n_top": np.repeat(n_top[:, 0].astype(np.int64), C), "hits": hits.ravel().astype(np.int64),
-        "share": share.ravel(), "base_rate": np.tile(base[0], L), "lift": lift.ravel(),
-        "p_value": p.ravel(), "q_value": bh_qvalues(p).ravel(),
-    })
+    p = _enrichment_p(
+        hits, n_total, np.broadcast_to(np.asarray(n_concept)[None, :], hits.shape), np.broadcast_to(n_top, hits.shape)
+    )
+    return pd.DataFrame(
+        {
+            "latent": np.repeat(np.arange(L), C),
+            "concept": np.tile(np.asarray(concepts, dtype=object), L),
+            "n_top": np.repeat(n_top[:, 0].astype(np.int64), C),
+            "hits": hits.ravel().astype(np.int64),
+            "share": share.ravel(),
+            "base_rate": np.tile(base[0], L),
+            "lift": lift.ravel(),
+            "p_value": p.ravel(),
+            "q_value": bh_qvalues(p).ravel(),
+        }
+    )
 
 
-def assign_concepts(enrichment: pd.DataFrame, max_q: float = 0.05, min_hits: int = 3, min_lift: float = 1.5) -> pd.DataFrame:
+def assign_concepts(
+    enrichment: pd.DataFrame, max_q: float = 0.05, min_hits: int = 3, min_lift: float = 1.5
+) -> pd.DataFrame:
     """Each latent's interpretation: its most significant over-represented concept (smallest p,
     then largest lift) among pairs with q <= max_q, lift >= min_lift and >= ``min_hits`` top positions.
     (min_lift keeps near-universal concepts, e.g. a decade holding 80% of ratings, from winning on p alone.)"""
-    ok = enrichment[(enrichment["q_value"] <= max_q) & (enrichment["hits"] >= min_hits) & (enrichment["lift"] >= min_lift)]
+    ok = enrichment[
+        (enrichment["q_value"] <= max_q) & (enrichment["hits"] >= min_hits) & (enrichment["lift"] >= min_lift)
+    ]
     ok = ok.sort_values(["latent", "p_value", "lift"], ascending=[True, True, False])
     return ok.drop_duplicates("latent")[["latent", "concept", "share", "lift", "q_value"]].reset_index(drop=True)
 
 
-def concept_confidence(latents, labels, concepts: Sequence[str], assignment: pd.DataFrame,
-                       fire_threshold: float = 0.0) -> pd.DataFrame:
+def concept_confidence(
+    latents, labels, concepts: Sequence[str], assignment: pd.DataFrame, fire_threshold: float = 0.0
+) -> pd.DataFrame:
     """RecSAE confidence on held-out tokens: predict fires(l) := concept(l) present.
 
     ``assignment`` has columns latent, concept (e.g. from ``assign_concepts`` on a training split).
@@ -169,11 +197,44 @@ def concept_confidence(latents, labels, concepts: Sequence[str], assignment: pd.
     con = torch.tensor(assignment["concept"].map(col).to_numpy(dtype=np.int64))
     fires = z[:, lat] > fire_threshold  # (N, m)
     pred = y[:, con]  # (N, m)
-    both = (fires & pred).sum(0).double()
-    n_pred, n_fire = pred.sum(0).double(), fires.sum(0).double()
-    prec = torch.where(n_pred > 0, both / n_pred.clamp_min(1), torch.zeros_like(both))
-    rec = torch.where(n_fire > 0, both / n_fire.clamp_min(1), torch.zeros_like(both))
-    f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp_min(1e-12), torch.zeros_like(both))
-    return pd.DataFrame({"latent": lat.numpy(), "concept": assignment["concept"].to_numpy(), "precision": prec.numpy(),
-                         "recall": rec.numpy(), "f1": f1.numpy(), "support": n_pred.numpy().astype(np.int64),
-                         "n_fire": n_fire.numpy().astype(np.int64)})
+    both = (fires & pred).sum(0).double().numpy()
+    n_pred, n_fire = pred.sum(0).double().numpy(), fires.sum(0).double().numpy()
+    prec, rec, f1 = confidence_from_counts(both, n_pred, n_fire)
+    return pd.DataFrame(
+        {
+            "latent": lat.numpy(),
+            "concept": assignment["concept"].to_numpy(),
+            "precision": prec,
+            "recall": rec,
+            "f1": f1,
+            "support": n_pred.astype(np.int64),
+            "n_fire": n_fire.astype(np.int64),
+        }
+    )
+
+
+def held_out_confidence(
+    fires: sp.csr_matrix, labels: np.ndarray, latent: np.ndarray, concept: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``concept_confidence`` of the pairs (latent[i], concept[i]) from sparse firings: ``fires`` (N, L) is 1
+    where a latent fired on a held-out token, ``labels`` (N, C) the same tokens' concepts (the index keeps
+    firings sparse). Returns precision, recall, confidence (float32 for a float32 ``fires``) and support |c|
+    per pair."""
+    Y = sp.csr_matrix(labels.astype(np.float32))  # (N, C)
+    both = (fires.T @ Y).toarray()  # (L, C)
+    n_fire = np.asarray(fires.sum(0)).ravel()
+    n_c = np.asarray(Y.sum(0)).ravel()
+    prec, rec, conf = confidence_from_counts(both[latent, concept], n_c[concept], n_fire[latent])
+    return prec, rec, conf, n_c[concept].astype(np.int64)
+
+
+def confidence_from_counts(
+    both: np.ndarray, n_concept: np.ndarray, n_fire: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair, from held-out counts both = |fires and c|, n_concept = |c|, n_fire = |fires|:
+    precision = both / n_concept = P(fires | c), recall = both / n_fire = P(c | fires) and their F1,
+    0 where a denominator is 0; in both's dtype."""
+    prec = np.divide(both, n_concept, out=np.zeros_like(both), where=n_concept > 0)
+    rec = np.divide(both, n_fire, out=np.zeros_like(both), where=n_fire > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(both), where=(prec + rec) > 0)
+    return prec, rec, f1

@@ -18,6 +18,7 @@ Detection score (``detection_scores``): on HELD-OUT tokens (windows never used t
 predict "l fires" iff the token is one of the label's tokens: precision = TP / predicted,
 recall = TP / fired, confidence = F1. Hazard: a latent that never fires on held-out text scores 0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -104,8 +105,9 @@ class StatisticalLabeller:
         return text
 
 
-def bigrams_around(latent: np.ndarray, row: np.ndarray, token: np.ndarray, window: np.ndarray,
-                   d_sae: int) -> list[list[tuple[int, int]]]:
+def bigrams_around(
+    latent: np.ndarray, row: np.ndarray, token: np.ndarray, window: np.ndarray, d_sae: int
+) -> list[list[tuple[int, int]]]:
     """Per latent, the token-id bigrams (previous, max) and (max, next) around each of its top rows,
     keeping only pairs inside one window. latent/row: the top-k (latent, row) pairs; token/window: per row."""
     out: list[list[tuple[int, int]]] = [[] for _ in range(d_sae)]

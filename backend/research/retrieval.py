@@ -9,11 +9,12 @@ scikit-learn tokenization) scores each item by its best-matching seed, for compa
 Hazard: the seeds themselves are excluded from the pool by the caller (they are held out so
 that retrieval precision measures what retrieval adds).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -48,8 +49,9 @@ def embedder():
 
 def embed(texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """(n, 384) float32 unit vectors."""
-    v = embedder().encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
-                          normalize_embeddings=True, convert_to_numpy=True)
+    v = embedder().encode(
+        list(texts), batch_size=batch_size, show_progress_bar=progress, normalize_embeddings=True, convert_to_numpy=True
+    )
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
@@ -89,8 +91,14 @@ def bm25_scores(seeds: Sequence[str], pool: Sequence[str], k1: float = 1.5, b: f
     return np.asarray((w @ q.T).max(axis=1).todense()).ravel()
 
 
-def select(seeds: Sequence[str], pool: Sequence[str], n: int, method: str = "dense",
-           min_score: float | None = None, progress: bool = False) -> Selection:
+def select(
+    seeds: Sequence[str],
+    pool: Sequence[str],
+    n: int,
+    method: str = "dense",
+    min_score: float | None = None,
+    progress: bool = False,
+) -> Selection:
     """The n pool items closest to the seed set, best first."""
     if method == "dense":
         scores = dense_scores(seeds, pool, progress)

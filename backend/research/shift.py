@@ -19,6 +19,7 @@ and 2016 debate statements, label = party, group = register (convention speech v
 In train the register predicts the party (90% of Democratic examples are debate statements, 90%
 of Republican ones convention speeches); in test every (party, register) cell is the same size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from backend.data.activations import stream_activations
-from backend.data.corpora import clean_text
 from backend.data.assets import asset_path
+from backend.data.corpora import clean_text
 
 
 class ShiftError(ValueError):
@@ -94,7 +95,9 @@ def speeches_shift_table(n_per_cell: int = 150, seed: int = 0, chunk_words: int 
 
 
 @torch.inference_mode()
-def pooled_latents(adapter, sae, site: str, texts: list[str], context_len: int = 64, batch_size: int = 16) -> np.ndarray:
+def pooled_latents(
+    adapter, sae, site: str, texts: list[str], context_len: int = 64, batch_size: int = 16
+) -> np.ndarray:
     """(n_texts, d_sae) mean SAE latents over each text's kept tokens."""
     ids = [adapter.encode_ids(t)[: context_len - 1] for t in texts]
     windows = pd.DataFrame({"token_ids": ids})
@@ -109,7 +112,12 @@ def pooled_latents(adapter, sae, site: str, texts: list[str], context_len: int =
 
 def _accuracy(clf, X: np.ndarray, y: np.ndarray, g: np.ndarray) -> dict[str, float]:
     pred = clf.predict(X)
-    cells = [(pred[(y == a) & (g == b)] == a).mean() for a in np.unique(y) for b in np.unique(g) if ((y == a) & (g == b)).any()]
+    cells = [
+        (pred[(y == a) & (g == b)] == a).mean()
+        for a in np.unique(y)
+        for b in np.unique(g)
+        if ((y == a) & (g == b)).any()
+    ]
     return {"overall": float((pred == y).mean()), "worst_group": float(min(cells))}
 
 
@@ -145,7 +153,10 @@ def run_shift(name: str, feats: np.ndarray, df: pd.DataFrame, top: int = 50, see
     Xa = X.copy()
     Xa[:, tied] = 0.0
     return ShiftReport(
-        sae=name, n_train=int(tr.sum()), n_test=int(te.sum()), ablated=tied,
+        sae=name,
+        n_train=int(tr.sum()),
+        n_test=int(te.sum()),
+        ablated=tied,
         before=_accuracy(clf, X[te], y[te], g[te]),
         after_ablation=_accuracy(clf, Xa[te], y[te], g[te]),
         after_retrain=_accuracy(probe(Xa), Xa[te], y[te], g[te]),

@@ -11,6 +11,7 @@ For each ``subdomains:`` entry of the workspace config:
 
 Outputs: ``<ws>/subdomains/<name>.parquet`` (window row, score, rank) and ``<name>.json`` (stats).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from backend.research import retrieval
-from backend.data.activations import ShardCache
 from backend.config import SubdomainConfig
+from backend.data.activations import ShardCache
+from backend.research import retrieval
 from backend.workspace import Workspace, atomic_write_parquet, atomic_write_text
 
 
@@ -64,8 +65,14 @@ def build_subdomain(ws: Workspace, sd: SubdomainConfig, force: bool = False, ver
     seeds = [texts[i] for i in seed_rows]
     pool_texts = [texts[i] for i in pool.index]
     vecs = window_embeddings(ws, texts, verbose)
-    stats: dict = {"name": sd.name, "seed_corpus": sd.seed_corpus, "domain": domain, "n_seeds": len(seed_rows),
-                   "pool": len(pool), "method": sd.method}
+    stats: dict = {
+        "name": sd.name,
+        "seed_corpus": sd.seed_corpus,
+        "domain": domain,
+        "n_seeds": len(seed_rows),
+        "pool": len(pool),
+        "method": sd.method,
+    }
     chosen = None
     for method in ("dense", "bm25"):  # run both: the configured one is used, the other is reported
         t0 = time.time()
@@ -75,23 +82,42 @@ def build_subdomain(ws: Workspace, sd: SubdomainConfig, force: bool = False, ver
             scores = retrieval.bm25_scores(seeds, pool_texts)
         sel = retrieval.top_n(scores, sd.select, retrieval.DEFAULT_FLOOR[method], method, len(seeds))
         picked = pool.iloc[sel.indices]
-        stats[method] = {"seconds": round(time.time() - t0, 2), "selected": int(len(sel.indices)),
-                         "precision": float((picked["domain"] == domain).mean())}
+        stats[method] = {
+            "seconds": round(time.time() - t0, 2),
+            "selected": int(len(sel.indices)),
+            "precision": float((picked["domain"] == domain).mean()),
+        }
         if method == sd.method:
             chosen = sel
         if verbose:
-            print(f"[subdomain] {sd.name}: {method} picked {len(sel.indices)} windows, "
-                  f"precision {stats[method]['precision']:.2f} ({stats[method]['seconds']} s)", flush=True)
+            print(
+                f"[subdomain] {sd.name}: {method} picked {len(sel.indices)} windows, "
+                f"precision {stats[method]['precision']:.2f} ({stats[method]['seconds']} s)",
+                flush=True,
+            )
     assert chosen is not None
     rows = np.concatenate([seed_rows.to_numpy(), pool.index.to_numpy()[chosen.indices]])
-    table = pd.DataFrame({"window": rows, "score": np.concatenate([np.full(len(seed_rows), np.inf), chosen.scores]),
-                          "seed": np.arange(len(rows)) < len(seed_rows)})
+    table = pd.DataFrame(
+        {
+            "window": rows,
+            "score": np.concatenate([np.full(len(seed_rows), np.inf), chosen.scores]),
+            "seed": np.arange(len(rows)) < len(seed_rows),
+        }
+    )
     if len(rows) < 2:
         raise SubdomainError(f"subdomain {sd.name!r} has fewer than 2 windows: add seeds or raise `select`")
     ac = ws.config.activations
-    cache = ShardCache.build(ws.adapter(verbose=False), w.loc[rows].sample(frac=1.0, random_state=0), ac.site, cache_path,
-                             batch_size=ac.batch_size, max_tokens=sd.max_tokens, shard_tokens=ac.shard_tokens,
-                             dtype=ac.cache_dtype, progress=verbose)
+    cache = ShardCache.build(
+        ws.adapter(verbose=False),
+        w.loc[rows].sample(frac=1.0, random_state=0),
+        ac.site,
+        cache_path,
+        batch_size=ac.batch_size,
+        max_tokens=sd.max_tokens,
+        shard_tokens=ac.shard_tokens,
+        dtype=ac.cache_dtype,
+        progress=verbose,
+    )
     if cache.n_tokens < ws.config.train.batch_size:
         raise SubdomainError(
             f"subdomain {sd.name!r} has {cache.n_tokens:,} tokens, fewer than one training batch "
@@ -101,8 +127,3 @@ def build_subdomain(ws: Workspace, sd: SubdomainConfig, force: bool = False, ver
     atomic_write_parquet(table, sel_path)
     atomic_write_text(sel_path.with_suffix(".json"), json.dumps(stats, indent=1))
     return cache
-
-
-def subdomain_stats(ws: Workspace, name: str) -> dict:
-    p = ws.path / "subdomains" / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else {}

@@ -7,6 +7,7 @@
 so forward(x) == decode(encode(x)) == base(x) + resid(x - base(x)). The composite's W_dec is
 the base's rows followed by the residual's, which is what steering and the index use.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,6 @@ class _Cfg:
         self.d_sae = base.cfg.d_sae + resid.cfg.d_sae
         self.d_base = base.cfg.d_sae
         self.architecture = f"boosted({base.cfg.architecture}+{resid.cfg.architecture})"
-        self.activation = self.architecture
         self.k = base.cfg.k + resid.cfg.k
         self.hook_name = base.cfg.hook_name
         self.model_name = base.cfg.model_name

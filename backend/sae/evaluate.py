@@ -15,6 +15,7 @@ probe direction. Absorption rate = share of tokens the probe gets right on which
 of their letter does not fire while another latent whose decoder row has cosine > 0.15 with the
 probe direction does (that latent has absorbed the letter feature on those tokens).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from backend.sae.train import write_metrics
+from backend.sae.model import write_metrics
 
 
 @torch.inference_mode()
@@ -51,8 +52,13 @@ def reconstruction_metrics(sae, x: torch.Tensor, widths: list[int] | None = None
             pref[w] += float((xc - (z[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum())
     n = len(x)
     out = {
-        "l0": l0 / n, "fvu": err / var, "explained_variance": 1 - err / var, "mse": err / x.numel(), "cosine": cos / n,
-        "dead_frac": float((fires == 0).float().mean()), "dense_frac": float((fires / n > 0.1).float().mean()),
+        "l0": l0 / n,
+        "fvu": err / var,
+        "explained_variance": 1 - err / var,
+        "mse": err / x.numel(),
+        "cosine": cos / n,
+        "dead_frac": float((fires == 0).float().mean()),
+        "dense_frac": float((fires / n > 0.1).float().mean()),
         "n_tokens": n,
     }
     if pref:
@@ -61,27 +67,37 @@ def reconstruction_metrics(sae, x: torch.Tensor, widths: list[int] | None = None
 
 
 @torch.inference_mode()
-def decoder_max_cos(W_dec: torch.Tensor, chunk: int = 2048) -> np.ndarray:
-    """Each decoder row's max |cosine| to any other row; memory chunk x d_sae."""
+def decoder_max_cos(W_dec: torch.Tensor, other: torch.Tensor | None = None, chunk: int = 2048) -> np.ndarray:
+    """(d_sae,) each decoder row's max cosine to the rows of ``other`` (another SAE's W_dec), or, without
+    ``other``, its max |cosine| to any other row of W_dec (itself excluded); memory chunk x len(other)."""
     W = F.normalize(W_dec.float(), dim=1)
+    R = W if other is None else F.normalize(other.float(), dim=1)
     out = []
     for s in range(0, len(W), chunk):
-        c = (W[s : s + chunk] @ W.T).abs()
-        c[torch.arange(len(c)), torch.arange(s, s + len(c))] = 0
+        c = W[s : s + chunk] @ R.T
+        if other is None:
+            c = c.abs()
+            c[torch.arange(len(c)), torch.arange(s, s + len(c))] = 0
         out.append(c.max(1).values)
     return torch.cat(out).numpy()
 
 
 def cos_stats(W_dec: torch.Tensor) -> dict:
     mc = decoder_max_cos(W_dec)
-    return {"mean": float(mc.mean()), "quantiles": {str(q): float(np.quantile(mc, q)) for q in (0.1, 0.5, 0.9, 0.99)},
-            "hist": np.histogram(mc, bins=20, range=(0, 1))[0].tolist()}
+    return {
+        "mean": float(mc.mean()),
+        "quantiles": {str(q): float(np.quantile(mc, q)) for q in (0.1, 0.5, 0.9, 0.99)},
+        "hist": np.histogram(mc, bins=20, range=(0, 1))[0].tolist(),
+    }
 
 
 def _splice_fn(sae, keep: torch.Tensor, mode: str):
     def fn(x: torch.Tensor) -> torch.Tensor:
-        new = torch.zeros_like(x) if mode == "zero" else \
-            sae.forward(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
+        new = (
+            torch.zeros_like(x)
+            if mode == "zero"
+            else sae.forward(x.reshape(-1, x.shape[-1]).float()).reshape(x.shape).to(x.dtype)
+        )
         return torch.where(keep.to(x.device)[..., None], new, x)
 
     return fn
@@ -99,16 +115,22 @@ def reference_passes(adapter, site: str, windows: pd.DataFrame, batch_size: int 
         clean = adapter.logits(b)[:, :-1]
         with adapter.intervene(site, _splice_fn(None, b.keep_mask, "zero")):
             zero = adapter.logits(b)[:, :-1]
-        out.append({"batch": b, "domains": list(rows["domain"]),
-                    "logp": F.log_softmax(clean, -1).to(torch.bfloat16),
-                    "ce_clean": F.cross_entropy(clean.transpose(1, 2), tgt.to(clean.device), reduction="none").cpu(),
-                    "ce_zero": F.cross_entropy(zero.transpose(1, 2), tgt.to(zero.device), reduction="none").cpu()})
+        out.append(
+            {
+                "batch": b,
+                "domains": list(rows["domain"]),
+                "logp": F.log_softmax(clean, -1).to(torch.bfloat16),
+                "ce_clean": F.cross_entropy(clean.transpose(1, 2), tgt.to(clean.device), reduction="none").cpu(),
+                "ce_zero": F.cross_entropy(zero.transpose(1, 2), tgt.to(zero.device), reduction="none").cpu(),
+            }
+        )
     return out
 
 
 @torch.inference_mode()
-def ce_metrics(adapter, sae, site: str, windows: pd.DataFrame | None = None, batch_size: int = 8,
-               refs: list[dict] | None = None) -> dict:
+def ce_metrics(
+    adapter, sae, site: str, windows: pd.DataFrame | None = None, batch_size: int = 8, refs: list[dict] | None = None
+) -> dict:
     """CE (clean, spliced, zero-ablated), CE recovered, KL(clean || spliced), perplexity per domain."""
     refs = reference_passes(adapter, site, windows, batch_size) if refs is None else refs
     sums = {k: 0.0 for k in ("clean", "sae", "zero", "kl")}
@@ -136,10 +158,14 @@ def ce_metrics(adapter, sae, site: str, windows: pd.DataFrame | None = None, bat
     avg = {k: v / max(n, 1) for k, v in sums.items()}
     denom = avg["zero"] - avg["clean"]
     return {
-        "ce_clean": avg["clean"], "ce_sae": avg["sae"], "ce_zero": avg["zero"], "kl": avg["kl"],
+        "ce_clean": avg["clean"],
+        "ce_sae": avg["sae"],
+        "ce_zero": avg["zero"],
+        "kl": avg["kl"],
         "ce_recovered": (avg["zero"] - avg["sae"]) / denom if abs(denom) > 1e-9 else float("nan"),
-        "ppl_by_domain": {d: {"clean": math.exp(c / max(t, 1)), "sae": math.exp(s / max(t, 1))}
-                          for d, (c, s, t) in per_dom.items()},
+        "ppl_by_domain": {
+            d: {"clean": math.exp(c / max(t, 1)), "sae": math.exp(s / max(t, 1))} for d, (c, s, t) in per_dom.items()
+        },
         "ce_tokens": n,
     }
 
@@ -185,8 +211,12 @@ def _absorbed(sae, X, Xn, y, W, sd, use) -> dict:
     other = (z.float() @ aligned.float())[torch.arange(len(y)), y] > 0
     absorbed = int((right & ~main_fires & other).sum())
     total = int(right.sum())
-    return {"absorption_rate": absorbed / max(total, 1), "absorption_tokens": total, "letters": len(use),
-            "probe_accuracy": float(right.float().mean())}
+    return {
+        "absorption_rate": absorbed / max(total, 1),
+        "absorption_tokens": total,
+        "letters": len(use),
+        "probe_accuracy": float(right.float().mean()),
+    }
 
 
 @torch.inference_mode()
@@ -214,7 +244,7 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
     ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
     from backend.sae.model import load_sae
 
-    adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.modality
+    adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.kind  # kind: backend/modalities
     cache = ws.activation_source()
     x = cache.all_acts(n_tokens)
     tok = torch.cat([cache.load_shard(i)["token_ids"] for i in range(len(cache.shards))])[: len(x)]
@@ -230,19 +260,26 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
         xs = x if s.data == "general" else ws.activation_source(s.data).all_acts(n_tokens)
         m = reconstruction_metrics(sae, xs, s.matryoshka_widths or None)
         m["decoder_max_cos"] = cos_stats(sae.W_dec)
-        if kind in ("text", "recsys"):  # next-token / next-item CE with the SAE spliced in
+        if kind.eval_next_token_ce:  # next-token / next-item CE with the SAE spliced in
             refs = refs or reference_passes(adapter, site, sample)
             m.update(ce_metrics(adapter, sae, site, refs=refs))
-        elif getattr(adapter, "head", "") == "classifier":
+        elif kind.eval_classifier and getattr(adapter, "head", "") == "classifier":
             m.update(classifier_metrics(adapter, sae, site, sample))
-        if kind == "text":  # the first-letter task needs words
+        if kind.eval_absorption:  # the first-letter task needs words
             m.update(absorption(adapter, sae, x, tok))
         write_metrics(d, m)
         if progress:
-            down = (f"CE recovered {m['ce_recovered']:.3f}" if "ce_recovered" in m else
-                    f"classifier KL {m['classifier_kl']:.4f}" if "classifier_kl" in m else "")
-            print(f"[eval] {s.name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  {down}  "
-                  f"absorption {m.get('absorption_rate')}", flush=True)
+            down = (
+                f"CE recovered {m['ce_recovered']:.3f}"
+                if "ce_recovered" in m
+                else f"classifier KL {m['classifier_kl']:.4f}"
+                if "classifier_kl" in m
+                else ""
+            )
+            print(
+                f"[eval] {s.name}: L0 {m['l0']:.1f}  FVU {m['fvu']:.3f}  {down}  absorption {m.get('absorption_rate')}",
+                flush=True,
+            )
 
 
 def evaluate_folder(sae_dir: Path, acts: torch.Tensor) -> dict:

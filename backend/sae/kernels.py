@@ -5,6 +5,7 @@ chunk's candidates are first filtered against the group's current k-th best scor
 few chunks discards almost everything; only survivors are merged by one lexsort together with
 the kept entries. Cost per chunk: O(candidates + groups * k), not O(tokens * groups).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,6 @@ class StreamingTopK:
         return g, r, self.score[g, r], self.payload[g, r]
 
 
-
 # ---- exact pre-activations of selected (token, latent) pairs (the SAE trainer's bf16 path) ------
 
 _PAIR_DOTS = None
@@ -88,8 +88,14 @@ def pair_dots(rows, cols, x_c, W_t, b_enc=None):
     if b_enc is None:
         b_enc = torch.zeros(W_t.shape[0])
     if len(rows):
-        _pair_dots_kernel()(rows.numpy(), cols.numpy(), x_c.detach().contiguous().numpy(),
-                            W_t.detach().contiguous().numpy(), b_enc.detach().contiguous().numpy(), out)
+        _pair_dots_kernel()(
+            rows.numpy(),
+            cols.numpy(),
+            x_c.detach().contiguous().numpy(),
+            W_t.detach().contiguous().numpy(),
+            b_enc.detach().contiguous().numpy(),
+            out,
+        )
     return torch.from_numpy(out)
 
 
@@ -99,7 +105,8 @@ def pair_dots_torch(rows, cols, x_c, W_t, b_enc=None):
 
     offsets = torch.arange(len(rows), device=rows.device)
     dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-        x_c.detach().contiguous(), W_t.detach().contiguous(), cols, offsets, rows, 0, -1)
+        x_c.detach().contiguous(), W_t.detach().contiguous(), cols, offsets, rows, 0, -1
+    )
     return dots if b_enc is None else dots + b_enc.detach()[cols]
 
 

@@ -4,6 +4,7 @@ Notation: x (N, d_in) inputs, recons (N, d_in), latents (N, d_sae), W_dec (d_sae
 Reconstruction losses are normalized by the batch's total variance, so the main term *is* the
 fraction of variance unexplained (FVU) and every coefficient is independent of activation scale.
 """
+
 from __future__ import annotations
 
 import math

@@ -14,6 +14,7 @@ after training), never W_enc columns. A boosted residual SAE has b_dec fixed to 
 Format: the SAELens layout (cfg.json + sae_weights.safetensors); sparsify's (cfg.json +
 sae.safetensors) loads too. Weights are read with safetensors only; nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-
-from backend.atomic import atomic_dir
 from torch import nn
 
-INFERENCE_ARCHS = ("relu", "topk", "jumprelu")
+from backend.atomic import atomic_dir, atomic_write_text
+from backend.config import ARCHITECTURES
+
 _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
 
@@ -37,23 +38,22 @@ class SaeError(ValueError):
 
 
 @dataclass
-class SaeCfg:
+class SaeSpec:
+    """The shape and metadata of one Sae module (what cfg.json records); config.SaeConfig is the training
+    recipe of a workspace's SAE, from which the trainer makes one of these."""
+
     d_in: int
     d_sae: int
-    architecture: str = "topk"  # relu | topk | batchtopk (training only) | jumprelu
+    architecture: str = "topk"  # relu | topk | batchtopk (training only; saved as jumprelu) | jumprelu
     k: int = 32
     hook_name: str = ""
     model_name: str = ""
     apply_b_dec: bool = True  # False for boosted residual SAEs (b_dec fixed at 0)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def activation(self) -> str:
-        return self.architecture
-
     def __post_init__(self) -> None:
-        if self.architecture not in INFERENCE_ARCHS + ("batchtopk",):
-            raise SaeError(f"unknown SAE architecture {self.architecture!r}: use one of relu, topk, batchtopk, jumprelu")
+        if self.architecture not in ARCHITECTURES:
+            raise SaeError(f"unknown SAE architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}")
         if self.d_in < 1 or self.d_sae < 1:
             raise SaeError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
         if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
@@ -61,7 +61,7 @@ class SaeCfg:
 
 
 class Sae(nn.Module):
-    def __init__(self, cfg: SaeCfg, seed: int = 0):
+    def __init__(self, cfg: SaeSpec, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
@@ -128,8 +128,10 @@ class Sae(nn.Module):
         """Write the SAELens layout atomically (temp folder, then rename over ``path``)."""
         path = Path(path)
         with atomic_dir(path) as tmp:
-            tensors = {n: p.detach().float().cpu().contiguous() for n, p in
-                       (("W_enc", self.W_enc), ("W_dec", self.W_dec), ("b_enc", self.b_enc), ("b_dec", self.b_dec))}
+            tensors = {
+                n: p.detach().float().cpu().contiguous()
+                for n, p in (("W_enc", self.W_enc), ("W_dec", self.W_dec), ("b_enc", self.b_enc), ("b_dec", self.b_dec))
+            }
             if self.cfg.architecture in ("jumprelu", "batchtopk"):
                 tensors["threshold"] = self.threshold.detach().float().cpu().contiguous()
             save_file(tensors, str(tmp / "sae_weights.safetensors"))
@@ -137,6 +139,15 @@ class Sae(nn.Module):
             if (path / "metrics.json").exists():
                 shutil.copy2(path / "metrics.json", tmp / "metrics.json")
         return path
+
+
+def write_metrics(sae_dir: str | Path, new: dict) -> dict:
+    """Merge ``new`` into sae_dir/metrics.json (written atomically); returns the merged metrics."""
+    p = Path(sae_dir) / "metrics.json"
+    cur = json.loads(p.read_text()) if p.exists() else {}
+    cur.update(new)
+    atomic_write_text(p, json.dumps(cur, indent=1))
+    return cur
 
 
 def _layer_of(hook_name: str) -> int | None:
@@ -173,8 +184,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"):
     if (path / "sae.safetensors").exists() and not (path / "sae_weights.safetensors").exists():
         sae = _load_sparsify(d, _weights(path / "sae.safetensors"), path)
     elif not (path / "sae_weights.safetensors").exists():
-        raise SaeError(f"{path}: sae_weights.safetensors is missing (SAELens layout) and there is no sae.safetensors "
-                       "(sparsify layout)")
+        raise SaeError(
+            f"{path}: sae_weights.safetensors is missing (SAELens layout) and there is no sae.safetensors "
+            "(sparsify layout)"
+        )
     else:
         sae = _load_saelens(d, _weights(path / "sae_weights.safetensors"), path)
     sae = sae.to(device).eval()
@@ -200,23 +213,33 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
         arch = "topk" if arch_raw in ("standard", "topk") else arch
     norm = d.get("normalize_activations") or "none"
     if norm != "none":
-        raise SaeError(f"{path}/cfg.json: normalize_activations {norm!r} is not supported (it needs the training-time "
-                       "input statistics); export the SAE with normalize_activations 'none' (fold the scaling in)")
+        raise SaeError(
+            f"{path}/cfg.json: normalize_activations {norm!r} is not supported (it needs the training-time "
+            "input statistics); export the SAE with normalize_activations 'none' (fold the scaling in)"
+        )
     missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in w]
     if missing:
         raise SaeError(f"{path}: weights lack {missing}")
     d_in, d_sae = w["W_enc"].shape
     if d.get("d_sae") is not None and int(d["d_sae"]) != d_sae:
-        raise SaeError(f"{path}/cfg.json d_sae={d['d_sae']} but the weights have {d_sae} latents: cfg.json and "
-                       "sae_weights.safetensors do not belong together")
+        raise SaeError(
+            f"{path}/cfg.json d_sae={d['d_sae']} but the weights have {d_sae} latents: cfg.json and "
+            "sae_weights.safetensors do not belong together"
+        )
     meta = d.get("metadata") or {}
     k = int(d.get("k") or (d.get("activation_fn_kwargs") or {}).get("k") or 32)
     if arch == "topk" and not 1 <= k <= d_sae:
         raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
-    cfg = SaeCfg(d_in=d_in, d_sae=d_sae, architecture=arch, k=min(k, d_sae),
-                 hook_name=d.get("hook_name") or meta.get("hook_name") or d.get("hook_point") or "",
-                 model_name=d.get("model_name") or meta.get("model_name", ""),
-                 apply_b_dec=bool(d.get("apply_b_dec_to_input", True)), meta=d.get("saex", {}))
+    cfg = SaeSpec(
+        d_in=d_in,
+        d_sae=d_sae,
+        architecture=arch,
+        k=min(k, d_sae),
+        hook_name=d.get("hook_name") or meta.get("hook_name") or d.get("hook_point") or "",
+        model_name=d.get("model_name") or meta.get("model_name", ""),
+        apply_b_dec=bool(d.get("apply_b_dec_to_input", True)),
+        meta=d.get("saex", {}),
+    )
     sae = Sae(cfg)
     W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
     if "scaling_factor" in w:  # z * s decoded by W_dec == z decoded by s * W_dec
@@ -241,8 +264,10 @@ def _load_sparsify(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
     """EleutherAI sparsify: encoder.weight (d_sae, d_in), encoder.bias, W_dec, b_dec; TopK of relu(pre)."""
     odd = [f for f in ("transcode", "skip_connection", "multi_topk") if d.get(f)]
     if d.get("activation", "topk") != "topk" or odd:
-        raise SaeError(f"{path}: only sparsify TopK SAEs load (activation 'topk', no transcode / skip_connection / "
-                       f"multi_topk); this one has activation {d.get('activation')!r}{', ' + ', '.join(odd) if odd else ''}")
+        raise SaeError(
+            f"{path}: only sparsify TopK SAEs load (activation 'topk', no transcode / skip_connection / "
+            f"multi_topk); this one has activation {d.get('activation')!r}{', ' + ', '.join(odd) if odd else ''}"
+        )
     missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in w]
     if missing:
         raise SaeError(f"{path}: sparsify weights lack {missing}")
@@ -251,7 +276,7 @@ def _load_sparsify(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
     k = int(d.get("k", 32))
     if not 1 <= k <= d_sae:
         raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
-    cfg = SaeCfg(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, meta={"format": "sparsify"})
+    cfg = SaeSpec(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, meta={"format": "sparsify"})
     sae = Sae(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(enc.T.float())
@@ -265,7 +290,9 @@ def check_site(sae, d_model: int, site: str = "the model site") -> None:
     """Raise when the SAE's input width differs from the model's at the site."""
     d_in = int(sae.W_dec.shape[1])
     if d_in != d_model:
-        raise SaeError(f"SAE expects d_in={d_in} but {site} has d={d_model}: pick an SAE trained on this model and site")
+        raise SaeError(
+            f"SAE expects d_in={d_in} but {site} has d={d_model}: pick an SAE trained on this model and site"
+        )
 
 
-__all__ = ["Sae", "SaeCfg", "SaeError", "load_sae", "check_site"]
+__all__ = ["Sae", "SaeSpec", "SaeError", "load_sae", "check_site", "write_metrics"]

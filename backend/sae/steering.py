@@ -24,6 +24,7 @@ Concurrent requests share the model through a ``TurnLock``: one turn = one token
 one token per round and a short request is never stuck behind a long one. Sampling uses a
 per-request ``torch.Generator`` (see the adapters' ``generate``), so interleaving never changes outputs.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -31,9 +32,10 @@ import math
 import numbers
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -86,8 +88,9 @@ def validate_edits(edits: Sequence[Edit], d_sae: int) -> list[Edit]:
         except (TypeError, ValueError, OverflowError):
             raise SteeringError(f"latent {latent}: value {shown(e.value)} is not a number") from None
         if latent in seen:
-            raise SteeringError(f"edit {n}: latent {latent} is already edited by edit {seen[latent]}: "
-                                "edit each latent once")
+            raise SteeringError(
+                f"edit {n}: latent {latent} is already edited by edit {seen[latent]}: edit each latent once"
+            )
         seen[latent] = n
         if not math.isfinite(v):
             raise SteeringError(f"latent {latent}: value {e.value} is not a finite number")
@@ -218,15 +221,28 @@ def steered_pieces(adapter, sae, site: str, edits: Sequence[Edit], prompt: str, 
     return _in_context(factory)
 
 
-def side_by_side(adapter, sae, site: str, edits: Sequence[Edit], prompt: str, *, max_new_tokens: int = 48,
-                 temperature: float = 0.7, seed: int = 0, chat: bool = True,
-                 turn: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[tuple[str, str]]:
+def side_by_side(
+    adapter,
+    sae,
+    site: str,
+    edits: Sequence[Edit],
+    prompt: str,
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 0.7,
+    seed: int = 0,
+    chat: bool = True,
+    turn: Callable[[], AbstractContextManager] = nullcontext,
+) -> Iterator[tuple[str, str]]:
     """Yield (baseline_so_far, steered_so_far) as both stream, token by token, same prompt and seed.
 
     ``turn()`` is entered around each step (one baseline and one steered token), e.g. ``TurnLock.turn``."""
-    kw = dict(max_new_tokens=whole("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
-              temperature=number("temperature", temperature, 0.0, MAX_TEMPERATURE),
-              seed=whole("seed", seed, 0, MAX_SEED), chat=chat)
+    kw = dict(
+        max_new_tokens=whole("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+        temperature=number("temperature", temperature, 0.0, MAX_TEMPERATURE),
+        seed=whole("seed", seed, 0, MAX_SEED),
+        chat=chat,
+    )
     base = _in_context(lambda: adapter.generate(prompt, **kw))
     steer = steered_pieces(adapter, sae, site, edits, prompt, **kw)
     b_text, s_text = "", ""

@@ -19,16 +19,17 @@ those exact values are kept, so the kept latents and their values match the floa
 float32 summation order). AuxK's dead-latent values are read from the bfloat16 buffer (an auxiliary
 loss; its weight gradient does not depend on them).
 """
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,11 +37,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from backend.sae import losses
 from backend.atomic import atomic_dir
 from backend.config import SaeConfig, TrainConfig
-from backend.sae.model import Sae, SaeCfg, SaeError
+from backend.sae import losses
 from backend.sae.kernels import bucket_order, pair_dots
+from backend.sae.model import Sae, SaeError, SaeSpec, write_metrics
 
 
 class ActivationSource(Protocol):
@@ -109,7 +110,9 @@ class _SelectedPre(torch.autograd.Function):
     def backward(ctx, g):
         (x_c,), P = ctx.saved_tensors, ctx.pairs
         g_by_col = g[P.order]
-        gW_t = F.embedding_bag(P.rows_by_col, x_c, P.col_offsets, mode="sum", per_sample_weights=g_by_col)  # (d_sae, d_in)
+        gW_t = F.embedding_bag(
+            P.rows_by_col, x_c, P.col_offsets, mode="sum", per_sample_weights=g_by_col
+        )  # (d_sae, d_in)
         gb = torch.zeros(len(P.col_offsets), dtype=g.dtype, device=g.device).index_add_(0, P.cols, g)
         return None, gW_t.t(), gb, None, None
 
@@ -143,24 +146,46 @@ def _sparse_decode(vals: torch.Tensor, W_dec: torch.Tensor, pairs: _Pairs) -> to
 
 
 class Trainer:
-    def __init__(self, cfg: SaeConfig, tcfg: TrainConfig, d_in: int, total_tokens: int, *, base=None,
-                 hook_name: str = "", model_name: str = "", device: torch.device | None = None):
+    def __init__(
+        self,
+        cfg: SaeConfig,
+        tcfg: TrainConfig,
+        d_in: int,
+        total_tokens: int,
+        *,
+        base=None,
+        hook_name: str = "",
+        model_name: str = "",
+        device: torch.device | None = None,
+    ):
         self.cfg, self.tcfg, self.base = cfg, tcfg, base
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        arch = "jumprelu" if cfg.architecture == "jumprelu" else cfg.architecture
-        meta = {"name": cfg.name, "matryoshka_widths": cfg.matryoshka_widths, "ortho_coef": cfg.ortho_coef,
-                "term_tilt": cfg.term_tilt, "data": cfg.data, "l1_coef": cfg.l1_coef, "l0_coef": cfg.l0_coef}
+        meta = {
+            "name": cfg.name,
+            "matryoshka_widths": cfg.matryoshka_widths,
+            "ortho_coef": cfg.ortho_coef,
+            "term_tilt": cfg.term_tilt,
+            "data": cfg.data,
+            "l1_coef": cfg.l1_coef,
+            "l0_coef": cfg.l0_coef,
+        }
         if cfg.boost_base:
             meta["boost_base"] = f"../{cfg.boost_base}"
         # Each SAE gets its own init (seed + a stable hash of its name), so that decoder matches
         # between SAEs of one workspace reflect training, not a shared initialization.
-        self.sae = Sae(SaeCfg(d_in, cfg.d_sae, arch, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta),
-                       seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
+        spec = SaeSpec(
+            d_in, cfg.d_sae, cfg.architecture, cfg.k, hook_name, model_name, apply_b_dec=base is None, meta=meta
+        )
+        self.sae = Sae(spec, seed=tcfg.seed + zlib.crc32(cfg.name.encode())).to(self.device)
         with torch.no_grad():  # column-major W_enc: W_enc.t() is a contiguous (d_sae, d_in) view
             self.sae.W_enc = torch.nn.Parameter(self.sae.W_enc.detach().t().contiguous().t())
         self.lr = tcfg.lr or 2e-4 / math.sqrt(cfg.d_sae / 2**14)
-        self.opt = torch.optim.Adam([p for p in self.sae.parameters() if p.requires_grad], lr=self.lr, betas=(0.9, 0.999),
-                                    fused=self.device.type in ("cpu", "cuda"))
+        self.opt = torch.optim.Adam(
+            [p for p in self.sae.parameters() if p.requires_grad],
+            lr=self.lr,
+            betas=(0.9, 0.999),
+            fused=self.device.type in ("cpu", "cuda"),
+        )
         self.total_steps = max(1, math.ceil(total_tokens / tcfg.batch_size))
         self.step, self.tokens = 0, 0
         self.scale = 1.0
@@ -174,14 +199,19 @@ class Trainer:
         self._pre_buf: torch.Tensor | None = None
 
     # ---- one step ---------------------------------------------------------------------------
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
+    def _residual(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """x_raw as float32 on the device, minus the frozen base SAE's reconstruction when boosting (unscaled)."""
+        x = x_raw.to(self.device, torch.float32)
         if self.base is not None:
             with torch.no_grad():
                 x = x - self.base(x)
-        return x * self.scale
+        return x
 
-    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def _prepare(self, x_raw: torch.Tensor) -> torch.Tensor:
+        """The trained input: the residual of x_raw, scaled by c."""
+        return self._residual(x_raw) * self.scale
+
+    def loss_and_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss for a (scaled) batch x and the logged stats."""
         cfg, sae = self.cfg, self.sae
         N = len(x)
@@ -199,8 +229,9 @@ class Trainer:
             fired = fired.cpu()
             l0 = len(vals) / N
             if cfg.matryoshka_widths:
-                prefix = [_sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec
-                          for w in cfg.matryoshka_widths]
+                prefix = [
+                    _sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec for w in cfg.matryoshka_widths
+                ]
                 terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt)
             dead = (self.since_fired >= self.dead_after).nonzero().squeeze(1)
             if cfg.auxk_coef > 0 and len(dead):
@@ -220,7 +251,8 @@ class Trainer:
             l0 = float(active.sum(-1).float().mean())
             if cfg.matryoshka_widths:
                 terms["matryoshka"] = losses.matryoshka(
-                    x, [latents[:, :w] @ sae.W_dec[:w] + sae.b_dec for w in cfg.matryoshka_widths], cfg.term_tilt)
+                    x, [latents[:, :w] @ sae.W_dec[:w] + sae.b_dec for w in cfg.matryoshka_widths], cfg.term_tilt
+                )
         per_tok = losses.per_token_loss(x, recons, var)
         if not cfg.matryoshka_widths:
             terms["recons"] = losses.tilted(per_tok, cfg.term_tilt)
@@ -229,8 +261,12 @@ class Trainer:
         total = sum(terms.values())
         self.since_fired += N
         self.since_fired[fired] = 0
-        stats = {"loss": float(total.detach()), "fvu": float(per_tok.detach().mean()), "l0": l0,
-                 "dead": float((self.since_fired >= self.dead_after).float().mean())}
+        stats = {
+            "loss": float(total.detach()),
+            "fvu": float(per_tok.detach().mean()),
+            "l0": l0,
+            "dead": float((self.since_fired >= self.dead_after).float().mean()),
+        }
         return total, stats
 
     def _pre_acts(self, x_c: torch.Tensor, W_t: torch.Tensor) -> torch.Tensor:
@@ -316,7 +352,7 @@ class Trainer:
         x = self._prepare(x_raw)
         for g in self.opt.param_groups:
             g["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.tcfg.lr_warmup_steps))
-        loss, stats = self.losses(x)
+        loss, stats = self.loss_and_stats(x)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError("the loss became non-finite")
         self.opt.zero_grad(set_to_none=True)
@@ -338,10 +374,7 @@ class Trainer:
 
     def _init_from(self, x_raw: torch.Tensor) -> None:
         """Input scale and b_dec from the first batch (b_dec = the batch mean, in scaled units)."""
-        x = x_raw.to(self.device, torch.float32)
-        if self.base is not None:
-            with torch.no_grad():
-                x = x - self.base(x)
+        x = self._residual(x_raw)
         self.scale = float(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-8))
         if self.sae.cfg.apply_b_dec:
             with torch.no_grad():
@@ -373,8 +406,18 @@ class Trainer:
         c = self.scale
         arch = "jumprelu" if self.cfg.architecture == "batchtopk" else self.sae.cfg.architecture
         meta = dict(self.sae.cfg.meta, trained_as=self.cfg.architecture, input_scale=c)
-        out = Sae(SaeCfg(self.sae.cfg.d_in, self.cfg.d_sae, arch, self.cfg.k, self.sae.cfg.hook_name,
-                         self.sae.cfg.model_name, self.sae.cfg.apply_b_dec, meta))
+        out = Sae(
+            SaeSpec(
+                self.sae.cfg.d_in,
+                self.cfg.d_sae,
+                arch,
+                self.cfg.k,
+                self.sae.cfg.hook_name,
+                self.sae.cfg.model_name,
+                self.sae.cfg.apply_b_dec,
+                meta,
+            )
+        )
         with torch.no_grad():
             out.W_enc.copy_(self.sae.W_enc)
             out.W_dec.copy_(self.sae.W_dec)
@@ -396,8 +439,13 @@ class Trainer:
                 for key in ("exp_avg", "exp_avg_sq"):
                     tensors[f"o.{i}.{key}"] = st[key].cpu().contiguous()
         tensors["since_fired"] = self.since_fired.clone()
-        scalars = {"step": self.step, "tokens": self.tokens, "scale": self.scale, "bt_threshold": self.bt_threshold,
-                   "adam_steps": adam_steps}
+        scalars = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "scale": self.scale,
+            "bt_threshold": self.bt_threshold,
+            "adam_steps": adam_steps,
+        }
         with atomic_dir(folder) as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
             (tmp / "state.json").write_text(json.dumps(scalars))
@@ -411,15 +459,27 @@ class Trainer:
         params = [p for p in self.sae.parameters() if p.requires_grad]
         for i, p in enumerate(params):
             if f"o.{i}.exp_avg" in t:
-                self.opt.state[p] = {"step": torch.tensor(s["adam_steps"][i]),  # Adam state in the param's layout
-                                     "exp_avg": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg"]),
-                                     "exp_avg_sq": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg_sq"])}
+                self.opt.state[p] = {
+                    "step": torch.tensor(s["adam_steps"][i]),  # Adam state in the param's layout
+                    "exp_avg": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg"]),
+                    "exp_avg_sq": torch.empty_like(p).copy_(t[f"o.{i}.exp_avg_sq"]),
+                }
         self.since_fired = t["since_fired"].long()
         self.step, self.tokens, self.scale, self.bt_threshold = s["step"], s["tokens"], s["scale"], s["bt_threshold"]
 
 
-def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_dir: str | Path, *, base=None,
-              hook_name: str = "", model_name: str = "", progress: bool = True, resume: bool = True) -> Sae:
+def train_sae(
+    cfg: SaeConfig,
+    tcfg: TrainConfig,
+    source: ActivationSource,
+    out_dir: str | Path,
+    *,
+    base=None,
+    hook_name: str = "",
+    model_name: str = "",
+    progress: bool = True,
+    resume: bool = True,
+) -> Sae:
     """Train one SAE on ``source`` and save it (SAELens layout + metrics.json) to ``out_dir``."""
     out_dir = Path(out_dir)
     if base is not None and int(base.W_dec.shape[1]) != source.d_in:
@@ -429,8 +489,14 @@ def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_d
     ckpt = out_dir.with_name(f".{out_dir.name}.checkpoint")
     if resume and (ckpt / "state.json").exists():
         tr.load_checkpoint(ckpt)
-    bar = tqdm(total=total, initial=min(tr.tokens, total), desc=f"train {cfg.name}", unit="tok",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=min(tr.tokens, total),
+        desc=f"train {cfg.name}",
+        unit="tok",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     t0, stats, epoch = time.time(), {}, 0
     skip = tr.tokens  # on resume, skip the tokens already seen (same seeds -> same order)
     try:
@@ -446,12 +512,18 @@ def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_d
                 except FloatingPointError as e:
                     if not (ckpt / "state.json").exists():
                         tr.save_checkpoint(ckpt)  # the state before this step is still finite
-                    raise SaeError(f"training {cfg.name} stopped at step {tr.step}: {e}; the last good state is kept "
-                                   f"in {ckpt} (fix the activations and train again to resume)") from None
+                    raise SaeError(
+                        f"training {cfg.name} stopped at step {tr.step}: {e}; the last good state is kept "
+                        f"in {ckpt} (fix the activations and train again to resume)"
+                    ) from None
                 bar.update(len(x))
                 if tr.step % 10 == 0:
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
-                                    dead=f"{stats['dead']:.2f}")
+                    bar.set_postfix(
+                        loss=f"{stats['loss']:.3f}",
+                        fvu=f"{stats['fvu']:.3f}",
+                        l0=f"{stats['l0']:.1f}",
+                        dead=f"{stats['dead']:.2f}",
+                    )
                 if tcfg.checkpoint_every and tr.step % tcfg.checkpoint_every == 0:
                     tr.save_checkpoint(ckpt)
             epoch += 1
@@ -462,20 +534,18 @@ def train_sae(cfg: SaeConfig, tcfg: TrainConfig, source: ActivationSource, out_d
         tr.calibrate_threshold(source)
     sae = tr.export()
     sae.save(out_dir)
-    metrics = {"train": {"tokens": tr.tokens, "steps": tr.step, "seconds": round(secs, 2),
-                         "tokens_per_s": round(tr.tokens / max(secs, 1e-9), 1), "final_fvu": stats.get("fvu"),
-                         "final_l0": stats.get("l0"), "dead_frac": stats.get("dead"), "lr": tr.lr}}
+    metrics = {
+        "train": {
+            "tokens": tr.tokens,
+            "steps": tr.step,
+            "seconds": round(secs, 2),
+            "tokens_per_s": round(tr.tokens / max(secs, 1e-9), 1),
+            "final_fvu": stats.get("fvu"),
+            "final_l0": stats.get("l0"),
+            "dead_frac": stats.get("dead"),
+            "lr": tr.lr,
+        }
+    }
     write_metrics(out_dir, metrics)
     shutil.rmtree(ckpt, ignore_errors=True)
     return sae
-
-
-def write_metrics(sae_dir: Path, new: dict) -> dict:
-    """Merge ``new`` into sae_dir/metrics.json atomically."""
-    p = Path(sae_dir) / "metrics.json"
-    cur = json.loads(p.read_text()) if p.exists() else {}
-    cur.update(new)
-    tmp = p.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(cur, indent=1))
-    os.replace(tmp, p)
-    return cur

@@ -4,6 +4,7 @@ Read-only: these views serve what the CLI (``python -m backend coverage`` / ``sh
 workspace. A subdomain name from a request is looked up among the files the workspace has; it is
 never joined into a path.
 """
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ Hazards: user text is only ever a query parameter (store.py); text is capped at 
 characters and at ``MAX_SEARCH_TOKENS`` tokens (or the model's own limit): longer input is cut by the
 adapter's policy (first tokens for text, latest items for a recommender) and ``notice`` says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,17 @@ import pandas as pd
 
 from backend import errors as check
 from backend.errors import BackendError
+from backend.index.store import SORT_KEYS, IndexReader
 from backend.serve.research import ResearchViews
 from backend.serve.steer import SteeringViews
-from backend.index.store import SORT_KEYS, IndexReader
 from backend.workspace import Workspace, open_workspace
 
 MAX_TEXT = 20_000
 MAX_SEARCH_TOKENS = 1024
-MAX_QUERY = 200          # characters of an explanation search
-MAX_ROWS = 10_000        # rows of one /latents page
+MAX_QUERY = 200  # characters of an explanation search
+MAX_ROWS = 10_000  # rows of one /latents page
 MAX_OFFSET = 10_000_000  # any offset past this is an error (no SAE has that many latents)
-MAX_RESULTS = 1_000      # /search_text top_n, /search_features limit, /compare page size
+MAX_RESULTS = 1_000  # /search_text top_n, /search_features limit, /compare page size
 MAX_NEAREST = 200
 __all__ = ["Backend", "BackendError"]
 
@@ -88,16 +89,17 @@ COSINE_BINS = 20  # histogram of best-match cosines over [0, 1] in /compare's pa
 @dataclass
 class CompareResult:
     metrics: pd.DataFrame
-    matches: pd.DataFrame    # one page of pairs with cosine >= threshold, best first
+    matches: pd.DataFrame  # one page of pairs with cosine >= threshold, best first
     unmatched: pd.DataFrame  # one page of latents of saes[0] below threshold, most distinct first
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # per SAE pair: counts, median, cosine histogram
-    n_matches: int = 0       # all pairs at or above the threshold (over every page)
+    n_matches: int = 0  # all pairs at or above the threshold (over every page)
     n_unmatched: int = 0
 
 
 def _context(r: dict[str, Any]) -> Context:
-    return Context(list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"],
-                   float(r["max_act"]))
+    return Context(
+        list(r["tokens"]), [float(a) for a in r["acts"]], int(r["focus"]), r["source"], r["domain"], float(r["max_act"])
+    )
 
 
 def _read_unit_decoder(folder: Path) -> np.ndarray:
@@ -115,7 +117,9 @@ class Backend(SteeringViews, ResearchViews):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
         self.workspace_name = self.ws.config.name
         self.model_name = self.ws.config.model.id
-        self.modality = self.ws.modality  # 'text' | 'protein' | 'recsys'
+        self._kind = self.ws.kind  # the model kind's record (backend/modalities)
+        self.modality = self._kind.name  # 'text' | 'protein' | 'recsys'
+        self.capabilities = self._kind.capabilities()  # what the UI offers for this kind, as plain values
         self.index = IndexReader(self.ws.index_path)
         self._windows: pd.DataFrame | None = None
         self._lock = threading.Lock()
@@ -184,8 +188,9 @@ class Backend(SteeringViews, ResearchViews):
         try:
             i = check.whole("latent", latent, -(2**63), 2**63 - 1)
         except BackendError:
-            raise BackendError(f"latent must be a whole number between 0 and {d_sae - 1}, "
-                               f"got {check.shown(latent)}") from None
+            raise BackendError(
+                f"latent must be a whole number between 0 and {d_sae - 1}, got {check.shown(latent)}"
+            ) from None
         if not 0 <= i < d_sae:
             raise BackendError(f"latent {i} is out of range: SAE {sae!r} has latents 0..{d_sae - 1}")
         return i
@@ -201,24 +206,50 @@ class Backend(SteeringViews, ResearchViews):
             m = self._metrics(name)
             cfg_p = self.ws.sae_dir(name) / "cfg.json"
             k = json.loads(cfg_p.read_text()).get("k") if cfg_p.exists() else None
-            rows.append({"name": name, "architecture": self._arch[name], "d_sae": self._d_sae[name], "k": k,
-                         "l0": m.get("l0"), "fvu": m.get("fvu"), "ce_recovered": m.get("ce_recovered"),
-                         "dead_frac": m.get("dead_frac"), "n_latents_indexed": self._d_sae[name]})
+            rows.append(
+                {
+                    "name": name,
+                    "architecture": self._arch[name],
+                    "d_sae": self._d_sae[name],
+                    "k": k,
+                    "l0": m.get("l0"),
+                    "fvu": m.get("fvu"),
+                    "ce_recovered": m.get("ce_recovered"),
+                    "dead_frac": m.get("dead_frac"),
+                    "n_latents_indexed": self._d_sae[name],
+                }
+            )
         return pd.DataFrame(rows)
 
     def domains(self) -> list[str]:
         return self.index.domains()
 
-    def latents(self, sae: str, *, sort_by: str = "density", descending: bool = True, domain: str | None = None,
-                min_density: float = 0.0, query: str = "", limit: int = 200, offset: int = 0) -> pd.DataFrame:
+    def latents(
+        self,
+        sae: str,
+        *,
+        sort_by: str = "density",
+        descending: bool = True,
+        domain: str | None = None,
+        min_density: float = 0.0,
+        query: str = "",
+        limit: int = 200,
+        offset: int = 0,
+    ) -> pd.DataFrame:
         self._check_sae(sae)
         if sort_by not in SORT_KEYS:
             raise BackendError(f"sort_by must be one of {', '.join(SORT_KEYS)}, got {check.shown(sort_by)}")
         domain = check.choice("domain", domain, self.domains()) if domain else ""
-        return self.index.latents(sae, sort_by, check.flag("descending", descending), domain,
-                                  check.number("min_density", 0.0 if min_density is None else min_density, 0.0, 1.0),
-                                  check.text("query", query, MAX_QUERY), check.whole("limit", limit, 1, MAX_ROWS),
-                                  check.whole("offset", offset, 0, MAX_OFFSET))
+        return self.index.latents(
+            sae,
+            sort_by,
+            check.flag("descending", descending),
+            domain,
+            check.number("min_density", 0.0 if min_density is None else min_density, 0.0, 1.0),
+            check.text("query", query, MAX_QUERY),
+            check.whole("limit", limit, 1, MAX_ROWS),
+            check.whole("offset", offset, 0, MAX_OFFSET),
+        )
 
     def feature(self, sae: str, latent: int) -> FeatureView:
         i = self._check_latent(sae, latent)
@@ -228,10 +259,10 @@ class Backend(SteeringViews, ResearchViews):
         by_kind: dict[str, list[Context]] = {}
         for r in self.index.contexts(sae, i):  # ordered by kind, then rank (activation, descending)
             c = _context(r)
-            if self.modality == "protein" and r.get("win_offset") is not None:
-                from backend.modalities.beyond import context_spans
-
-                c.spans = context_spans(self.ws, self.windows(), r["window_row"], r["win_offset"], len(c.tokens))
+            if self._kind.context_spans is not None and r.get("win_offset") is not None:
+                c.spans = self._kind.context_spans(
+                    self.ws, self.windows(), r["window_row"], r["win_offset"], len(c.tokens)
+                )
             by_kind.setdefault(r["kind"], []).append(c)
         nb = self._n_bands[sae]
         bands = sorted((k for k in by_kind if k.startswith("q")), key=lambda k: -int(k[1:]))
@@ -239,31 +270,33 @@ class Backend(SteeringViews, ResearchViews):
         toks = json.loads(row["top_tokens"])
         scores = json.loads(row.get("top_token_scores") or "[]") or [0.0] * len(toks)
         return FeatureView(
-            sae=sae, latent=i, label=row["label"], confidence=float(row["confidence"]),
-            precision=float(row["precision"]), recall=float(row["recall"]), density=float(row["density"]),
-            mean_act=float(row["mean_act"]), max_act=float(row["max_act"]),
+            sae=sae,
+            latent=i,
+            label=row["label"],
+            confidence=float(row["confidence"]),
+            precision=float(row["precision"]),
+            recall=float(row["recall"]),
+            density=float(row["density"]),
+            mean_act=float(row["mean_act"]),
+            max_act=float(row["max_act"]),
             hist_edges=[float(v) for v in row["hist_edges"]],
-            hist_counts=[int(v) for v in row["hist_counts"]], top_contexts=by_kind.get("top", []), quantiles=quantiles,
+            hist_counts=[int(v) for v in row["hist_counts"]],
+            top_contexts=by_kind.get("top", []),
+            quantiles=quantiles,
             logits_top=[(t, float(v)) for t, v in json.loads(row["logit_top"])],
             logits_bottom=[(t, float(v)) for t, v in json.loads(row["logit_bottom"])],
-            domain_rates=json.loads(row["domain_rates"]), top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
-            concepts=[{k: (None if isinstance(v, float) and v != v else v) for k, v in c.items() if k != "sae"}
-                      for c in self.index.concepts(sae, i)],
+            domain_rates=json.loads(row["domain_rates"]),
+            top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
+            concepts=[
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in c.items() if k != "sae"}
+                for c in self.index.concepts(sae, i)
+            ],
         )
 
     def example_input(self, n: int = 20) -> str:
         """A real input to steer with: a text prompt, a protein sequence (an annotated window's residues,
         SUMO site windows first) or a user's last ``n`` items as raw ids (recommender)."""
-        if self.modality == "text":
-            return "Tell me about your favourite place."
-        w = self.windows()
-        adapter = self.adapter()
-        if self.modality == "protein":
-            pick = w[w["doc_id"].astype(str).str.startswith("sumo_pos")]
-            ids = list((pick if len(pick) else w)["token_ids"].iloc[0])
-            return "".join(adapter.token_strings(ids))
-        ids = list(w["token_ids"].iloc[0])[-n:]
-        return " ".join(str(adapter.items[int(i) - 1]["id"]) for i in ids)
+        return self._kind.example_input(self, n)
 
     def windows(self) -> pd.DataFrame:
         """The workspace's windows table (cached; for context provenance and annotation spans)."""
@@ -283,8 +316,9 @@ class Backend(SteeringViews, ResearchViews):
         if not isinstance(text, str) or not text.strip():
             raise BackendError("type some text to search")
         if len(text) > MAX_TEXT:
-            raise BackendError(f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}: "
-                               "search a shorter passage")
+            raise BackendError(
+                f"the text has {len(text):,} characters; the limit is {MAX_TEXT:,}: search a shorter passage"
+            )
         model, adapter = self.sae(sae), self.adapter()
         batch = adapter.tokenize([text], MAX_SEARCH_TOKENS)  # the adapter's own truncation policy and limit
         n_all, n_kept = len(adapter.encode_ids(text)), int(batch.keep_mask.sum())
@@ -303,10 +337,16 @@ class Backend(SteeringViews, ResearchViews):
         rel = torch.where(ref > 0, mx / ref.clamp_min(1e-12), torch.zeros_like(mx))
         top = [i for i in torch.topk(rel, min(top_n, len(rel))).indices.tolist() if mx[i] > 0]
         labels = info["label"]
-        table = pd.DataFrame({"latent": top, "label": [labels.get(i, "") for i in top],
-                              "max_act": [float(mx[i]) for i in top], "rel_act": [round(float(rel[i]), 3) for i in top],
-                              "mean_act": [float(mean[i]) for i in top],
-                              "n_tokens_fired": [int(fired[i]) for i in top]})
+        table = pd.DataFrame(
+            {
+                "latent": top,
+                "label": [labels.get(i, "") for i in top],
+                "max_act": [float(mx[i]) for i in top],
+                "rel_act": [round(float(rel[i]), 3) for i in top],
+                "mean_act": [float(mean[i]) for i in top],
+                "n_tokens_fired": [int(fired[i]) for i in top],
+            }
+        )
         v, idx = lat.topk(min(3, lat.shape[1]), dim=1)
         per_token = [[(int(j), float(a)) for j, a in zip(ri, rv) if a > 0] for ri, rv in zip(idx.tolist(), v.tolist())]
         return TextSearchResult(tokens, table, per_token, {i: lat[:, i].tolist() for i in top}, notice)
@@ -329,8 +369,14 @@ class Backend(SteeringViews, ResearchViews):
         cos, idx = self._directions(target).search(query, k + 1)
         hits = [(int(j), float(c)) for j, c in zip(idx[0], cos[0]) if j >= 0 and not (target == sae and j == i)][:k]
         labels = self.index.labels(target).set_index("latent")["label"]
-        return pd.DataFrame({"sae": target, "latent": [j for j, _ in hits], "cosine": [round(c, 4) for _, c in hits],
-                             "label": [labels.get(j, "") for j, _ in hits]})
+        return pd.DataFrame(
+            {
+                "sae": target,
+                "latent": [j for j, _ in hits],
+                "cosine": [round(c, 4) for _, c in hits],
+                "label": [labels.get(j, "") for j, _ in hits],
+            }
+        )
 
     def feature_map(self, sae: str | None = None) -> pd.DataFrame:
         if sae:
@@ -338,12 +384,14 @@ class Backend(SteeringViews, ResearchViews):
         df = self.index.feature_map(sae or "")
         if not sae:
             df["x"], df["y"] = df["jx"], df["jy"]
-        if self.modality != "text":  # the concept a latent is labelled with (its 7 most common; the rest grouped)
+        if self._kind.token_concepts is not None:
+            # the concept a latent is labelled with (its 7 most common; the rest grouped)
             lc = self.index.label_concepts(sae or "")
             df = df.merge(lc, on=["sae", "latent"], how="left")
             top = df["concept"].value_counts().index[:7]
-            df["concept"] = df["concept"].where(df["concept"].isin(top), np.where(df["concept"].isna(), "(token label)",
-                                                                                     "other concept"))
+            df["concept"] = df["concept"].where(
+                df["concept"].isin(top), np.where(df["concept"].isna(), "(token label)", "other concept")
+            )
         return df.drop(columns=["jx", "jy"])
 
     # ---- compare ----------------------------------------------------------------------------
@@ -386,26 +434,47 @@ class Backend(SteeringViews, ResearchViews):
             cos, arg = self.best_matches(a, b)
             ok = cos >= threshold
             counts, _ = np.histogram(np.clip(cos, 0.0, 1.0), bins=COSINE_BINS, range=(0.0, 1.0))
-            pairs.append({"sae_a": a, "sae_b": b, "n_latents": len(cos), "n_matched": int(ok.sum()),
-                          "share_matched": round(float(ok.mean()), 4), "median_cosine": round(float(np.median(cos)), 4),
-                          "hist_counts": counts.tolist()})
+            pairs.append(
+                {
+                    "sae_a": a,
+                    "sae_b": b,
+                    "n_latents": len(cos),
+                    "n_matched": int(ok.sum()),
+                    "share_matched": round(float(ok.mean()), 4),
+                    "median_cosine": round(float(np.median(cos)), 4),
+                    "hist_counts": counts.tolist(),
+                }
+            )
             lat = np.arange(len(cos))
             hit.append(pd.DataFrame({"latent_a": lat[ok], "sae_b": b, "latent_b": arg[ok], "cosine": cos[ok]}))
             miss.append(pd.DataFrame({"latent": lat[~ok], "best_cosine": cos[~ok], "vs": b}))
-        hits = pd.concat(hit, ignore_index=True).sort_values(["cosine", "latent_a"], ascending=[False, True],
-                                                             kind="stable")
+        hits = pd.concat(hit, ignore_index=True).sort_values(
+            ["cosine", "latent_a"], ascending=[False, True], kind="stable"
+        )
         misses = pd.concat(miss, ignore_index=True).sort_values(["best_cosine", "latent"], kind="stable")
-        hits, misses = hits.iloc[offset:offset + limit], misses.iloc[offset:offset + limit]
+        hits, misses = hits.iloc[offset : offset + limit], misses.iloc[offset : offset + limit]
         la = self._labels(a)
-        matches = pd.DataFrame({
-            "sae_a": a, "latent_a": hits["latent_a"].to_numpy(), "label_a": [la.get(int(i), "") for i in hits["latent_a"]],
-            "sae_b": hits["sae_b"].to_numpy(), "latent_b": hits["latent_b"].to_numpy(),
-            "label_b": [self._labels(b).get(int(j), "") for b, j in zip(hits["sae_b"], hits["latent_b"])],
-            "cosine": hits["cosine"].astype(np.float64).round(4).to_numpy()})
-        unmatched = pd.DataFrame({"sae": a, "latent": misses["latent"].to_numpy(),
-                                  "label": [la.get(int(i), "") for i in misses["latent"]],
-                                  "best_cosine": misses["best_cosine"].astype(np.float64).round(4).to_numpy(),
-                                  "vs": misses["vs"].to_numpy()})
+        matches = pd.DataFrame(
+            {
+                "sae_a": a,
+                "latent_a": hits["latent_a"].to_numpy(),
+                "label_a": [la.get(int(i), "") for i in hits["latent_a"]],
+                "sae_b": hits["sae_b"].to_numpy(),
+                "latent_b": hits["latent_b"].to_numpy(),
+                "label_b": [self._labels(b).get(int(j), "") for b, j in zip(hits["sae_b"], hits["latent_b"])],
+                "cosine": hits["cosine"].astype(np.float64).round(4).to_numpy(),
+            }
+        )
+        unmatched = pd.DataFrame(
+            {
+                "sae": a,
+                "latent": misses["latent"].to_numpy(),
+                "label": [la.get(int(i), "") for i in misses["latent"]],
+                "best_cosine": misses["best_cosine"].astype(np.float64).round(4).to_numpy(),
+                "vs": misses["vs"].to_numpy(),
+            }
+        )
         total_hit = sum(p["n_matched"] for p in pairs)
-        return CompareResult(metrics, matches, unmatched, pd.DataFrame(pairs), total_hit,
-                             sum(p["n_latents"] for p in pairs) - total_hit)
+        return CompareResult(
+            metrics, matches, unmatched, pd.DataFrame(pairs), total_hit, sum(p["n_latents"] for p in pairs) - total_hit
+        )

@@ -11,16 +11,19 @@ iterations, ``MAX_MOTIF_CHARS`` motif characters. Input the model cannot read wh
 protein longer than the model's context, a history longer than the recommender's window) is cut, and
 the answer's ``notice`` says what was used.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-from backend.sae import steering
 from backend.errors import BackendError, number, shown, text, whole
+from backend.modalities import OutcomeRequest, get_modality
+from backend.modalities.base import join_notices as _join
+from backend.sae import steering
 from backend.sae.steering import (
     MAX_EDITS,
     MAX_NEW_TOKENS,
@@ -33,7 +36,6 @@ from backend.sae.steering import (
     TurnLock,
     firing_latents,
     fit_prompt,
-    make_intervention,
     side_by_side,
     validate_edits,
 )
@@ -57,10 +59,6 @@ class SteerUpdate:
 
 
 # ---- edits --------------------------------------------------------------------------------------
-def _join(*notes: str | None) -> str | None:
-    return " ".join(n for n in notes if n) or None
-
-
 def _blank(v) -> bool:
     return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
 
@@ -105,8 +103,9 @@ def _row(n: int, r) -> tuple:
             raise SteeringError(f"edit {n}: unknown field {shown(extra[0])}: an edit has latent, mode and value")
         return r.get("latent"), r.get("mode"), r.get("value")
     if not isinstance(r, (list, tuple)):
-        raise SteeringError(f"edit {n} must be a [latent, mode, value] row or a {{latent, mode, value}} object, "
-                            f"got {shown(r)}")
+        raise SteeringError(
+            f"edit {n} must be a [latent, mode, value] row or a {{latent, mode, value}} object, got {shown(r)}"
+        )
     if len(r) > 3:
         raise SteeringError(f"edit {n} has {len(r)} fields: give [latent, mode, value]")
     latent, mode, value = (list(r) + [None, None, None])[:3]
@@ -168,8 +167,17 @@ def _sae_name(name) -> str:
 
 
 class SteeringViews:
-    def steer_stream(self, sae: str, prompt: str, edits, *, max_new_tokens: int = 48, temperature: float = 0.7,
-                     seed: int = 0, chat: bool = True) -> Iterator[SteerUpdate]:
+    def steer_stream(
+        self,
+        sae: str,
+        prompt: str,
+        edits,
+        *,
+        max_new_tokens: int = 48,
+        temperature: float = 0.7,
+        seed: int = 0,
+        chat: bool = True,
+    ) -> Iterator[SteerUpdate]:
         """Baseline and steered generations from the same prompt and seed, streamed side by side.
 
         Every argument is checked here, when called, before anything runs. The stream takes one model
@@ -184,16 +192,25 @@ class SteeringViews:
         checked = validate_edits(rows, int(model.W_dec.shape[0]))
         adapter = self.adapter()
         prompt, cut = fit_prompt(adapter, prompt)
-        return self._steer_updates(adapter, model, checked, prompt, _join(cut, notice), n_new, temp, seed_i,
-                                   bool(chat))
+        return self._steer_updates(adapter, model, checked, prompt, _join(cut, notice), n_new, temp, seed_i, bool(chat))
 
     def _steer_updates(self, adapter, model, checked, prompt, notice, n_new, temp, seed, chat) -> Iterator[SteerUpdate]:
         site = self.ws.config.activations.site
         turns = _turns(self)
         limit = steering.STEER_TIME_LIMIT_S
         deadline = time.monotonic() + limit
-        pairs = side_by_side(adapter, model, site, checked, prompt, max_new_tokens=n_new, temperature=temp,
-                             seed=seed, chat=chat, turn=turns.turn)
+        pairs = side_by_side(
+            adapter,
+            model,
+            site,
+            checked,
+            prompt,
+            max_new_tokens=n_new,
+            temperature=temp,
+            seed=seed,
+            chat=chat,
+            turn=turns.turn,
+        )
         base = steer = ""
         try:
             for base, steer in pairs:
@@ -209,24 +226,23 @@ class SteeringViews:
 
     def steer(self, sae: str, prompt: str, edits, **kw) -> SteerUpdate:
         """The final update of ``steer_stream`` (for API clients)."""
-        last = None
-        for last in self.steer_stream(sae, prompt, edits, **kw):
-            pass
-        assert last is not None
+        *_, last = self.steer_stream(sae, prompt, edits, **kw)  # the stream always ends with the done update
         return last
 
     # ---- steering beyond text ---------------------------------------------------------
-    def steer_outcome(self, sae: str, inputs: str, edits, *, k: int = 10, motif: str = "", n_iters: int = 50,
-                      seed: int = 0) -> dict:
-        """The model's output before and after latent edits, for workspaces whose model does not generate text.
+    def steer_outcome(
+        self, sae: str, inputs: str, edits, *, k: int = 10, motif: str = "", n_iters: int = 50, seed: int = 0
+    ) -> dict:
+        """The model's output before and after latent edits, for workspaces whose model does not generate text
+        (the kind's ``steer_outcome``, backend/modalities).
 
         Protein (classifier head): class probabilities of ``inputs`` (a sequence) before and after, edits at
         the residues. Protein with a masked-LM head and a ``motif`` (regex): iterative masked resampling of
         the sequence with and without the edits, same seed. Recommender: the top-k next items after
         ``inputs`` (space-separated item ids, oldest first) before and after, with their genre mixes.
         The result always has ``notice`` (None, or what was cut, skipped or ignored)."""
-        if self.modality not in ("protein", "recsys"):
-            raise BackendError("this is a text workspace: steer it by generation (the Steer tab, /steer)")
+        if get_modality(self.modality).steer_outcome is None:
+            raise BackendError(f"this is a {self.modality} workspace: steer it by generation (the Steer tab, /steer)")
         try:
             return _outcome(self, sae, inputs, edits, k, motif, n_iters, seed)
         except BackendError:
@@ -236,46 +252,31 @@ class SteeringViews:
 
 
 def _outcome(host, sae, inputs, edits, k, motif, n_iters, seed) -> dict:
-    """steer_outcome's body (a function: tests drive it with a stand-in host)."""
+    """steer_outcome's body (a function: tests drive it with a stand-in host): the arguments every kind
+    shares are checked here, the rest by the kind's ``steer_outcome``."""
+    kind = get_modality(host.modality)
     seed_i = whole("seed", seed, 0, MAX_SEED)
     n_iters = whole("n_iters", n_iters, 1, MAX_N_ITERS)
     k = whole("k", k, 1, MAX_K)
     motif = text("motif", motif, MAX_MOTIF_CHARS).strip()
-    inputs = text("sequence" if host.modality == "protein" else "history", inputs, MAX_INPUT_CHARS)
+    inputs = text(kind.outcome_input, inputs, MAX_INPUT_CHARS)
     adapter = host.adapter()
-    site = host.ws.config.activations.site
-    turns = _turns(host)
-    if host.modality == "recsys":
-        from backend.modalities.recsys import ablate_recommendations, fit_history
 
-        k = whole("k", k, 1, min(MAX_K, len(adapter.items)))
-        ids, cut = fit_history(adapter, inputs)
-        rows, blank = parse_edits(edits)
+    def load_sae(rows: list[Edit]) -> tuple:
         model = host.sae(_sae_name(sae))
-        checked = validate_edits(rows, int(model.W_dec.shape[0]))
-        with turns.turn():
-            out = ablate_recommendations(adapter, model, site, ids, checked, k=k)
-        ignored = "The motif applies to protein models only; it was ignored." if motif else None
-        return {"kind": "recommendations", "history": adapter.token_strings(ids), **out,
-                "notice": _join(cut, blank, ignored)}
-    from backend.adapters.protein import compile_motif
-    from backend.modalities.protein import classifier_shift, fit_sequence
+        return model, validate_edits(rows, int(model.W_dec.shape[0]))
 
-    seq, cut = fit_sequence(adapter, inputs)
-    rows, blank = parse_edits(edits)
-    matcher = compile_motif(motif) if motif else None
-    model = host.sae(_sae_name(sae))
-    checked = validate_edits(rows, int(model.W_dec.shape[0]))
-    if matcher is not None and getattr(adapter, "head", "") == "mlm":
-        runs = {}
-        for name, fn in (("before", None), ("after", make_intervention(model, checked))):
-            with turns.turn():
-                runs[name] = adapter.steer_masked_resample(seq, site, fn, matcher, n_iters=n_iters, seed=seed_i)
-        return {"kind": "resample", **{n: {"final": r.final, "matched_at": r.matched_at,
-                                           "changes": len(r.trajectory)} for n, r in runs.items()},
-                "start": runs["before"].start, "motif": motif, "notice": _join(cut, blank)}
-    ignored = ("This model has no masked-LM head, so the motif was ignored: the classifier's probabilities "
-               "are shown." if motif else None)
-    with turns.turn():
-        out = classifier_shift(adapter, model, site, seq, checked)
-    return {"kind": "classifier", **out, "notice": _join(cut, blank, ignored)}
+    return kind.steer_outcome(
+        OutcomeRequest(
+            adapter=adapter,
+            site=host.ws.config.activations.site,
+            inputs=inputs,
+            k=k,
+            motif=motif,
+            n_iters=n_iters,
+            seed=seed_i,
+            parse_edits=lambda: parse_edits(edits),
+            load_sae=load_sae,
+            turn=_turns(host).turn,
+        )
+    )

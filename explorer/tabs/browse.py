@@ -3,11 +3,13 @@
 Handlers are module-level functions of (backend, plain values) so that tests call them directly;
 ``build`` lays out the tab and returns an ``Opener`` that the other tabs use to show a latent here.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -35,26 +37,43 @@ def _warn(e: Exception) -> str:
     return render.message_html(str(e))
 
 
-def list_latents(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
-                 page: float | None = 1) -> tuple[pd.DataFrame, str]:
+def list_latents(
+    backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str, page: float | None = 1
+) -> tuple[pd.DataFrame, str]:
     """(the page of latents as a display table, a status line) for the filters."""
     sort_by, descending = SORTS.get(sort, ("density", True))
     try:
         page_i = max(int(page or 1), 1)
-        df = backend.latents(sae, sort_by=sort_by, descending=descending,
-                             domain=None if domain in (None, "", ALL_DOMAINS) else domain,
-                             min_density=min_density or 0.0, query=(query or "").strip(),
-                             limit=PAGE_SIZE, offset=(page_i - 1) * PAGE_SIZE)
+        df = backend.latents(
+            sae,
+            sort_by=sort_by,
+            descending=descending,
+            domain=None if domain in (None, "", ALL_DOMAINS) else domain,
+            min_density=min_density or 0.0,
+            query=(query or "").strip(),
+            limit=PAGE_SIZE,
+            offset=(page_i - 1) * PAGE_SIZE,
+        )
     except BAD_INPUT as e:
         return pd.DataFrame(columns=LIST_COLUMNS), _warn(e)
-    table = render.tidy(pd.DataFrame({
-        "latent": df["latent"].astype(int), "explanation": df["label"].fillna(""), "conf.": df["confidence"],
-        "dens. %": (df["density"].astype("float64") * 100).map(lambda v: float(f"{v:.3g}")),
-        "domain": df["top_domain"].fillna(""),
-    }), {"conf.": 2})
+    table = render.tidy(
+        pd.DataFrame(
+            {
+                "latent": df["latent"].astype(int),
+                "explanation": df["label"].fillna(""),
+                "conf.": df["confidence"],
+                "dens. %": (df["density"].astype("float64") * 100).map(lambda v: float(f"{v:.3g}")),
+                "domain": df["top_domain"].fillna(""),
+            }
+        ),
+        {"conf.": 2},
+    )
     first = (page_i - 1) * PAGE_SIZE
-    status = (f"latents {first + 1}-{first + len(df)} of SAE **{sae}** (page {page_i}); select a row to open it"
-              if len(df) else f"no latents of SAE **{sae}** match these filters (page {page_i})")
+    status = (
+        f"latents {first + 1}-{first + len(df)} of SAE **{sae}** (page {page_i}); select a row to open it"
+        if len(df)
+        else f"no latents of SAE **{sae}** match these filters (page {page_i})"
+    )
     return table, status
 
 
@@ -73,13 +92,27 @@ def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
         near = near.rename(columns=NEAREST_HEADERS)
     except BAD_INPUT:
         near = empty
-    return (render.feature_header_html(fv), render.histogram_figure(fv.hist_edges, fv.hist_counts),
-            render.domain_figure(fv.domain_rates), render.contexts_html(fv.top_contexts, fv.max_act, show=TOP_SHOWN),
-            render.quantiles_html(fv.quantiles, fv.max_act), render.logits_html(fv.logits_top, fv.logits_bottom), near)
+    return (
+        render.feature_header_html(fv),
+        render.histogram_figure(fv.hist_edges, fv.hist_counts),
+        render.domain_figure(fv.domain_rates),
+        render.contexts_html(fv.top_contexts, fv.max_act, show=TOP_SHOWN),
+        render.quantiles_html(fv.quantiles, fv.max_act),
+        render.logits_html(fv.logits_top, fv.logits_bottom),
+        near,
+    )
 
 
-def open_sae(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
-             page: float | None = 1, latent: int | None = None) -> tuple:
+def open_sae(
+    backend: Any,
+    sae: str,
+    sort: str,
+    domain: str | None,
+    min_density: float | None,
+    query: str,
+    page: float | None = 1,
+    latent: int | None = None,
+) -> tuple:
     """The list for the filters and the dashboard of ``latent`` (default: the list's first row):
     (table, status, latent, *dashboard)."""
     table, status = list_latents(backend, sae, sort, domain, min_density, query, page)
@@ -88,8 +121,16 @@ def open_sae(backend: Any, sae: str, sort: str, domain: str | None, min_density:
     return (table, status, latent, *show_feature(backend, sae, latent))
 
 
-def open_from_url(backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str,
-                  page: float | None = 1, request: gr.Request | None = None) -> tuple:
+def open_from_url(
+    backend: Any,
+    sae: str,
+    sort: str,
+    domain: str | None,
+    min_density: float | None,
+    query: str,
+    page: float | None = 1,
+    request: gr.Request | None = None,
+) -> tuple:
     """Page load: ``open_sae``, or the latent a link names (``?sae=<name>&latent=<id>``, the dashboard's permalink)."""
     params = dict(request.query_params) if request is not None and request.query_params else {}
     names = list(getattr(backend, "sae_names", []) or [])
@@ -102,8 +143,9 @@ def open_from_url(backend: Any, sae: str, sort: str, domain: str | None, min_den
     return (sae, *open_sae(backend, sae, sort, domain, min_density, query, page, wanted))
 
 
-def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | None = None,
-             latent_col: int = 0) -> tuple[str | None, int]:
+def row_pick(
+    evt: gr.SelectData, default_sae: str | None = None, sae_col: int | None = None, latent_col: int = 0
+) -> tuple[str | None, int]:
     """(sae, latent) from a selected table row; raises gr.Error when the row has no latent."""
     row = evt.row_value or []
     try:
@@ -114,11 +156,30 @@ def row_pick(evt: gr.SelectData, default_sae: str | None = None, sae_col: int | 
 
 
 @json_endpoint
-def latents_api(backend: Any, sae: str, sort_by: str = "density", limit: int = 200, descending: bool = True,
-                domain: str = "", min_density: float = 0.0, query: str = "", offset: int = 0) -> list | dict:
+def latents_api(
+    backend: Any,
+    sae: str,
+    sort_by: str = "density",
+    limit: int = 200,
+    descending: bool = True,
+    domain: str = "",
+    min_density: float = 0.0,
+    query: str = "",
+    offset: int = 0,
+) -> list | dict:
     """The latent records, or {"error": message}."""
-    return render.to_json(backend.latents(sae, sort_by=sort_by, descending=descending, domain=domain or None,
-                                          min_density=min_density, query=query, limit=limit, offset=offset))
+    return render.to_json(
+        backend.latents(
+            sae,
+            sort_by=sort_by,
+            descending=descending,
+            domain=domain or None,
+            min_density=min_density,
+            query=query,
+            limit=limit,
+            offset=offset,
+        )
+    )
 
 
 @json_endpoint
@@ -139,8 +200,11 @@ class Opener:
     def wire(self, trigger: Callable, fn: Callable, inputs: list) -> None:
         """``trigger(fn, inputs)`` where fn returns ``Opener.target(sae, latent)``; then load the dashboard."""
         trigger(fn, inputs, [self.sae, self.latent, self.tabs], api_visibility="private").success(
-            functools.partial(show_feature, self.backend), [self.sae, self.latent], self.outputs,
-            api_visibility="private")
+            functools.partial(show_feature, self.backend),
+            [self.sae, self.latent],
+            self.outputs,
+            api_visibility="private",
+        )
 
     @staticmethod
     def target(sae: str | None, latent: int) -> tuple:
@@ -153,18 +217,26 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
     with gr.Row(equal_height=True):
         sae = gr.Dropdown(sae_names, value=first, label="SAE", scale=1, min_width=120)
         sort = gr.Dropdown(list(SORTS), value=next(iter(SORTS)), label="sort by", scale=1, min_width=160)
-        domain = gr.Dropdown([ALL_DOMAINS, *backend.domains()], value=ALL_DOMAINS, label="top domain", scale=1,
-                             min_width=140)
-        min_density = gr.Number(0.0, label="min density (fraction)", minimum=0, maximum=1, step=0.001, scale=1,
-                                min_width=120)
+        domain = gr.Dropdown(
+            [ALL_DOMAINS, *backend.domains()], value=ALL_DOMAINS, label="top domain", scale=1, min_width=140
+        )
+        min_density = gr.Number(
+            0.0, label="min density (fraction)", minimum=0, maximum=1, step=0.001, scale=1, min_width=120
+        )
         query = gr.Textbox(label="explanation contains", placeholder="e.g. licence", scale=2, min_width=160)
         page = gr.Number(1, label=f"page ({PAGE_SIZE} per page)", precision=0, minimum=1, scale=1, min_width=100)
     with gr.Row():
         with gr.Column(scale=2, min_width=380):
             status = gr.Markdown(elem_classes=["muted"])
-            table = gr.Dataframe(pd.DataFrame(columns=LIST_COLUMNS), interactive=False, max_height=760, wrap=True,
-                                 column_widths=["12%", "47%", "11%", "13%", "17%"], elem_id="latent-list",
-                                 show_label=False)
+            table = gr.Dataframe(
+                pd.DataFrame(columns=LIST_COLUMNS),
+                interactive=False,
+                max_height=760,
+                wrap=True,
+                column_widths=["12%", "47%", "11%", "13%", "17%"],
+                elem_id="latent-list",
+                show_label=False,
+            )
         with gr.Column(scale=3, min_width=520):
             with gr.Row(elem_classes=["bar"]):
                 latent = gr.Number(None, label="latent id", precision=0, minimum=0, scale=1, elem_id="latent-id")
@@ -184,18 +256,31 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
                     logits = gr.HTML()
                 with gr.Column(scale=3, min_width=340):
                     gr.Markdown("#### Nearest decoder directions")
-                    nearest = gr.Dataframe(pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS),
-                                           interactive=False, show_label=False, max_height=320, wrap=True,
-                                           column_widths=["20%", "14%", "13%", "53%"], elem_id="nearest-list")
+                    nearest = gr.Dataframe(
+                        pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS),
+                        interactive=False,
+                        show_label=False,
+                        max_height=320,
+                        wrap=True,
+                        column_widths=["20%", "14%", "13%", "53%"],
+                        elem_id="nearest-list",
+                    )
     dashboard = [head, hist, dom, contexts, quant, logits, nearest]
     filters = [sae, sort, domain, min_density, query, page]
     show = functools.partial(show_feature, backend)
     relist = functools.partial(list_latents, backend)
 
-    gr.on([sort.input, domain.input, min_density.input, query.input, page.input], relist, filters, [table, status],
-          trigger_mode="always_last", api_visibility="private")
-    sae.input(functools.partial(open_sae, backend), filters, [table, status, latent, *dashboard],
-              api_visibility="private")
+    gr.on(
+        [sort.input, domain.input, min_density.input, query.input, page.input],
+        relist,
+        filters,
+        [table, status],
+        trigger_mode="always_last",
+        api_visibility="private",
+    )
+    sae.input(
+        functools.partial(open_sae, backend), filters, [table, status, latent, *dashboard], api_visibility="private"
+    )
     gr.on([latent.submit, open_btn.click], show, [sae, latent], dashboard, api_visibility="private")
     opener = Opener(backend, sae, latent, tabs, dashboard)
 
@@ -208,8 +293,16 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
     opener.wire(table.select, pick_listed, [sae])
     opener.wire(nearest.select, pick_nearest, [])
 
-    def latents_endpoint(sae: str, sort_by: str = "density", limit: int = 200, descending: bool = True,
-                         domain: str = "", min_density: float = 0.0, query: str = "", offset: int = 0) -> list | dict:
+    def latents_endpoint(
+        sae: str,
+        sort_by: str = "density",
+        limit: int = 200,
+        descending: bool = True,
+        domain: str = "",
+        min_density: float = 0.0,
+        query: str = "",
+        offset: int = 0,
+    ) -> list | dict:
         """Latents of an SAE as records, filtered by top domain, minimum density and words in the explanation.
 
         sort_by: density | confidence | max_act | latent."""
@@ -221,8 +314,10 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
 
     gr.api(latents_endpoint, api_name="latents")
     gr.api(feature_endpoint, api_name="feature")
-    def load_page(sae_name: str, sort_by: str, dom: str | None, min_d: float | None, q: str, pg: float | None,
-                  request: gr.Request) -> tuple:  # a plain function: gradio injects the request by annotation
+
+    def load_page(
+        sae_name: str, sort_by: str, dom: str | None, min_d: float | None, q: str, pg: float | None, request: gr.Request
+    ) -> tuple:  # a plain function: gradio injects the request by annotation
         return open_from_url(backend, sae_name, sort_by, dom, min_d, q, pg, request)
 
     load = (load_page, filters, [sae, table, status, latent, *dashboard])

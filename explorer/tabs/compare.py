@@ -1,4 +1,5 @@
 """Compare tab: metrics side by side, Pareto plots, latents matched by decoder cosine, unmatched latents."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,17 @@ from .browse import Opener, row_pick
 MATCH_COLUMNS = ["sae_a", "latent_a", "label_a", "sae_b", "latent_b", "label_b", "cosine"]
 UNMATCHED_COLUMNS = ["sae", "latent", "label", "best_cosine", "vs"]
 UI_ROWS = 500  # rows of each table shown in the tab (the API pages through all of them)
-HEADERS = {"sae_a": "SAE A", "latent_a": "id A", "label_a": "explanation A", "sae_b": "SAE B", "latent_b": "id B",
-           "label_b": "explanation B", "label": "explanation", "best_cosine": "best cos", "vs": "in SAE"}
+HEADERS = {
+    "sae_a": "SAE A",
+    "latent_a": "id A",
+    "label_a": "explanation A",
+    "sae_b": "SAE B",
+    "latent_b": "id B",
+    "label_b": "explanation B",
+    "label": "explanation",
+    "best_cosine": "best cos",
+    "vs": "in SAE",
+}
 
 
 def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -29,8 +39,12 @@ def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def run_compare(backend: Any, saes: list[str] | None, threshold: float = 0.7) -> tuple:
     """(metrics table, Pareto figure, matches, unmatched, status) for two or more SAEs."""
-    empty = (pd.DataFrame(), None, pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS),
-             pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS))
+    empty = (
+        pd.DataFrame(),
+        None,
+        pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS),
+        pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS),
+    )
     if not isinstance(saes, list) or len(saes) < 2:
         gr.Warning("Pick at least two SAEs to compare.")
         return (*empty, render.message_html("Pick at least two SAEs to compare."))
@@ -45,9 +59,16 @@ def run_compare(backend: Any, saes: list[str] | None, threshold: float = 0.7) ->
     status = render.message_html(
         f"{shown(len(matches), res.n_matches)} matches of {saes[0]}'s latents with decoder cosine "
         f">= {float(threshold):.2f}; {shown(len(unmatched), res.n_unmatched)} without one. "
-        "Select a match to see both dashboards.", "info")
-    return (metrics_table(res.metrics), render.pareto_figure(res.metrics), matches.rename(columns=HEADERS),
-            unmatched.rename(columns=HEADERS), status)
+        "Select a match to see both dashboards.",
+        "info",
+    )
+    return (
+        metrics_table(res.metrics),
+        render.pareto_figure(res.metrics),
+        matches.rename(columns=HEADERS),
+        unmatched.rename(columns=HEADERS),
+        status,
+    )
 
 
 def show_match(backend: Any, evt: gr.SelectData) -> tuple[str, str]:
@@ -75,8 +96,9 @@ def _pick_unmatched(evt: gr.SelectData) -> tuple:
 def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     """Lay out the tab; returns its first comparison (fn, inputs, outputs), run when the tab is first opened."""
     with gr.Row(elem_classes=["bar"]):
-        saes = gr.CheckboxGroup(sae_names, value=sae_names[:3], label="SAEs (the first is matched against the others)",
-                                scale=3)
+        saes = gr.CheckboxGroup(
+            sae_names, value=sae_names[:3], label="SAEs (the first is matched against the others)", scale=3
+        )
         threshold = gr.Slider(0.3, 0.99, value=0.7, step=0.01, label="match threshold (decoder cosine)", scale=2)
         go_btn = gr.Button("Compare", variant="primary", scale=0, min_width=120)
     status = gr.HTML()
@@ -88,21 +110,40 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     with gr.Row():
         with gr.Column(scale=3, min_width=480):
             gr.Markdown("#### Matched latents (best decoder cosine)")
-            matches = gr.Dataframe(pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS), interactive=False,
-                                   show_label=False, max_height=360, wrap=True, elem_id="compare-matches",
-                                   column_widths=["12%", "7%", "25%", "12%", "7%", "25%", "12%"])
+            matches = gr.Dataframe(
+                pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS),
+                interactive=False,
+                show_label=False,
+                max_height=360,
+                wrap=True,
+                elem_id="compare-matches",
+                column_widths=["12%", "7%", "25%", "12%", "7%", "25%", "12%"],
+            )
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("#### Unmatched latents (select to open)")
-            unmatched = gr.Dataframe(pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS), interactive=False,
-                                     show_label=False, max_height=360, wrap=True, elem_id="compare-unmatched",
-                                     column_widths=["17%", "12%", "45%", "12%", "14%"])
+            unmatched = gr.Dataframe(
+                pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS),
+                interactive=False,
+                show_label=False,
+                max_height=360,
+                wrap=True,
+                elem_id="compare-unmatched",
+                column_widths=["17%", "12%", "45%", "12%", "14%"],
+            )
     with gr.Row():
         card_a = gr.HTML(render.message_html("Select a match to compare its two latents.", "info"))
         card_b = gr.HTML()
     run = functools.partial(run_compare, backend)
     outputs = [metrics, pareto, matches, unmatched, status]
-    gr.on([go_btn.click, saes.input, threshold.release], run, [saes, threshold], outputs, trigger_mode="always_last",
-          api_visibility="private")
+    gr.on(
+        [go_btn.click, saes.input, threshold.release],
+        run,
+        [saes, threshold],
+        outputs,
+        trigger_mode="always_last",
+        api_visibility="private",
+    )
+
     def on_match(evt: gr.SelectData) -> tuple[str, str]:  # a def, not a partial: Gradio reads the SelectData hint
         return show_match(backend, evt)
 

@@ -1,4 +1,5 @@
 """Coverage tab: where specialized and boosted SAEs capture what the general SAE misses; SHIFT."""
+
 from __future__ import annotations
 
 import gradio as gr
@@ -23,10 +24,19 @@ def load_coverage(backend, subdomain: str | None):
         return empty, None, None, None, gr.update(choices=[], value=None), empty, f"⚠ {e}"
     others = [n for n in cov["saes"] if n != cov["reference"]]
     first = others[0] if others else None
-    msg = (f"Subdomain **{cov['subdomain']}**: {cov['n_sub_tokens']:,} held-out subdomain tokens, "
-           f"{cov['n_gen_tokens']:,} general tokens; reference SAE **{cov['reference']}**.")
-    return (rr.coverage_summary(cov), rr.recall_by_frequency(cov), rr.cumulative_coverage(cov),
-            rr.log_ratio_histogram(cov), gr.update(choices=others, value=first), unique_table(backend, cov, first), msg)
+    msg = (
+        f"Subdomain **{cov['subdomain']}**: {cov['n_sub_tokens']:,} held-out subdomain tokens, "
+        f"{cov['n_gen_tokens']:,} general tokens; reference SAE **{cov['reference']}**."
+    )
+    return (
+        rr.coverage_summary(cov),
+        rr.recall_by_frequency(cov),
+        rr.cumulative_coverage(cov),
+        rr.log_ratio_histogram(cov),
+        gr.update(choices=others, value=first),
+        unique_table(backend, cov, first),
+        msg,
+    )
 
 
 LABEL_PAGE = 10_000  # rows per /latents page (the backend's cap)
@@ -90,5 +100,10 @@ def build(backend, sae_names: list[str]) -> dict:
         return backend.coverage(subdomain)
 
     gr.api(coverage, api_name="coverage")
-    return {"subdomain": sub, "outputs": outs, "load": lambda s: load_coverage(backend, s), "unique": uniq,
-            "unique_sae": uniq_sae}
+    return {
+        "subdomain": sub,
+        "outputs": outs,
+        "load": lambda s: load_coverage(backend, s),
+        "unique": uniq,
+        "unique_sae": uniq_sae,
+    }

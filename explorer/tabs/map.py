@@ -4,6 +4,7 @@ gr.Plot has no click event in Gradio 6, so a small gr.HTML bridge listens to plo
 ``plotly_click`` on the figure and triggers a Gradio event with the point's (sae, latent); the
 latent box under the map (``sae:latent`` or a bare id) does the same by hand.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,7 +45,8 @@ def draw_map(backend: Any, choice: str, color_by: str) -> tuple[go.Figure | None
         return None, render.message_html(str(e))
     what = f"SAE {sae}" if sae else f"{df['sae'].nunique()} SAEs in one layout"
     return render.map_figure(df, color_by), render.message_html(
-        f"{len(df):,} latents of {what}; hover for the explanation, click a point to see it here.", "info")
+        f"{len(df):,} latents of {what}; hover for the explanation, click a point to see it here.", "info"
+    )
 
 
 def parse_pick(text: str, choice: str | None) -> tuple[str, int]:
@@ -100,7 +102,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
     """
     with gr.Row(equal_height=True):
         choice = gr.Dropdown([*sae_names, JOINT], value=sae_names[0] if sae_names else JOINT, label="map", scale=2)
-        colours = COLOR_BY if getattr(backend, "modality", "text") == "text" else [*COLOR_BY, "concept"]
+        colours = [*COLOR_BY, "concept"] if backend.capabilities["map_concepts"] else COLOR_BY
         color_by = gr.Dropdown(colours, value="density", label="colour by", scale=1)
     status = gr.HTML()
     with gr.Row():
@@ -109,11 +111,16 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
             bridge = gr.HTML("", js_on_load=CLICK_BRIDGE_JS, elem_id="map-bridge")
         with gr.Column(scale=2, min_width=340):
             with gr.Row(elem_classes=["bar"]):
-                pick = gr.Textbox(label="latent (click a point, or type sae:latent)", placeholder="topk:12", scale=1,
-                                  elem_id="map-pick")
+                pick = gr.Textbox(
+                    label="latent (click a point, or type sae:latent)",
+                    placeholder="topk:12",
+                    scale=1,
+                    elem_id="map-pick",
+                )
                 open_btn = gr.Button("Open dashboard", scale=0, min_width=180)
-            card = gr.HTML(render.message_html("Click a point of the map to see its latent here.", "info"),
-                           elem_id="map-card")
+            card = gr.HTML(
+                render.message_html("Click a point of the map to see its latent here.", "info"), elem_id="map-card"
+            )
     draw = functools.partial(draw_map, backend)
     gr.on([choice.input, color_by.input], draw, [choice, color_by], [plot, status], api_visibility="private")
 

@@ -1,4 +1,5 @@
 """Search tab: latents firing on a text (token by token), words in explanations, nearest decoder directions."""
+
 from __future__ import annotations
 
 import functools
@@ -12,8 +13,6 @@ from .. import render
 from ..api import BAD_INPUT, json_endpoint
 from .browse import Opener, row_pick
 
-INPUT_LABELS = {"text": "text", "protein": "protein sequence (one-letter amino-acid codes)",
-                "recsys": "a user's history: item ids, oldest first, separated by spaces"}
 EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples.txt"
 ALL_SAES = "all SAEs"
 SAME_SAE = "same SAE"
@@ -49,8 +48,12 @@ def search_text(backend: Any, sae: str, text: str, top_n: float = 10) -> tuple[p
     except BAD_INPUT as e:
         return (*_fail(e, TEXT_COLUMNS), {}, None)
     table = display(res.top_latents, TEXT_COLUMNS, {"max_act": 1, "mean_act": 2})
-    state = {"sae": sae, "tokens": list(res.tokens), "per_token": [list(map(list, pt)) for pt in res.per_token],
-             "acts": {int(k): list(map(float, v)) for k, v in res.acts.items()}}
+    state = {
+        "sae": sae,
+        "tokens": list(res.tokens),
+        "per_token": [list(map(list, pt)) for pt in res.per_token],
+        "acts": {int(k): list(map(float, v)) for k, v in res.acts.items()},
+    }
     notice = getattr(res, "notice", "")
     if notice:
         gr.Warning(notice)
@@ -96,8 +99,9 @@ def search_features(backend: Any, query: str, sae: str | None, limit: float = 50
     return df, render.message_html(f"{len(df)} latents; select one to open its dashboard.", "info")
 
 
-def nearest(backend: Any, sae: str, latent: float | None, k: float = 10,
-            other_sae: str | None = None) -> tuple[pd.DataFrame, str]:
+def nearest(
+    backend: Any, sae: str, latent: float | None, k: float = 10, other_sae: str | None = None
+) -> tuple[pd.DataFrame, str]:
     """(nearest decoder directions, status) of one latent, in its own SAE or another."""
     if latent is None:
         return _fail("Type the id of a latent.", NEAREST_COLUMNS)
@@ -126,8 +130,15 @@ def nearest_api(backend: Any, sae: str, latent: int, k: int = 10, other_sae: str
 
 
 def _table(columns: list[str], elem_id: str, widths: list[str]) -> gr.Dataframe:
-    return gr.Dataframe(display(pd.DataFrame(columns=columns), columns, {}), interactive=False, wrap=True,
-                        max_height=520, show_label=False, elem_id=elem_id, column_widths=widths)
+    return gr.Dataframe(
+        display(pd.DataFrame(columns=columns), columns, {}),
+        interactive=False,
+        wrap=True,
+        max_height=520,
+        show_label=False,
+        elem_id=elem_id,
+        column_widths=widths,
+    )
 
 
 def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
@@ -138,17 +149,20 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
                 t_sae = gr.Dropdown(sae_names, value=first, label="SAE", scale=1)
                 top_n = gr.Slider(1, 50, value=10, step=1, label="top latents", scale=2)
                 t_btn = gr.Button("Find latents", variant="primary", scale=0, min_width=140)
-            modality = getattr(backend, "modality", "text")
-            ex = examples() if modality == "text" else [backend.example_input()]
-            text = gr.Textbox(ex[0] if ex else "", label=INPUT_LABELS.get(modality, "text"), lines=4, max_lines=12,
-                              elem_id="search-text")
+            caps = backend.capabilities
+            ex = examples() if caps["prompt_examples"] else [backend.example_input()]
+            text = gr.Textbox(
+                ex[0] if ex else "", label=caps["input_label"], lines=4, max_lines=12, elem_id="search-text"
+            )
             if ex:
                 gr.Examples([[e] for e in ex], inputs=text, label="examples")
             state = gr.State({})
             with gr.Row():
                 with gr.Column(scale=2, min_width=360):
-                    gr.Markdown("Select a latent to colour the text by it; **Open** shows its dashboard.",
-                                elem_classes=["muted"])
+                    gr.Markdown(
+                        "Select a latent to colour the text by it; **Open** shows its dashboard.",
+                        elem_classes=["muted"],
+                    )
                     t_table = _table(TEXT_COLUMNS, "text-latents", ["12%", "50%", "12%", "12%", "14%"])
                 with gr.Column(scale=3, min_width=420):
                     with gr.Row(elem_classes=["bar"]):
@@ -173,8 +187,13 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
             n_msg = gr.HTML()
             n_table = _table(NEAREST_COLUMNS, "nearest-results", ["12%", "9%", "9%", "70%"])
 
-    gr.on([t_btn.click, text.submit], functools.partial(search_text, backend), [t_sae, text, top_n],
-          [t_table, t_heat, state, chosen], api_visibility="private")
+    gr.on(
+        [t_btn.click, text.submit],
+        functools.partial(search_text, backend),
+        [t_sae, text, top_n],
+        [t_table, t_heat, state, chosen],
+        api_visibility="private",
+    )
     gr.on([chosen.submit], heatmap, [state, chosen], t_heat, api_visibility="private")
 
     def choose(st: dict, evt: gr.SelectData) -> tuple[int, str]:
@@ -183,10 +202,20 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
 
     t_table.select(choose, state, [chosen, t_heat], api_visibility="private")
     opener.wire(t_open.click, open_chosen, [state, chosen])
-    gr.on([f_btn.click, query.submit], functools.partial(search_features, backend), [query, f_sae, limit],
-          [f_table, f_msg], api_visibility="private")
-    gr.on([n_btn.click, n_latent.submit], functools.partial(nearest, backend), [n_sae, n_latent, k, n_other],
-          [n_table, n_msg], api_visibility="private")
+    gr.on(
+        [f_btn.click, query.submit],
+        functools.partial(search_features, backend),
+        [query, f_sae, limit],
+        [f_table, f_msg],
+        api_visibility="private",
+    )
+    gr.on(
+        [n_btn.click, n_latent.submit],
+        functools.partial(nearest, backend),
+        [n_sae, n_latent, k, n_other],
+        [n_table, n_msg],
+        api_visibility="private",
+    )
 
     def pick(evt: gr.SelectData) -> tuple:
         return Opener.target(*row_pick(evt, sae_col=0, latent_col=1))

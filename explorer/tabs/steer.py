@@ -1,7 +1,8 @@
 """Steer tab: clamp, scale, ablate or add latents; baseline and steered text streamed side by side."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import gradio as gr
 import pandas as pd
@@ -19,7 +20,9 @@ MAX_NEW_TOKENS = 128  # = backend.sae.steering.MAX_NEW_TOKENS (explorer never im
 CONCURRENCY = 4  # steering requests (UI and API together) running at once; their token steps take turns
 
 
-def add_edit(edits: pd.DataFrame | None, latent: int | float | None, mode: str = "clamp", value: float = 10.0) -> pd.DataFrame:
+def add_edit(
+    edits: pd.DataFrame | None, latent: int | float | None, mode: str = "clamp", value: float = 10.0
+) -> pd.DataFrame:
     """Append a latent to the edits table (used by the other tabs' "steer with this latent" buttons)."""
     df = pd.DataFrame(edits, columns=EDIT_COLUMNS) if edits is not None else EMPTY_EDITS.iloc[:0]
     df = df[df["latent"].notna() & (df["latent"].astype(str) != "")]
@@ -39,23 +42,38 @@ def edit_rows(edits: pd.DataFrame | None) -> list:
 
 def edits_table(modes: str) -> gr.Dataframe:
     """The editable (latent, mode, value) table of a steer tab; ``modes`` lists the accepted modes."""
-    return gr.Dataframe(EMPTY_EDITS.copy(), headers=EDIT_COLUMNS, datatype=["number", "str", "number"],
-                        column_count=(3, "fixed"), row_count=(1, "dynamic"), interactive=True,
-                        label=f"latent edits (mode: {modes})")
+    return gr.Dataframe(
+        EMPTY_EDITS.copy(),
+        headers=EDIT_COLUMNS,
+        datatype=["number", "str", "number"],
+        column_count=(3, "fixed"),
+        row_count=(1, "dynamic"),
+        interactive=True,
+        label=f"latent edits (mode: {modes})",
+    )
 
 
 def firing_table(firing) -> pd.DataFrame:
     return pd.DataFrame(firing or [], columns=["latent", "max activation", "tokens fired"])
 
 
-def run_steer(backend, sae: str, prompt: str, edits: pd.DataFrame, max_new_tokens: float, temperature: float,
-              seed: float, chat: bool) -> Iterator[tuple]:
+def run_steer(
+    backend,
+    sae: str,
+    prompt: str,
+    edits: pd.DataFrame,
+    max_new_tokens: float,
+    temperature: float,
+    seed: float,
+    chat: bool,
+) -> Iterator[tuple]:
     """Streamed handler: (baseline, steered, notice, firing table). Any client can call it (fn_index), so the
     values go to the backend unconverted and are checked there exactly as for /steer."""
     stream = None
     try:
-        stream = backend.steer_stream(sae, prompt, edit_rows(edits), max_new_tokens=max_new_tokens,
-                                      temperature=temperature, seed=seed, chat=chat)
+        stream = backend.steer_stream(
+            sae, prompt, edit_rows(edits), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, chat=chat
+        )
         for u in stream:
             notice = f"⚠ {u.notice}" if u.notice else ""
             yield u.baseline, u.steered, notice, firing_table(u.firing) if u.done else gr.skip()
@@ -68,12 +86,17 @@ def run_steer(backend, sae: str, prompt: str, edits: pd.DataFrame, max_new_token
 
 
 @json_endpoint
-def steer_api(backend, sae: str, prompt: str, edits: list, max_new_tokens: int = 48, temperature: float = 0.7,
-              seed: int = 0) -> dict:
+def steer_api(
+    backend, sae: str, prompt: str, edits: list, max_new_tokens: int = 48, temperature: float = 0.7, seed: int = 0
+) -> dict:
     """JSON endpoint: edits as [[latent, mode, value], ...] or [{"latent":..,"mode":..,"value":..}]."""
     u = backend.steer(sae, prompt, edits, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    return {"baseline": u.baseline, "steered": u.steered, "notice": u.notice,
-            "firing": [{"latent": a, "max_act": b, "tokens": c} for a, b, c in (u.firing or [])]}
+    return {
+        "baseline": u.baseline,
+        "steered": u.steered,
+        "notice": u.notice,
+        "firing": [{"latent": a, "max_act": b, "tokens": c} for a, b, c in (u.firing or [])],
+    }
 
 
 def build(backend, sae_names: list[str]) -> dict:
@@ -95,13 +118,19 @@ def build(backend, sae_names: list[str]) -> dict:
         base_out = gr.Textbox(label="baseline", lines=8, interactive=False)
         steer_out = gr.Textbox(label="steered", lines=8, interactive=False)
     firing = gr.Dataframe(firing_table([]), label="latents firing on the steered text", interactive=False)
-    gen = go_btn.click(lambda *a: (yield from run_steer(backend, *a)), [sae, prompt, edits, max_new, temp, seed, chat],
-                       [base_out, steer_out, notice, firing], api_visibility="private",
-                       concurrency_limit=CONCURRENCY, concurrency_id="steer")
+    gen = go_btn.click(
+        lambda *a: (yield from run_steer(backend, *a)),
+        [sae, prompt, edits, max_new, temp, seed, chat],
+        [base_out, steer_out, notice, firing],
+        api_visibility="private",
+        concurrency_limit=CONCURRENCY,
+        concurrency_id="steer",
+    )
     stop_btn.click(None, None, None, cancels=[gen], api_visibility="private")
 
-    def steer(sae: str, prompt: str, edits: list, max_new_tokens: int = 48, temperature: float = 0.7,
-              seed: int = 0) -> dict:
+    def steer(
+        sae: str, prompt: str, edits: list, max_new_tokens: int = 48, temperature: float = 0.7, seed: int = 0
+    ) -> dict:
         """Baseline and steered text; edits: [[latent, mode, value], ...] with mode clamp|scale|zero|add."""
         return steer_api(backend, sae, prompt, edits, max_new_tokens, temperature, seed)
 

@@ -1,4 +1,5 @@
 """The causal-LM adapter on the real embedded SmolLM2 (no toy model here)."""
+
 from __future__ import annotations
 
 import threading

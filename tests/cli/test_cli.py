@@ -1,4 +1,5 @@
 """The CLI: help, one clear line per user error, exit code 2, nothing half-written."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,17 @@ from backend.__main__ import main
 
 
 def _config(tmp_path, **over):
-    cfg = {"name": "cli", "corpora": [{"name": "hpo", "max_docs": 30}], "activations": {"site": "blocks.3.hook_resid_post",
-           "context_len": 32, "max_tokens": 600, "batch_size": 8, "shard_tokens": 256}}
+    cfg = {
+        "name": "cli",
+        "corpora": [{"name": "hpo", "max_docs": 30}],
+        "activations": {
+            "site": "blocks.3.hook_resid_post",
+            "context_len": 32,
+            "max_tokens": 600,
+            "batch_size": 8,
+            "shard_tokens": 256,
+        },
+    }
     cfg.update(over)
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -28,7 +38,13 @@ def test_help_lists_the_commands(capsys):
 def test_corpora_lists_text_protein_and_recommender_corpora(capsys):
     assert main(["corpora"]) in (0, None)
     out = capsys.readouterr().out
-    assert out.index("wikipedia") < out.index("protein") < out.index("pfam") < out.index("recommender") < out.index("ml-100k")
+    assert (
+        out.index("wikipedia")
+        < out.index("protein")
+        < out.index("pfam")
+        < out.index("recommender")
+        < out.index("ml-100k")
+    )
 
 
 def test_a_protein_fasta_with_bad_letters_is_one_line(tmp_path, capsys):
@@ -66,14 +82,67 @@ def test_build_then_train_from_an_array_file(tmp_path, capsys):
     from backend.data.activations import ShardCache
 
     np.save(tmp_path / "a.npy", ShardCache(acts).all_acts().numpy())
-    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--architecture", "topk", "--d-sae", "64", "--k", "4",
-                 "--batch-size", "128", "--out", str(tmp_path / "sae")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "a.npy"),
+                "--architecture",
+                "topk",
+                "--d-sae",
+                "64",
+                "--k",
+                "4",
+                "--batch-size",
+                "128",
+                "--out",
+                str(tmp_path / "sae"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "sae" / "sae_weights.safetensors").exists()
-    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--d-sae", "64", "--k", "99", "--out", str(tmp_path / "s2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "a.npy"),
+                "--d-sae",
+                "64",
+                "--k",
+                "99",
+                "--out",
+                str(tmp_path / "s2"),
+            ]
+        )
+        == 2
+    )
     assert "k=99 must be between 1 and d_sae=64" in capsys.readouterr().err
     # a residual SAE on the first one's error (SAE Boost), in bf16 selection: the folder loads as the composite
-    assert main(["train", "--activations", str(tmp_path / "a.npy"), "--d-sae", "32", "--k", "4", "--batch-size", "128",
-                 "--boost-base", str(tmp_path / "sae"), "--dtype", "bfloat16", "--out", str(tmp_path / "boost")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "a.npy"),
+                "--d-sae",
+                "32",
+                "--k",
+                "4",
+                "--batch-size",
+                "128",
+                "--boost-base",
+                str(tmp_path / "sae"),
+                "--dtype",
+                "bfloat16",
+                "--out",
+                str(tmp_path / "boost"),
+            ]
+        )
+        == 0
+    )
     from backend.sae import losses
     from backend.sae.boost import BoostedSae
     from backend.sae.model import load_sae

@@ -1,11 +1,12 @@
 """The activation pipeline and shard cache on the real model."""
+
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from backend.data.activations import ShardCache, stream_activations
 from backend.config import CorpusConfig
+from backend.data.activations import ShardCache, stream_activations
 from backend.data.corpora import load_docs, make_windows
 
 SITE = "blocks.4.hook_resid_post"
@@ -42,8 +43,9 @@ def test_max_tokens_budget(smollm2):
 
 def test_shard_cache_round_trip_and_batches(smollm2, tmp_path):
     w = _windows(smollm2)
-    cache = ShardCache.build(smollm2, w, SITE, tmp_path / "cache", batch_size=8, shard_tokens=128, dtype="float16",
-                             progress=False)
+    cache = ShardCache.build(
+        smollm2, w, SITE, tmp_path / "cache", batch_size=8, shard_tokens=128, dtype="float16", progress=False
+    )
     assert len(cache.shards) > 2 and cache.d_in == 576
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
     direct = torch.cat([c.acts for c in stream_activations(smollm2, w, SITE, batch_size=8, progress=False)])

@@ -1,4 +1,5 @@
 """Each registry corpus on its real data, user corpora, cleaning, windows, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from backend.data.assets import AssetError, asset_path
 from backend.config import ConfigError, CorpusConfig, WorkspaceConfig
+from backend.data.assets import AssetError, asset_path
 from backend.data.corpora import CorpusError, clean_text, load_docs, make_windows, wiki_to_text
 
 # (name, domain, at least this many docs, a word every corpus of that kind contains somewhere)
@@ -99,4 +100,6 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="at least one corpus"):
         WorkspaceConfig.from_dict({"name": "x"})
     with pytest.raises(ConfigError, match="k=99 must be between 1 and d_sae=16"):
-        WorkspaceConfig.from_dict({"name": "x", "corpora": [{"name": "hpo"}], "saes": [{"name": "s", "d_sae": 16, "k": 99}]})
+        WorkspaceConfig.from_dict(
+            {"name": "x", "corpora": [{"name": "hpo"}], "saes": [{"name": "s", "d_sae": 16, "k": 99}]}
+        )

@@ -4,6 +4,7 @@ gradio_client calls every named endpoint, good input and bad.
 Needs Debian's Chromium at /usr/bin/chromium (`make chromium`, i.e. `apt-get install -y chromium`);
 never `playwright install`. The app runs as a subprocess, exactly as a user starts it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 STARTUP_LIMIT_S = 20
 WAIT_MS = 90_000  # the first text search loads the model
 
@@ -44,8 +51,13 @@ def serve(workspace: Path | list[Path], log: Path, limit_s: float = 120):
     folders = workspace if isinstance(workspace, list) else [workspace]
     args = [a for w in folders for a in ("--workspace", str(w))]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", *args, "--port", str(port)],
-                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", *args, "--port", str(port)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
@@ -56,7 +68,7 @@ def serve(workspace: Path | list[Path], log: Path, limit_s: float = 120):
                 break
             except OSError:
                 if time.time() - t0 > limit_s:
-                    raise RuntimeError(f"app.py did not serve within {limit_s} s:\n{log.read_text()[-3000:]}")
+                    raise RuntimeError(f"app.py did not serve within {limit_s} s:\n{log.read_text()[-3000:]}") from None
                 time.sleep(0.3)
         yield url, time.time() - t0
     finally:
@@ -117,8 +129,10 @@ def client(app_url):
 
 def wait_latent(page, latent, where: str = "#feature-head", suffix: str = "") -> None:
     """Wait until ``where`` shows "LATENT <latent>" (not a longer id that starts with the same digits)."""
-    page.wait_for_function("([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
-                           arg=[where, f"LATENT {latent}(?![0-9]){suffix}"])
+    page.wait_for_function(
+        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
+        arg=[where, f"LATENT {latent}(?![0-9]){suffix}"],
+    )
 
 
 def open_latent(page, latent: int) -> None:
@@ -218,8 +232,10 @@ def test_compare_tab_shows_metrics_and_matches(page):
     assert "fvu" in page.locator("#compare-metrics").inner_text()
     # the tiny SAEs share no direction at cosine >= 0.7: every latent is listed as unmatched, with the count
     page.wait_for_selector("#compare-unmatched .body-cell")
-    assert re.search(r"0 matches of topk's latents .* 2,304 \(the first 500 shown\) without one",
-                     page.locator("#tab-compare").inner_text())
+    assert re.search(
+        r"0 matches of topk's latents .* 2,304 \(the first 500 shown\) without one",
+        page.locator("#tab-compare").inner_text(),
+    )
     assert page.locator("#compare-pareto .js-plotly-plot").count() == 1
 
 
@@ -244,7 +260,9 @@ def test_every_endpoint_answers(client, tiny_ws):
     latent = lat[0]["latent"]
     fv = client.predict(saes[0], latent, api_name="/feature")
     assert fv["latent"] == latent and fv["label"] == lat[0]["label"]
-    assert fv["top_contexts"] and fv["top_contexts"][0]["tokens"] and len(fv["hist_counts"]) == len(fv["hist_edges"]) - 1
+    assert (
+        fv["top_contexts"] and fv["top_contexts"][0]["tokens"] and len(fv["hist_counts"]) == len(fv["hist_edges"]) - 1
+    )
     near = client.predict(saes[0], latent, 5, api_name="/nearest")
     assert len(near) == 5 and near[0]["sae"] == saes[0] and near[0]["latent"] != latent
     assert -1 <= near[-1]["cosine"] <= near[0]["cosine"] <= 1
@@ -268,17 +286,20 @@ def test_every_endpoint_answers(client, tiny_ws):
     assert cmp["n_matches"] == cmp["pairs"][0]["n_latents"] and cmp["n_unmatched"] == 0
 
 
-@pytest.mark.parametrize("args, api, message", [
-    (("nope", 1), "/feature", "unknown SAE"),
-    (("topk", 10**8), "/feature", "out of range"),
-    (("topk", "", 10), "/search_text", "text"),
-    (("topk", "x" * 100_000, 10), "/search_text", "limit"),
-    (("topk", 1, 5, "nope"), "/nearest", "unknown SAE"),
-    (("nope", "density", 5), "/latents", "unknown SAE"),
-    (("", "", 10), "/search_features", "type a word"),
-    (("nope",), "/map", "unknown SAE"),
-    ((["topk"], 0.7), "/compare", "at least two"),
-])
+@pytest.mark.parametrize(
+    "args, api, message",
+    [
+        (("nope", 1), "/feature", "unknown SAE"),
+        (("topk", 10**8), "/feature", "out of range"),
+        (("topk", "", 10), "/search_text", "text"),
+        (("topk", "x" * 100_000, 10), "/search_text", "limit"),
+        (("topk", 1, 5, "nope"), "/nearest", "unknown SAE"),
+        (("nope", "density", 5), "/latents", "unknown SAE"),
+        (("", "", 10), "/search_features", "type a word"),
+        (("nope",), "/map", "unknown SAE"),
+        ((["topk"], 0.7), "/compare", "at least two"),
+    ],
+)
 def test_bad_input_gets_a_message(client, args, api, message):
     out = client.predict(*args, api_name=api)
     assert message in out["error"] and out["error"].strip()

@@ -1,5 +1,6 @@
 """One app serving a text, a protein and a recommender workspace: the switcher links them, and a headless
 Chromium drives each one's Browse and Steer tabs; a gradio_client calls the protein workspace's endpoints."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def url(tiny_ws, protein_ws, recsys_ws, tmp_path_factory):
     try:
-        with serve([tiny_ws.path, protein_ws.path, recsys_ws.path], tmp_path_factory.mktemp("app3") / "app.log",
-                   limit_s=180) as (u, _):
+        with serve(
+            [tiny_ws.path, protein_ws.path, recsys_ws.path], tmp_path_factory.mktemp("app3") / "app.log", limit_s=180
+        ) as (u, _):
             yield u
     except RuntimeError as e:
         pytest.fail(str(e))

@@ -1,4 +1,5 @@
 """explorer/render.py: escaping, the colour scale, the focus outline, figures and JSON values."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ class Spans(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list) -> None:
         a = dict(attrs)
         if tag == "span" and "tok" in (a.get("class") or "").split():
-            self.tokens.append({"class": a["class"], "title": a.get("title", ""), "style": a.get("style", ""),
-                                "text": ""})
+            self.tokens.append(
+                {"class": a["class"], "title": a.get("title", ""), "style": a.get("style", ""), "text": ""}
+            )
             self.depth = 1
         elif self.depth:
             self.depth += 1
@@ -62,7 +64,7 @@ def test_tokens_are_escaped_and_whitespace_is_visible():
 
 
 def test_hover_title_shows_the_value_and_survives_quotes():
-    spans = parse(render.tokens_html(['a"b\'c<'], [1.23456], 2.0))
+    spans = parse(render.tokens_html(["a\"b'c<"], [1.23456], 2.0))
     assert len(spans) == 1
     assert "1.235" in spans[0]["title"] and 'a"b' in spans[0]["title"]
 

@@ -1,4 +1,5 @@
 """The tabs' handlers against a fake backend: results, and one clear message for every bad input."""
+
 from __future__ import annotations
 
 import subprocess
@@ -102,8 +103,9 @@ def test_search_text_colours_by_a_chosen_latent(fb):
         search.open_chosen({}, None)
 
 
-@pytest.mark.parametrize("text, message", [("", "Type or paste"), ("   \n", "Type or paste"),
-                                           ("x" * 100_000, "limit is 20,000")])
+@pytest.mark.parametrize(
+    "text, message", [("", "Type or paste"), ("   \n", "Type or paste"), ("x" * 100_000, "limit is 20,000")]
+)
 def test_search_text_bad_input(fb, text, message):
     with pytest.warns(UserWarning, match=message):
         table, heat, state, latent = search.search_text(fb, "topk", text, 10)
@@ -136,8 +138,11 @@ def test_map_draw_pick_and_card(fb):
         assert feature_map.draw_map(fb, "ghost", "density")[0] is None
     assert feature_map.parse_pick("relu:4", feature_map.JOINT) == ("relu", 4)
     assert feature_map.parse_pick(" 4 ", "topk") == ("topk", 4)
-    for text, choice, msg in [("4", feature_map.JOINT, "sae:latent"), ("", "topk", "Click a point"),
-                              ("topk:abc", None, "not a latent")]:
+    for text, choice, msg in [
+        ("4", feature_map.JOINT, "sae:latent"),
+        ("", "topk", "Click a point"),
+        ("topk:abc", None, "not a latent"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             feature_map.parse_pick(text, choice)
     assert "boost · latent 2" in feature_map.show_card(fb, "boost:2", None)
@@ -169,8 +174,17 @@ def test_compare_tables_and_match_cards(fb):
 def test_app_builds_with_every_endpoint_and_tabs_in_order(fb):
     demo = ui.build_app(fb)
     names = {f.api_name for f in demo.fns.values() if f.api_visibility == "public"}
-    assert {"feature", "search_text", "search_features", "map", "compare", "latents", "nearest", "steer",
-            "coverage"} <= names
+    assert {
+        "feature",
+        "search_text",
+        "search_features",
+        "map",
+        "compare",
+        "latents",
+        "nearest",
+        "steer",
+        "coverage",
+    } <= names
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.id]
     assert tabs == ["Browse", "Search", "Map", "Compare", "Coverage", "Steer"]
     assert ui.launch_options()["css_paths"][0].exists()

@@ -1,5 +1,6 @@
 """index.py: the streaming top-k, quantile samples and statistics against naive dense computations on a
 synthetic corpus, and one build of the real tiny workspace (SmolLM2 + its trained SAEs)."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from backend.index import build as ix
 from backend.__main__ import main
+from backend.index import build as ix
 from backend.index.build import index_windows
 from backend.index.store import IndexReader
 from backend.sae.kernels import StreamingTopK

@@ -1,4 +1,5 @@
 """label.py on hand-made counts: log-odds ranking, the F1-best prefix, bigrams, domains, detection scores."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,14 @@ PAIRS = sp.csr_matrix(np.array([[4, 0, 4, 0], [0, 5, 0, 5], [0, 0, 0, 0]], dtype
 
 
 def _explain():
-    ev = LatentEvidence(PAIRS, FREQ, [[(1, 2), (1, 2), (0, 3)], [], []], np.array([[0.3, 0.1], [0.0, 0.2], [0.0, 0.0]]),
-                        ["general", "legal"], lambda ids: [f"t{i}" for i in ids])
+    ev = LatentEvidence(
+        PAIRS,
+        FREQ,
+        [[(1, 2), (1, 2), (0, 3)], [], []],
+        np.array([[0.3, 0.1], [0.0, 0.2], [0.0, 0.0]]),
+        ["general", "legal"],
+        lambda ids: [f"t{i}" for i in ids],
+    )
     return StatisticalLabeller().explain(ev)
 
 
@@ -35,7 +42,9 @@ def test_log_odds_ranking_and_label_text():
     assert ex[0].tokens == [2] and ex[0].scores == [pytest.approx(lo_t2, abs=1e-3)]
     assert ex[0].label == "'t2' (bigram: 't1t2'), mostly general (75%)"
     # equal log-odds; both tokens together: F1 2*10/(20+10) = 0.67 beats one alone (2*5/(10+10) = 0.5)
-    assert sorted(ex[1].tokens) == [1, 3] and ex[1].label.endswith(", mostly legal (100%)") and "bigram" not in ex[1].label
+    assert (
+        sorted(ex[1].tokens) == [1, 3] and ex[1].label.endswith(", mostly legal (100%)") and "bigram" not in ex[1].label
+    )
     assert ex[2].label == NEVER_FIRES and ex[2].tokens == []
 
 

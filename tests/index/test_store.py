@@ -1,4 +1,5 @@
 """store.py: atomic build and swap, sorted per-latent reads, parameters only, read-only serving."""
+
 from __future__ import annotations
 
 import threading
@@ -13,21 +14,48 @@ from backend.index.store import TABLES, IndexReader, IndexWriter
 
 def _latents(labels: list[str], sae: str = "s") -> pd.DataFrame:
     n = len(labels)
-    return pd.DataFrame({"sae": sae, "latent": range(n), "density": [0.1 * (i + 1) for i in range(n)],
-                         "mean_act": 1.0, "max_act": 3.0, "hist_edges": [[0.0, 1.5, 3.0]] * n,
-                         "hist_counts": [[2, 1]] * n,
-                         "label": labels, "confidence": 0.5, "precision": 0.5, "recall": 0.5,
-                         "top_domain": ["general", "legal"] * (n // 2) + ["general"] * (n % 2), "top_tokens": "[]",
-                         "top_token_scores": "[]", "logit_top": "[]", "logit_bottom": "[]", "domain_rates": "{}"})
+    return pd.DataFrame(
+        {
+            "sae": sae,
+            "latent": range(n),
+            "density": [0.1 * (i + 1) for i in range(n)],
+            "mean_act": 1.0,
+            "max_act": 3.0,
+            "hist_edges": [[0.0, 1.5, 3.0]] * n,
+            "hist_counts": [[2, 1]] * n,
+            "label": labels,
+            "confidence": 0.5,
+            "precision": 0.5,
+            "recall": 0.5,
+            "top_domain": ["general", "legal"] * (n // 2) + ["general"] * (n % 2),
+            "top_tokens": "[]",
+            "top_token_scores": "[]",
+            "logit_top": "[]",
+            "logit_bottom": "[]",
+            "domain_rates": "{}",
+        }
+    )
 
 
 def _contexts(latent: int, n: int, sae: str = "s") -> pa.Table:
     # written deliberately out of order: the writer sorts by (sae, latent, kind, rank)
     ranks = list(range(n))[::-1]
-    return pa.table({"sae": [sae] * n, "latent": [latent] * n, "kind": ["top"] * n, "rank": ranks,
-                     "window_row": ranks, "win_offset": ranks, "tokens": [["a", "b"]] * n, "acts": [[0.0, float(10 - r)] for r in ranks],
-                     "focus": [1] * n, "source": ["doc"] * n, "domain": ["general"] * n,
-                     "max_act": [float(10 - r) for r in ranks]})
+    return pa.table(
+        {
+            "sae": [sae] * n,
+            "latent": [latent] * n,
+            "kind": ["top"] * n,
+            "rank": ranks,
+            "window_row": ranks,
+            "win_offset": ranks,
+            "tokens": [["a", "b"]] * n,
+            "acts": [[0.0, float(10 - r)] for r in ranks],
+            "focus": [1] * n,
+            "source": ["doc"] * n,
+            "domain": ["general"] * n,
+            "max_act": [float(10 - r) for r in ranks],
+        }
+    )
 
 
 def test_round_trip_sorted_contexts_and_atomic_swap(tmp_path):

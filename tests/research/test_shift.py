@@ -1,4 +1,5 @@
 """SHIFT-style spurious-feature removal: the table, the bad-input errors, and the mechanics."""
+
 from __future__ import annotations
 
 import numpy as np

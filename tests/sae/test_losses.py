@@ -1,4 +1,5 @@
 """Each loss term on small hand-computed cases."""
+
 from __future__ import annotations
 
 import math

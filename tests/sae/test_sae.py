@@ -1,4 +1,5 @@
 """The Sae module: encoders by hand, forward == decode(encode), formats, boosting, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ import torch
 from safetensors.torch import save_file
 
 from backend.sae.boost import BoostedSae
-from backend.sae.model import Sae, SaeCfg, SaeError, check_site, load_sae
+from backend.sae.model import Sae, SaeError, SaeSpec, check_site, load_sae
 
 
 def _sae(arch: str, k: int = 2) -> Sae:
-    s = Sae(SaeCfg(d_in=2, d_sae=3, architecture=arch, k=k))
+    s = Sae(SaeSpec(d_in=2, d_sae=3, architecture=arch, k=k))
     with torch.no_grad():
         s.W_enc.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]))
         s.b_enc.copy_(torch.tensor([0.0, -0.5, 0.1]))
@@ -35,14 +36,16 @@ def test_encoders_by_hand():
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_forward_is_decode_of_encode(arch):
-    s = Sae(SaeCfg(d_in=8, d_sae=32, architecture=arch, k=4), seed=1)
+    s = Sae(SaeSpec(d_in=8, d_sae=32, architecture=arch, k=4), seed=1)
     x = torch.randn(5, 8)
     assert torch.allclose(s(x), s.decode(s.encode(x)))
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_saelens_round_trip(tmp_path, arch):
-    s = Sae(SaeCfg(d_in=8, d_sae=32, architecture=arch, k=4, hook_name="blocks.3.hook_resid_post", model_name="m"), seed=2)
+    s = Sae(
+        SaeSpec(d_in=8, d_sae=32, architecture=arch, k=4, hook_name="blocks.3.hook_resid_post", model_name="m"), seed=2
+    )
     with torch.no_grad():
         s.threshold.fill_(0.3)
     s.save(tmp_path / "s")
@@ -59,7 +62,7 @@ def test_batchtopk_exported_as_jumprelu_gives_the_same_latents():
     """A BatchTopK SAE keeps the top k*N pre-activations of a batch; at inference it is a JumpReLU whose single
     threshold is the smallest kept value. On a batch whose k*N-th value is that threshold, both agree."""
     torch.manual_seed(0)
-    s = Sae(SaeCfg(d_in=8, d_sae=32, architecture="batchtopk", k=4), seed=3)
+    s = Sae(SaeSpec(d_in=8, d_sae=32, architecture="batchtopk", k=4), seed=3)
     x = torch.randn(16, 8)
     pre = torch.relu(s.pre_acts(x))
     vals, flat = pre.reshape(-1).topk(4 * 16)
@@ -77,9 +80,19 @@ def test_loads_saelens_v5_and_sparsify_layouts(tmp_path):
     v5 = tmp_path / "v5"
     v5.mkdir()
     save_file({"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}, str(v5 / "sae_weights.safetensors"))
-    (v5 / "cfg.json").write_text(json.dumps({"d_in": d_in, "d_sae": d_sae, "activation_fn_str": "topk",
-                                             "activation_fn_kwargs": {"k": 3}, "hook_name": "blocks.1.hook_resid_post",
-                                             "model_name": "gpt2", "apply_b_dec_to_input": True}))
+    (v5 / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": d_in,
+                "d_sae": d_sae,
+                "activation_fn_str": "topk",
+                "activation_fn_kwargs": {"k": 3},
+                "hook_name": "blocks.1.hook_resid_post",
+                "model_name": "gpt2",
+                "apply_b_dec_to_input": True,
+            }
+        )
+    )
     s = load_sae(v5)
     assert (s.cfg.architecture, s.cfg.k, s.cfg.hook_name) == ("topk", 3, "blocks.1.hook_resid_post")
     x = torch.randn(4, d_in)
@@ -88,15 +101,21 @@ def test_loads_saelens_v5_and_sparsify_layouts(tmp_path):
     assert torch.allclose(s.encode(x), torch.zeros_like(pre).scatter(-1, i, v), atol=1e-5)
     sp = tmp_path / "sparsify"
     sp.mkdir()
-    save_file({"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
-              str(sp / "sae.safetensors"))
-    (sp / "cfg.json").write_text(json.dumps({"expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 3}))
+    save_file(
+        {"encoder.weight": W_enc.T.contiguous(), "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+        str(sp / "sae.safetensors"),
+    )
+    (sp / "cfg.json").write_text(
+        json.dumps({"expansion_factor": 2, "normalize_decoder": True, "num_latents": 0, "k": 3})
+    )
     assert torch.allclose(load_sae(sp).encode(x), s.encode(x), atol=1e-5)
 
 
 def test_boosted_composite_reconstructs_base_plus_residual(tmp_path):
-    base = Sae(SaeCfg(d_in=8, d_sae=16, architecture="topk", k=3), seed=4)
-    resid = Sae(SaeCfg(d_in=8, d_sae=8, architecture="topk", k=2, apply_b_dec=False, meta={"boost_base": "../base"}), seed=5)
+    base = Sae(SaeSpec(d_in=8, d_sae=16, architecture="topk", k=3), seed=4)
+    resid = Sae(
+        SaeSpec(d_in=8, d_sae=8, architecture="topk", k=2, apply_b_dec=False, meta={"boost_base": "../base"}), seed=5
+    )
     both = BoostedSae(base, resid)
     x = torch.randn(5, 8)
     want = base(x) + resid(x - base(x))
@@ -111,14 +130,14 @@ def test_boosted_composite_reconstructs_base_plus_residual(tmp_path):
 
 def test_bad_input_is_one_clear_error(tmp_path):
     with pytest.raises(SaeError, match="k=40 must be between 1 and d_sae=32"):
-        SaeCfg(d_in=8, d_sae=32, architecture="topk", k=40)
+        SaeSpec(d_in=8, d_sae=32, architecture="topk", k=40)
     with pytest.raises(SaeError, match="unknown SAE architecture 'gated'"):
-        SaeCfg(d_in=8, d_sae=32, architecture="gated")
+        SaeSpec(d_in=8, d_sae=32, architecture="gated")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "cfg.json").write_text("{not json")
     with pytest.raises(SaeError, match="not valid JSON"):
         load_sae(tmp_path / "bad")
-    s = Sae(SaeCfg(d_in=8, d_sae=32))
+    s = Sae(SaeSpec(d_in=8, d_sae=32))
     s.save(tmp_path / "odd")
     cfg = json.loads((tmp_path / "odd" / "cfg.json").read_text())
     (tmp_path / "odd" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))

@@ -5,6 +5,7 @@ hooks under "metadata", "k" and "rescale_acts_by_decoder_norm" for topk, a "thre
 pre-6.0 keys it still reads ("activation_fn_str", "activation_fn_kwargs", "hook_point"), and sparsify's
 `save_to_disk` (cfg.json = SparseCoderConfig + d_in; sae.safetensors with encoder.weight/bias, W_dec, b_dec).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,18 +14,28 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.sae.model import Sae, SaeCfg, SaeError, load_sae
+from backend.sae.model import Sae, SaeError, SaeSpec, load_sae
 
 D_IN, D_SAE = 6, 12
-META6 = {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12", "model_name": "gpt2",
-         "hook_name": "blocks.3.hook_resid_post", "hook_head_index": None, "prepend_bos": True}
+META6 = {
+    "sae_lens_version": "6.54.12",
+    "sae_lens_training_version": "6.54.12",
+    "model_name": "gpt2",
+    "hook_name": "blocks.3.hook_resid_post",
+    "hook_head_index": None,
+    "prepend_bos": True,
+}
 
 
 @pytest.fixture()
 def weights():
     g = torch.Generator().manual_seed(0)
-    return {"W_enc": torch.randn(D_IN, D_SAE, generator=g), "W_dec": torch.randn(D_SAE, D_IN, generator=g),
-            "b_enc": torch.randn(D_SAE, generator=g) * 0.3, "b_dec": torch.randn(D_IN, generator=g)}
+    return {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.3,
+        "b_dec": torch.randn(D_IN, generator=g),
+    }
 
 
 def _folder(path, cfg: dict, tensors: dict, name: str = "sae_weights.safetensors"):
@@ -39,9 +50,18 @@ def _pre(w, x):
 
 
 def _v6(arch: str, **extra) -> dict:
-    return {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
-            "normalize_activations": "none", "reshape_activations": "none", "metadata": META6, **extra,
-            "architecture": arch}
+    return {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": META6,
+        **extra,
+        "architecture": arch,
+    }
 
 
 X = torch.randn(9, D_IN, generator=torch.Generator().manual_seed(1))
@@ -76,11 +96,26 @@ def test_saelens_topk_rescaled_by_decoder_norm_is_folded(tmp_path, weights):
 
 
 def test_saelens_pre_6_keys_and_bfloat16_weights(tmp_path, weights):
-    v5 = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "activation_fn_str": "topk",
-          "activation_fn_kwargs": {"k": 4}, "apply_b_dec_to_input": True, "finetuning_scaling_factor": False,
-          "context_size": 128, "model_name": "gpt2-small", "hook_point": "blocks.5.hook_resid_pre", "hook_layer": 5,
-          "hook_head_index": None, "prepend_bos": True, "dataset_path": "x", "normalize_activations": "none",
-          "dtype": "bfloat16", "device": "cpu", "sae_lens_training_version": "3.0.0"}
+    v5 = {
+        "architecture": "standard",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 4},
+        "apply_b_dec_to_input": True,
+        "finetuning_scaling_factor": False,
+        "context_size": 128,
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.5.hook_resid_pre",
+        "hook_layer": 5,
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "dataset_path": "x",
+        "normalize_activations": "none",
+        "dtype": "bfloat16",
+        "device": "cpu",
+        "sae_lens_training_version": "3.0.0",
+    }
     s = load_sae(_folder(tmp_path / "v5", v5, {k: v.bfloat16() for k, v in weights.items()}))
     assert (s.cfg.architecture, s.cfg.k, s.cfg.hook_name) == ("topk", 4, "blocks.5.hook_resid_pre")
     assert s.W_enc.dtype == torch.float32
@@ -88,17 +123,35 @@ def test_saelens_pre_6_keys_and_bfloat16_weights(tmp_path, weights):
     v, i = _pre(w16, X).topk(4, -1)
     assert torch.allclose(s.encode(X), torch.zeros(9, D_SAE).scatter(-1, i, v.relu()), atol=1e-4)
     relu5 = {k: v for k, v in v5.items() if k not in ("activation_fn_str", "activation_fn_kwargs", "architecture")}
-    s = load_sae(_folder(tmp_path / "v5relu", {**relu5, "activation_fn_str": "relu", "dtype": "float32"},
-                         {**weights, "scaling_factor": torch.full((D_SAE,), 2.0)}))
+    s = load_sae(
+        _folder(
+            tmp_path / "v5relu",
+            {**relu5, "activation_fn_str": "relu", "dtype": "float32"},
+            {**weights, "scaling_factor": torch.full((D_SAE,), 2.0)},
+        )
+    )
     assert s.cfg.architecture == "relu"  # finetuning scaling factor folded into W_dec
     assert torch.allclose(s(X), (torch.relu(_pre(weights, X)) * 2) @ weights["W_dec"] + weights["b_dec"], atol=1e-4)
 
 
 def test_sparsify_layout(tmp_path, weights):
-    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": D_SAE, "k": 3,
-           "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D_IN}
-    tensors = {"encoder.weight": weights["W_enc"].T, "encoder.bias": weights["b_enc"], "W_dec": weights["W_dec"],
-               "b_dec": weights["b_dec"]}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": 32,
+        "normalize_decoder": True,
+        "num_latents": D_SAE,
+        "k": 3,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": D_IN,
+    }
+    tensors = {
+        "encoder.weight": weights["W_enc"].T,
+        "encoder.bias": weights["b_enc"],
+        "W_dec": weights["W_dec"],
+        "b_dec": weights["b_dec"],
+    }
     s = load_sae(_folder(tmp_path / "layers.3", cfg, tensors, "sae.safetensors"))
     pre = _pre(weights, X)
     v, i = torch.relu(pre).topk(3, -1)
@@ -109,8 +162,18 @@ def test_sparsify_layout(tmp_path, weights):
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "batchtopk"])
 def test_our_layout_round_trips(tmp_path, arch):
-    s = Sae(SaeCfg(d_in=8, d_sae=32, architecture=arch, k=4, hook_name="blocks.3.hook_resid_post", model_name="m",
-                   meta={"name": "x"}), seed=2)
+    s = Sae(
+        SaeSpec(
+            d_in=8,
+            d_sae=32,
+            architecture=arch,
+            k=4,
+            hook_name="blocks.3.hook_resid_post",
+            model_name="m",
+            meta={"name": "x"},
+        ),
+        seed=2,
+    )
     with torch.no_grad():
         s.threshold.fill_(0.3)
         s.b_dec.normal_()

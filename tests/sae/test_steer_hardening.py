@@ -3,6 +3,7 @@ caps on cost, fair turns between concurrent requests, the time limit and the Sto
 
 Runs on the real tiny workspaces (SmolLM2, ESM-2 classifier, SASRec) through backend.serve.service.Backend and
 through the tabs' handlers and endpoint functions (what /steer, /steer_outcome and the UI call)."""
+
 from __future__ import annotations
 
 import threading
@@ -62,12 +63,16 @@ BAD_EDITS = [
     ([[1, "clamp", float("inf")]], "edit 1: value must be a finite number, got inf"),
     ([[1, "clamp", "nan"]], "edit 1: value must be a finite number, got 'nan'"),
     ([[1, "boost", 1]], "edit 1: unknown mode 'boost': use one of clamp, scale, zero, add"),
-    ([{"latent": 1, "mode": "zero", "strength": 2}],
-     "edit 1: unknown field 'strength': an edit has latent, mode and value"),
+    (
+        [{"latent": 1, "mode": "zero", "strength": 2}],
+        "edit 1: unknown field 'strength': an edit has latent, mode and value",
+    ),
     ([], "no latent is set: put a latent id in the edits table"),
     (None, "no latent is set: put a latent id in the edits table"),
-    ([[None, "clamp", 10.0], [float("nan"), "clamp", 10.0], ["", "zero", None]],
-     "no latent is set: put a latent id in the edits table"),
+    (
+        [[None, "clamp", 10.0], [float("nan"), "clamp", 10.0], ["", "zero", None]],
+        "no latent is set: put a latent id in the edits table",
+    ),
     ([[i, "clamp", 1.0] for i in range(65)], "65 edits given; the limit is 64 per request"),
 ]
 
@@ -91,27 +96,36 @@ def test_good_edits_and_the_blank_row_notice():
 
 def test_edit_ranges_through_the_backend(tb):
     sae = tb.sae_names[0]
-    assert _error(tb.steer_stream, sae, PROMPT, [[10**30, "clamp", 1]]) == \
-        "latent 1000000000000000000000000000000 is out of range: this SAE has latents 0..1151"
+    assert (
+        _error(tb.steer_stream, sae, PROMPT, [[10**30, "clamp", 1]])
+        == "latent 1000000000000000000000000000000 is out of range: this SAE has latents 0..1151"
+    )
     assert _error(tb.steer_stream, sae, PROMPT, [[-1, "clamp", 1]]).startswith("latent -1 is out of range")
-    assert _error(tb.steer_stream, sae, PROMPT, [[4, "zero"], [4, "clamp", 2]]) == \
-        "edit 2: latent 4 is already edited by edit 1: edit each latent once"
+    assert (
+        _error(tb.steer_stream, sae, PROMPT, [[4, "zero"], [4, "clamp", 2]])
+        == "edit 2: latent 4 is already edited by edit 1: edit each latent once"
+    )
     assert "exceeds the bound" in _error(tb.steer_stream, sae, PROMPT, [[4, "clamp", 1e6]])
-    assert _error(tb.steer_stream, sae, PROMPT, [[None, "clamp", 10.0]]) == \
-        "no latent is set: put a latent id in the edits table"
+    assert (
+        _error(tb.steer_stream, sae, PROMPT, [[None, "clamp", 10.0]])
+        == "no latent is set: put a latent id in the edits table"
+    )
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(max_new_tokens=500), "max_new_tokens must be between 1 and 128, got 500"),
-    (dict(max_new_tokens=float("inf")), "max_new_tokens must be a whole number between 1 and 128, got inf"),
-    (dict(max_new_tokens=10**30), "max_new_tokens must be between 1 and 128, got 1000000000000000000000000000000"),
-    (dict(max_new_tokens=0), "max_new_tokens must be between 1 and 128, got 0"),
-    (dict(seed=float("inf")), "seed must be a whole number between 0 and 2,147,483,647, got inf"),
-    (dict(seed=2**31), "seed must be between 0 and 2,147,483,647, got 2147483648"),
-    (dict(seed=1.5), "seed must be a whole number between 0 and 2,147,483,647, got 1.5"),
-    (dict(temperature=float("nan")), "temperature must be a number between 0 and 2, got nan"),
-    (dict(temperature=2.5), "temperature must be a number between 0 and 2, got 2.5"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(max_new_tokens=500), "max_new_tokens must be between 1 and 128, got 500"),
+        (dict(max_new_tokens=float("inf")), "max_new_tokens must be a whole number between 1 and 128, got inf"),
+        (dict(max_new_tokens=10**30), "max_new_tokens must be between 1 and 128, got 1000000000000000000000000000000"),
+        (dict(max_new_tokens=0), "max_new_tokens must be between 1 and 128, got 0"),
+        (dict(seed=float("inf")), "seed must be a whole number between 0 and 2,147,483,647, got inf"),
+        (dict(seed=2**31), "seed must be between 0 and 2,147,483,647, got 2147483648"),
+        (dict(seed=1.5), "seed must be a whole number between 0 and 2,147,483,647, got 1.5"),
+        (dict(temperature=float("nan")), "temperature must be a number between 0 and 2, got nan"),
+        (dict(temperature=2.5), "temperature must be a number between 0 and 2, got 2.5"),
+    ],
+)
 def test_bad_generation_arguments(tb, kw, message):
     assert _error(tb.steer_stream, tb.sae_names[0], PROMPT, [[1, "clamp", 5.0]], **kw) == message
 
@@ -119,14 +133,17 @@ def test_bad_generation_arguments(tb, kw, message):
 # ---- 2. cost caps -----------------------------------------------------------------------------------
 def test_prompt_caps(tb):
     sae = tb.sae_names[0]
-    assert _error(tb.steer_stream, sae, "x" * 20_001, [[1, "clamp", 5.0]]) == \
-        "prompt has 20,001 characters; the limit is 20,000"
+    assert (
+        _error(tb.steer_stream, sae, "x" * 20_001, [[1, "clamp", 5.0]])
+        == "prompt has 20,001 characters; the limit is 20,000"
+    )
     assert "prompt is empty" in _error(tb.steer_stream, sae, "   ", [[1, "clamp", 5.0]])
     long = "word " * 600
     n = len(tb.adapter().encode_ids(long))
     u = tb.steer(sae, long, [[1, "clamp", 5.0], [None, "clamp", 10.0]], max_new_tokens=1, chat=False)
-    assert u.done and u.notice == (f"The prompt had {n} tokens; only its last 512 were used. "
-                                   "1 blank edit row (no latent) skipped.")
+    assert u.done and u.notice == (
+        f"The prompt had {n} tokens; only its last 512 were used. 1 blank edit row (no latent) skipped."
+    )
 
 
 def test_time_limit_stops_the_generation_with_a_notice(tb, monkeypatch):
@@ -206,16 +223,21 @@ def test_closing_a_stream_releases_the_turn_and_the_hooks(tb):
 # ---- 4. the Steer tab's handler, endpoint and Stop button ----------------------------------------------
 def test_ui_handler_and_endpoint_answer_one_line(tb):
     sae = tb.sae_names[0]
-    assert steer.steer_api(tb, sae, PROMPT, [[1, "clamp", 1.0]], max_new_tokens=float("inf")) == \
-        {"error": "max_new_tokens must be a whole number between 1 and 128, got inf"}
+    assert steer.steer_api(tb, sae, PROMPT, [[1, "clamp", 1.0]], max_new_tokens=float("inf")) == {
+        "error": "max_new_tokens must be a whole number between 1 and 128, got inf"
+    }
     assert steer.steer_api(tb, sae, PROMPT, 5) == {"error": "edits must be a list of [latent, mode, value] rows, got 5"}
     assert steer.steer_api(tb, ["topk"], PROMPT, [[1, "clamp", 1.0]])["error"].startswith("sae must be the name")
     import pandas as pd
 
     blank = pd.DataFrame([[None, "clamp", 10.0]], columns=steer.EDIT_COLUMNS)
     one = blank.assign(latent=[3.0])
-    for args in [(sae, PROMPT, blank, 8, 0.7, 0, True), (sae, PROMPT, one, None, 0.7, 0, True),
-                 (sae, PROMPT, one, 8, 0.7, float("inf"), True), (sae, PROMPT, "junk", 8, 0.7, 0, True)]:
+    for args in [
+        (sae, PROMPT, blank, 8, 0.7, 0, True),
+        (sae, PROMPT, one, None, 0.7, 0, True),
+        (sae, PROMPT, one, 8, 0.7, float("inf"), True),
+        (sae, PROMPT, "junk", 8, 0.7, 0, True),
+    ]:
         with pytest.warns(UserWarning):
             out = list(steer.run_steer(tb, *args))
         assert len(out) == 1 and out[0][:2] == ("", "") and out[0][2].startswith("⚠ ") and "\n" not in out[0][2]
@@ -256,35 +278,47 @@ def test_recsys_history_caps_and_notice(rb):
     last50 = rb.adapter().encode_ids(" ".join(ids[10:60]))
     assert len(r["history"]) == 50 and r["history"] == rb.adapter().token_strings(last50)
     assert rb.steer_outcome("topk", hist, [[1, "zero"], [None, "clamp", 10.0]], k=5)["notice"].endswith(
-        "1 blank edit row (no latent) skipped.")
+        "1 blank edit row (no latent) skipped."
+    )
     big = " ".join(ids * 20)
-    assert _error(rb.steer_outcome, "topk", big, [[1, "zero"]]) == \
-        f"history has {len(big):,} characters; the limit is 20,000"
+    assert (
+        _error(rb.steer_outcome, "topk", big, [[1, "zero"]])
+        == f"history has {len(big):,} characters; the limit is 20,000"
+    )
     assert _error(rb.steer_outcome, "topk", hist, []) == "no latent is set: put a latent id in the edits table"
     assert rb.steer_outcome("topk", hist, [[1, "zero"]], k=5, motif="C.C")["notice"].endswith(
-        "The motif applies to protein models only; it was ignored.")
-    assert outcome.steer_outcome_api(rb, "topk", hist, [[1, "zero"]], k=10**30) == \
-        {"error": "k must be between 1 and 100, got 1000000000000000000000000000000"}
+        "The motif applies to protein models only; it was ignored."
+    )
+    assert outcome.steer_outcome_api(rb, "topk", hist, [[1, "zero"]], k=10**30) == {
+        "error": "k must be between 1 and 100, got 1000000000000000000000000000000"
+    }
 
 
 def test_protein_sequence_caps_and_notice(pb):
     seq = "MKVLAAGIVG" * 150  # 1,500 residues
     r = pb.steer_outcome("topk", seq, [[0, "clamp", 5.0]])
-    assert r["kind"] == "classifier" and r["notice"] == \
-        "The sequence has 1,500 residues; only its first 1,022 were used (the model's length limit)."
-    assert _error(pb.steer_outcome, "topk", "M" * 20_001, [[0, "zero"]]) == \
-        "sequence has 20,001 characters; the limit is 20,000"
+    assert (
+        r["kind"] == "classifier"
+        and r["notice"] == "The sequence has 1,500 residues; only its first 1,022 were used (the model's length limit)."
+    )
+    assert (
+        _error(pb.steer_outcome, "topk", "M" * 20_001, [[0, "zero"]])
+        == "sequence has 20,001 characters; the limit is 20,000"
+    )
     short = "MKVLAAGIVGKLLAQAK"
     assert pb.steer_outcome("topk", short, [[0, "zero"]])["notice"] is None
     assert "motif was ignored" in pb.steer_outcome("topk", short, [[0, "zero"]], motif="C.{2,4}C")["notice"]
-    for kw, message in [(dict(n_iters=0), "n_iters must be between 1 and 200, got 0"),
-                        (dict(n_iters=201), "n_iters must be between 1 and 200, got 201"),
-                        (dict(n_iters=float("inf")), "n_iters must be a whole number between 1 and 200, got inf"),
-                        (dict(seed=10**30), f"seed must be between 0 and 2,147,483,647, got {10**30}"),
-                        (dict(motif="C" * 101), "motif has 101 characters; the limit is 100")]:
+    for kw, message in [
+        (dict(n_iters=0), "n_iters must be between 1 and 200, got 0"),
+        (dict(n_iters=201), "n_iters must be between 1 and 200, got 201"),
+        (dict(n_iters=float("inf")), "n_iters must be a whole number between 1 and 200, got inf"),
+        (dict(seed=10**30), f"seed must be between 0 and 2,147,483,647, got {10**30}"),
+        (dict(motif="C" * 101), "motif has 101 characters; the limit is 100"),
+    ]:
         assert _error(pb.steer_outcome, "topk", short, [[0, "zero"]], **kw) == message
     assert _error(pb.steer_outcome, "topk", short, [[0, "zero"]], motif="C(.{2,4}C").startswith(
-        "the motif 'C(.{2,4}C' is not a valid regular expression: missing )")
+        "the motif 'C(.{2,4}C' is not a valid regular expression: missing )"
+    )
     html, _ = outcome.run_outcome(pb, "topk", seq, [[0, "clamp", 5.0]], 10, "", 0)
     assert "only its first 1,022 were used" in html and "classifier probabilities" in html
     with pytest.warns(UserWarning, match="n_iters|k must"):

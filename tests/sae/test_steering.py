@@ -1,4 +1,5 @@
 """Steering on the real SmolLM2 with a small ReLU SAE whose decoder is known."""
+
 from __future__ import annotations
 
 import threading
@@ -6,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from tests.stand_ins import ReluSae
 from backend.sae.steering import Edit, SteeringError, fit_prompt, make_intervention, side_by_side, validate_edits
+from tests.stand_ins import ReluSae
 
 SITE = "blocks.6.hook_resid_post"
 
@@ -57,8 +58,9 @@ def test_bad_edits_and_prompts(smollm2):
 
 
 def _run(smollm2, sae, edits, seed=3):
-    *_, last = side_by_side(smollm2, sae, SITE, edits, "Write a sentence about cats.", max_new_tokens=12,
-                            temperature=0.8, seed=seed)
+    *_, last = side_by_side(
+        smollm2, sae, SITE, edits, "Write a sentence about cats.", max_new_tokens=12, temperature=0.8, seed=seed
+    )
     return last
 
 
@@ -70,8 +72,10 @@ def test_side_by_side_same_seed_and_isolation(smollm2, sae):
     assert alone[0] == plain_b and alone[1] != plain_b
     # concurrent requests never see each other's steering
     results: dict = {}
-    ts = [threading.Thread(target=lambda k=k, e=e: results.__setitem__(k, _run(smollm2, sae, e)))
-          for k, e in (("plain", []), ("steer", strong))]
+    ts = [
+        threading.Thread(target=lambda k=k, e=e: results.__setitem__(k, _run(smollm2, sae, e)))
+        for k, e in (("plain", []), ("steer", strong))
+    ]
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert results["plain"] == (plain_b, plain_s)

@@ -1,4 +1,5 @@
 """The trainer: sparse step == dense math, resume, NaN handling, array files, a real short training."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.sae import losses
 from backend.config import SaeConfig, TrainConfig
+from backend.sae import losses
 from backend.sae.model import SaeError
 from backend.sae.train import ArrayActivations, Trainer, train_sae
 
@@ -25,10 +26,12 @@ def _structured(n=6000, d=32, n_feat=96, active=3, seed=0):
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 def test_sparse_step_matches_dense_gradients(arch):
     x = _structured(256)
-    tr = Trainer(SaeConfig(name="g", architecture=arch, d_sae=64, k=4, auxk_coef=0), TrainConfig(batch_size=256), 32, 10_000)
+    tr = Trainer(
+        SaeConfig(name="g", architecture=arch, d_sae=64, k=4, auxk_coef=0), TrainConfig(batch_size=256), 32, 10_000
+    )
     tr._init_from(x)
     xs = tr._prepare(x)
-    loss, _ = tr.losses(xs)
+    loss, _ = tr.loss_and_stats(xs)
     loss.backward()
     sparse = {n: p.grad.clone() for n, p in tr.sae.named_parameters() if p.grad is not None}
     # dense reference: same selection, plain autograd
@@ -54,8 +57,13 @@ def test_sparse_step_matches_dense_gradients(arch):
 def test_training_recovers_structured_data(tmp_path):
     np.save(tmp_path / "x.npy", _structured().numpy())
     src = ArrayActivations(tmp_path / "x.npy")
-    sae = train_sae(SaeConfig(name="s", architecture="topk", d_sae=128, k=4), TrainConfig(batch_size=256, lr=3e-3, tokens=60_000),
-                    src, tmp_path / "sae", progress=False)
+    sae = train_sae(
+        SaeConfig(name="s", architecture="topk", d_sae=128, k=4),
+        TrainConfig(batch_size=256, lr=3e-3, tokens=60_000),
+        src,
+        tmp_path / "sae",
+        progress=False,
+    )
     x = torch.from_numpy(np.array(src.data[:2000]))
     fvu = losses.fvu(x, sae(x)).item()
     assert fvu < 0.25  # stated bound (the mean predictor has FVU 1): 3-sparse data from 96 directions, k=4
@@ -86,8 +94,13 @@ def test_nan_activations_stop_with_the_last_good_state_kept(tmp_path):
     x[700] = np.nan
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(SaeError, match="non-finite activations.*last good state"):
-        train_sae(SaeConfig(name="n", architecture="topk", d_sae=64, k=4), TrainConfig(batch_size=128, seed=0),
-                  ArrayActivations(tmp_path / "x.npy"), tmp_path / "n", progress=False)
+        train_sae(
+            SaeConfig(name="n", architecture="topk", d_sae=64, k=4),
+            TrainConfig(batch_size=128, seed=0),
+            ArrayActivations(tmp_path / "x.npy"),
+            tmp_path / "n",
+            progress=False,
+        )
     assert (tmp_path / ".n.checkpoint" / "state.safetensors").exists()
     assert not (tmp_path / "n").exists()
 
@@ -115,9 +128,15 @@ def test_real_smollm2_activations_train_to_a_stated_fvu(tiny_ws):
 def test_bf16_selection_keeps_exact_float32_values():
     """train.dtype=bfloat16: the kept latents are the float32 top k and their values are the float32 pre-activations."""
     x = _structured(512)
-    tr32 = Trainer(SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0), TrainConfig(batch_size=512), 32, 10_000)
-    tr16 = Trainer(SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0),
-                   TrainConfig(batch_size=512, dtype="bfloat16"), 32, 10_000)
+    tr32 = Trainer(
+        SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0), TrainConfig(batch_size=512), 32, 10_000
+    )
+    tr16 = Trainer(
+        SaeConfig(name="q", architecture="topk", d_sae=96, k=6, auxk_coef=0),
+        TrainConfig(batch_size=512, dtype="bfloat16"),
+        32,
+        10_000,
+    )
     tr32._init_from(x)
     tr16._init_from(x)
     xs = tr16._prepare(x)
@@ -141,8 +160,13 @@ def test_bf16_training_reaches_the_float32_fvu(tmp_path):
     x = torch.from_numpy(np.array(src.data[:2000]))
     fvus = {}
     for dt in ("float32", "bfloat16"):
-        sae = train_sae(SaeConfig(name="s", architecture="topk", d_sae=128, k=4),
-                        TrainConfig(batch_size=256, lr=3e-3, tokens=60_000, dtype=dt), src, tmp_path / dt, progress=False)
+        sae = train_sae(
+            SaeConfig(name="s", architecture="topk", d_sae=128, k=4),
+            TrainConfig(batch_size=256, lr=3e-3, tokens=60_000, dtype=dt),
+            src,
+            tmp_path / dt,
+            progress=False,
+        )
         fvus[dt] = losses.fvu(x, sae(x)).item()
     assert fvus["bfloat16"] < 0.25  # the same stated bound as the float32 run
     assert fvus["bfloat16"] <= fvus["float32"] * 1.05 + 0.005
@@ -168,11 +192,15 @@ def test_pair_dots_and_bucket_order():
 def test_auxk_and_matryoshka_sparse_paths_run(dtype):
     """AuxK (on dead latents, reusing the selection's pre-activations) and Matryoshka prefixes give finite grads."""
     x = _structured(256)
-    tr = Trainer(SaeConfig(name="a", architecture="topk", d_sae=64, k=4, auxk_coef=1 / 32, matryoshka_widths=[16, 64]),
-                 TrainConfig(batch_size=256, dtype=dtype), 32, 10_000)
+    tr = Trainer(
+        SaeConfig(name="a", architecture="topk", d_sae=64, k=4, auxk_coef=1 / 32, matryoshka_widths=[16, 64]),
+        TrainConfig(batch_size=256, dtype=dtype),
+        32,
+        10_000,
+    )
     tr._init_from(x)
     tr.since_fired[:32] = tr.dead_after  # half the latents dead
-    loss, stats = tr.losses(tr._prepare(x))
+    loss, stats = tr.loss_and_stats(tr._prepare(x))
     loss.backward()
     assert math.isfinite(stats["loss"])
     assert tr.sae.W_enc.grad is not None and torch.isfinite(tr.sae.W_enc.grad).all()

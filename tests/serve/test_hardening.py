@@ -1,6 +1,7 @@
 """Regression tests of the hostile-input audit (issue 11) for the browse, search, compare and coverage views:
 each bad value gives one line naming what was wrong, nothing is read from a path a request names, and
 requests cost what they look like (repeated SAEs are dropped, pages are capped, pair matches are cached)."""
+
 from __future__ import annotations
 
 import json
@@ -34,29 +35,32 @@ def test_whole_refuses_everything_else_in_one_line(value):
     assert str(e.value).startswith("limit must be") and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda b: b.latents("a", offset=10**30), "offset must be between 0 and 10,000,000"),
-    (lambda b: b.latents("a", limit=0), "limit must be between 1 and 10,000"),
-    (lambda b: b.latents("a", limit=math.inf), "limit must be a whole number"),
-    (lambda b: b.latents("a", min_density=math.nan), "min_density must be a number between 0 and 1"),
-    (lambda b: b.latents("a", min_density=2), "min_density must be a number between 0 and 1"),
-    (lambda b: b.latents("a", domain="../../etc"), "unknown domain '../../etc'"),
-    (lambda b: b.latents("a", query="x" * 201), "query has 201 characters; the limit is 200"),
-    (lambda b: b.latents("a", descending="yes"), "descending must be true or false"),
-    (lambda b: b.search_text("a", "hello", top_n=-1), "top_n must be between 1 and 1,000"),
-    (lambda b: b.search_features("x", limit=10**9), "limit must be between 1 and 1,000"),
-    (lambda b: b.search_features(["x"]), "query must be a string"),
-    (lambda b: b.nearest("a", 1, k=0), "k must be between 1 and 200"),
-    (lambda b: b.nearest("a", 1, other_sae="../b"), "unknown SAE '../b'"),
-    (lambda b: b.feature("a", 1.7), "latent must be a whole number between 0 and 23, got 1.7"),
-    (lambda b: b.feature("a", math.inf), "latent must be a whole number"),
-    (lambda b: b.compare("a"), "SAEs must be a list of names"),
-    (lambda b: b.compare(["a", "b"], threshold=math.nan), "threshold must be a number between 0 and 1"),
-    (lambda b: b.compare(["a", "b"], limit=MAX_RESULTS + 1), "limit must be between 1 and 1,000"),
-    (lambda b: b.compare(["a"] * 400), "pick at least two SAEs"),
-    (lambda b: b.compare(["a", "b"] * 600), "SAEs has 1,200 entries; the limit is 1,000"),
-    (lambda b: b.compare(["a", "../saes/a"]), "unknown SAE '../saes/a'"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda b: b.latents("a", offset=10**30), "offset must be between 0 and 10,000,000"),
+        (lambda b: b.latents("a", limit=0), "limit must be between 1 and 10,000"),
+        (lambda b: b.latents("a", limit=math.inf), "limit must be a whole number"),
+        (lambda b: b.latents("a", min_density=math.nan), "min_density must be a number between 0 and 1"),
+        (lambda b: b.latents("a", min_density=2), "min_density must be a number between 0 and 1"),
+        (lambda b: b.latents("a", domain="../../etc"), "unknown domain '../../etc'"),
+        (lambda b: b.latents("a", query="x" * 201), "query has 201 characters; the limit is 200"),
+        (lambda b: b.latents("a", descending="yes"), "descending must be true or false"),
+        (lambda b: b.search_text("a", "hello", top_n=-1), "top_n must be between 1 and 1,000"),
+        (lambda b: b.search_features("x", limit=10**9), "limit must be between 1 and 1,000"),
+        (lambda b: b.search_features(["x"]), "query must be a string"),
+        (lambda b: b.nearest("a", 1, k=0), "k must be between 1 and 200"),
+        (lambda b: b.nearest("a", 1, other_sae="../b"), "unknown SAE '../b'"),
+        (lambda b: b.feature("a", 1.7), "latent must be a whole number between 0 and 23, got 1.7"),
+        (lambda b: b.feature("a", math.inf), "latent must be a whole number"),
+        (lambda b: b.compare("a"), "SAEs must be a list of names"),
+        (lambda b: b.compare(["a", "b"], threshold=math.nan), "threshold must be a number between 0 and 1"),
+        (lambda b: b.compare(["a", "b"], limit=MAX_RESULTS + 1), "limit must be between 1 and 1,000"),
+        (lambda b: b.compare(["a"] * 400), "pick at least two SAEs"),
+        (lambda b: b.compare(["a", "b"] * 600), "SAEs has 1,200 entries; the limit is 1,000"),
+        (lambda b: b.compare(["a", "../saes/a"]), "unknown SAE '../saes/a'"),
+    ],
+)
 def test_bad_values_give_one_line(synth, call, message):
     with pytest.raises(BackendError) as e:
         call(synth)

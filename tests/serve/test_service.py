@@ -1,5 +1,6 @@
 """The Backend facade: the contract of docs/service_api.md on a synthetic index (no model) and on the
 real tiny workspace (search by text through SmolLM2), and every bad-input message."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,20 +67,23 @@ def test_nearest_compare_and_maps(synth):
     assert {"x", "y", "density", "top_domain", "label", "confidence"} <= set(one.columns)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda b: b.feature("nope", 1), "unknown SAE 'nope'; this workspace has: a, b"),
-    (lambda b: b.feature("a", 5000), "latent 5000 is out of range: SAE 'a' has latents 0..23"),
-    (lambda b: b.feature("a", -1), "out of range"),
-    (lambda b: b.feature("a", "abc"), "latent must be a whole number between 0 and 23"),
-    (lambda b: b.nearest("b", 99), "out of range"),
-    (lambda b: b.search_text("a", "   "), "type some text to search"),
-    (lambda b: b.search_text("a", ""), "type some text to search"),
-    (lambda b: b.search_text("a", "x" * 100_000), "the text has 100,000 characters; the limit is 20,000"),
-    (lambda b: b.search_text("zzz", "hello"), "unknown SAE 'zzz'"),
-    (lambda b: b.search_features("  "), "type a word"),
-    (lambda b: b.compare(["a"]), "at least two SAEs"),
-    (lambda b: b.latents("a", sort_by="evil; DROP TABLE latents"), "sort_by must be one of"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda b: b.feature("nope", 1), "unknown SAE 'nope'; this workspace has: a, b"),
+        (lambda b: b.feature("a", 5000), "latent 5000 is out of range: SAE 'a' has latents 0..23"),
+        (lambda b: b.feature("a", -1), "out of range"),
+        (lambda b: b.feature("a", "abc"), "latent must be a whole number between 0 and 23"),
+        (lambda b: b.nearest("b", 99), "out of range"),
+        (lambda b: b.search_text("a", "   "), "type some text to search"),
+        (lambda b: b.search_text("a", ""), "type some text to search"),
+        (lambda b: b.search_text("a", "x" * 100_000), "the text has 100,000 characters; the limit is 20,000"),
+        (lambda b: b.search_text("zzz", "hello"), "unknown SAE 'zzz'"),
+        (lambda b: b.search_features("  "), "type a word"),
+        (lambda b: b.compare(["a"]), "at least two SAEs"),
+        (lambda b: b.latents("a", sort_by="evil; DROP TABLE latents"), "sort_by must be one of"),
+    ],
+)
 def test_bad_input_messages(synth, call, message):
     with pytest.raises(BackendError, match=message.replace("(", r"\(").replace(".", r"\.")):
         call(synth)
