@@ -59,7 +59,7 @@ test: test-install test-assets chromium
 	$(BIN)/python -m pytest -q tests
 
 # Unit tests: everything not marked slow (slow = builds a workspace, loads the real model or starts a browser).
-test-fast: test-install assets
+test-fast: test-install test-assets
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: test-install
