@@ -8,7 +8,7 @@ CONFIG ?=
 
 .PHONY: demo test test-fast lint format install test-install assets test-assets chromium tiny bench bench-train \
 	bench-activations bench-index bench-beyond bench-compare bench-steering bench-steer-fairness bench-subdomain \
-	bench-concept-steering clean-workspaces help
+	bench-concept-steering bench-fidelity clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
@@ -78,6 +78,11 @@ bench-index: test-install assets
 	$(BIN)/python bench/bench_index.py
 bench-beyond: test-install test-assets
 	$(BIN)/python bench/bench_beyond_text.py
+# Seed stability and held-out FVU of the demo's general SAE under several training settings (needs the demo's cache).
+bench-fidelity: test-install assets
+	$(BIN)/python -m backend build configs/demo.yaml --steps windows,activations
+	$(BIN)/python bench/bench_fidelity.py
+
 bench-compare: test-install assets
 	$(BIN)/python bench/bench_compare.py
 bench-steer-fairness: test-install assets

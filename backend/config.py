@@ -93,10 +93,17 @@ class ActivationConfig:
     """Tokens per cache shard."""
     cache_dtype: str = "float16"
     """Storage dtype of cached activations (float16 halves disk; bfloat16 and float32 also work)."""
+    exclude_first_positions: int = 0
+    """Attention sinks: cached tokens at window positions below this are not normal tokens (BOS is never cached)."""
+    sink_norm_factor: float = 10.0
+    """Attention sinks: tokens whose norm exceeds this multiple of the cache's median norm are not normal (0 = off).
+    SAEs train, and reconstruction metrics are measured, on normal tokens only; CE/KL use whole windows."""
 
     def __post_init__(self) -> None:
         if self.context_len < 2 or self.batch_size < 1 or self.max_tokens < 1 or self.shard_tokens < 1:
             raise ConfigError("activations: context_len >= 2, batch_size, max_tokens, shard_tokens >= 1")
+        if self.exclude_first_positions < 0 or not self.sink_norm_factor >= 0:
+            raise ConfigError("activations: exclude_first_positions and sink_norm_factor must be >= 0")
         if self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"activations.cache_dtype {self.cache_dtype!r}: float16, bfloat16 or float32")
 
@@ -135,6 +142,8 @@ class SaeConfig:
     """Training data: 'general' (the workspace activations) or a subdomain selection name."""
     tokens: int | None = None
     """Training tokens for this SAE (overrides train.tokens; epochs repeat over a small cache)."""
+    stability_twin: bool = False
+    """Also train a twin with another seed (saes/<name>@twin) and record seed stability in metrics.json."""
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -172,6 +181,8 @@ class TrainConfig:
     """Adam learning rate (default 2e-4 / sqrt(d_sae / 2**14))."""
     lr_warmup_steps: int = 50
     """Linear learning-rate warm-up steps."""
+    lr_decay_frac: float = 0.0
+    """Final fraction of the steps over which the learning rate decays linearly to 0 (0 = constant after warm-up)."""
     l1_warmup_frac: float = 0.05
     """Fraction of training over which the L1/L0 coefficient ramps up from 0."""
     seed: int = 0
@@ -190,6 +201,8 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be positive, got {self.batch_size}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.lr_decay_frac <= 1.0:
+            raise ConfigError(f"train.lr_decay_frac must lie in [0, 1], got {self.lr_decay_frac}")
 
 
 @dataclass

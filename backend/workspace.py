@@ -79,8 +79,12 @@ class Workspace:
         return pd.read_parquet(self.windows_path)
 
     def activation_source(self, data: str = "general") -> ShardCache:
-        """The shard cache of the general activations, or of a subdomain's retrieved windows."""
-        return ShardCache(self.cache_dir(data))
+        """The shard cache of the general activations, or of a subdomain's retrieved windows, serving normal tokens
+        only: the attention-sink rule of ``activations`` is decided on each cache once (recorded in its meta.json)."""
+        cache = ShardCache(self.cache_dir(data))
+        ac = self.config.activations
+        cache.ensure_exclusion(ac.exclude_first_positions, ac.sink_norm_factor)
+        return cache
 
     # ---- build steps ------------------------------------------------------------------
     def build_windows(self, force: bool = False, verbose: bool = True) -> pd.DataFrame:

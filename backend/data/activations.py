@@ -220,17 +220,30 @@ class ShardCache:
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:
         return load_file(str(self.shards[i]))
 
-    def all_acts(self, max_tokens: int | None = None) -> torch.Tensor:
-        """All cached normal-token activations as one float32 tensor (n, d) (mind memory for big caches)."""
-        out, n = [], 0
+    def all_acts(self, max_tokens: int | None = None, *, with_ids: bool = False):
+        """The first ``max_tokens`` normal-token activations as one float32 tensor (n, d) (mind memory for big
+        caches); with ``with_ids`` also their token ids (n,), aligned row for row."""
+        out, ids, n = [], [], 0
         for i in range(len(self.shards)):
-            a = self._normal_rows(self.load_shard(i))
-            out.append(a)
-            n += len(a)
+            sh = self.load_shard(i)
+            keep = self.exclusion.normal(sh["acts"], sh["pos"]) if self.exclusion else slice(None)
+            out.append(sh["acts"][keep].float())
+            ids.append(sh["token_ids"][keep].long())
+            n += len(out[-1])
             if max_tokens and n >= max_tokens:
                 break
-        x = torch.cat(out)
-        return x[:max_tokens] if max_tokens else x
+        x, t = torch.cat(out), torch.cat(ids)
+        if max_tokens:
+            x, t = x[:max_tokens], t[:max_tokens]
+        return (x, t) if with_ids else x
+
+    def ensure_exclusion(self, first_positions: int, norm_factor: float) -> Exclusion:
+        """The cache's exclusion for this rule: the recorded one, or decided now (a cache built before the rule
+        existed, or a changed rule)."""
+        ex = self.exclusion
+        if ex is None or (ex.first_positions, ex.norm_factor) != (first_positions, float(norm_factor)):
+            ex = self.decide_exclusion(first_positions, norm_factor)
+        return ex
 
     def batches(self, batch_size: int, seed: int = 0, mix_shards: int = 4) -> Iterator[torch.Tensor]:
         """One shuffled epoch of float32 batches (n <= batch_size, d) of normal tokens: shards in random order,

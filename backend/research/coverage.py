@@ -88,8 +88,8 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
     sub_acts = torch.cat([c.acts for c in sub_chunks])
     sub_tok = torch.cat([c.token_ids for c in sub_chunks]).numpy()
     gen = ws.activation_source()
-    gen_acts = gen.all_acts(max_tokens)
-    gen_tok = np.concatenate([gen.load_shard(i)["token_ids"].numpy() for i in range(len(gen.shards))])[: len(gen_acts)]
+    gen_acts, gen_ids = gen.all_acts(max_tokens, with_ids=True)  # normal tokens, ids aligned row for row
+    gen_tok = gen_ids.numpy()
     gen_freq = pd.Series(gen_tok).value_counts()
     tok_str = adapter.token_strings
     index = IndexReader(ws.index_path)

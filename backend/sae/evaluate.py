@@ -239,15 +239,41 @@ def classifier_metrics(adapter, sae, site: str, windows: pd.DataFrame, batch_siz
     return {"classifier_kl": kl / max(n, 1), "classifier_abs_dp": dp / max(n, 1), "classifier_agree": same / max(n, 1)}
 
 
+STABLE_COS = 0.7  # a latent is reproduced by a twin when the twin has a decoder row this close to it
+
+
+def stability(W_dec: torch.Tensor, W_twin: torch.Tensor) -> dict:
+    """Seed stability (Paulo & Belrose 2025): the share of latents whose best decoder match in a twin trained with
+    another seed has cosine >= STABLE_COS, and the median best match."""
+    best = decoder_max_cos(W_dec, other=W_twin)
+    return {"stability": float((best >= STABLE_COS).mean()), "stability_median_cos": float(np.median(best))}
+
+
+def exclusion_record(cache) -> dict:
+    """What the reconstruction metrics left out: the attention-sink rule and how many cached tokens it excludes."""
+    ex = cache.exclusion
+    if ex is None:
+        return {"n_excluded_tokens": 0}
+    return {
+        "n_excluded_tokens": ex.n_excluded,
+        "n_cached_tokens": cache.n_tokens,
+        "exclusion": {
+            "first_positions": ex.first_positions,
+            "norm_factor": ex.norm_factor,
+            "median_norm": round(ex.median_norm, 3),
+            "threshold": round(ex.threshold, 3),
+        },
+    }
+
+
 def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
     """metrics.json for every SAE of the workspace (skips SAEs already evaluated unless force)."""
     ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
-    from backend.sae.model import load_sae
+    from backend.sae.model import load_sae, twin_dir
 
     adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.kind  # kind: backend/modalities
     cache = ws.activation_source()
-    x = cache.all_acts(n_tokens)
-    tok = torch.cat([cache.load_shard(i)["token_ids"] for i in range(len(cache.shards))])[: len(x)]
+    x, tok = cache.all_acts(n_tokens, with_ids=True)  # normal tokens (attention sinks excluded), ids aligned
     w = ws.windows()
     sample = w.groupby("domain").head(max(1, ce_windows // w["domain"].nunique()))
     refs = None
@@ -257,9 +283,14 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
         if mp.exists() and "fvu" in json.loads(mp.read_text()) and not force:
             continue
         sae = load_sae(d)
-        xs = x if s.data == "general" else ws.activation_source(s.data).all_acts(n_tokens)
+        src = cache if s.data == "general" else ws.activation_source(s.data)
+        xs = x if s.data == "general" else src.all_acts(n_tokens)
         m = reconstruction_metrics(sae, xs, s.matryoshka_widths or None)
+        m.update(exclusion_record(src))
         m["decoder_max_cos"] = cos_stats(sae.W_dec)
+        twin = twin_dir(d)
+        if s.stability_twin and (twin / "cfg.json").exists():
+            m.update(stability(sae.W_dec.detach(), load_sae(twin).W_dec.detach()))
         if kind.eval_next_token_ce:  # next-token / next-item CE with the SAE spliced in
             refs = refs or reference_passes(adapter, site, sample)
             m.update(ce_metrics(adapter, sae, site, refs=refs))

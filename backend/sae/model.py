@@ -172,6 +172,13 @@ def _weights(p: Path) -> dict[str, torch.Tensor]:
         raise SaeError(f"{p} is not a readable safetensors file ({e})") from None
 
 
+def twin_dir(sae_dir: str | Path) -> Path:
+    """Where an SAE's stability twin lives: a sibling folder ``<name>@twin`` (trained, evaluated against, never
+    served or indexed)."""
+    sae_dir = Path(sae_dir)
+    return sae_dir.with_name(f"{sae_dir.name}@twin")
+
+
 def load_sae(path: str | Path, device: str | torch.device = "cpu"):
     """Load an SAE folder: ours/SAELens (cfg.json + sae_weights.safetensors), sparsify
     (cfg.json + sae.safetensors), or a boosted composite (cfg.json naming its base)."""

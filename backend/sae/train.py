@@ -22,6 +22,7 @@ loss; its weight gradient does not depend on them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -41,7 +42,9 @@ from backend.atomic import atomic_dir
 from backend.config import SaeConfig, TrainConfig
 from backend.sae import losses
 from backend.sae.kernels import bucket_order, pair_dots
-from backend.sae.model import Sae, SaeError, SaeSpec, write_metrics
+from backend.sae.model import Sae, SaeError, SaeSpec, twin_dir, write_metrics
+
+TWIN_SEED_OFFSET = 1_000  # the stability twin's seed (init and data order) is the SAE's + this
 
 
 class ActivationSource(Protocol):
@@ -344,6 +347,15 @@ class Trainer:
         n = max(1, int(self.tcfg.l1_warmup_frac * self.total_steps))
         return min(1.0, (self.step + 1) / n)
 
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over ``lr_warmup_steps``, then constant, then (``lr_decay_frac`` > 0) a linear decay to 0
+        over the final fraction of ``total_steps``."""
+        warm = min(1.0, (step + 1) / max(1, self.tcfg.lr_warmup_steps))
+        decay_steps = int(self.tcfg.lr_decay_frac * self.total_steps)
+        if decay_steps <= 0:
+            return warm
+        return min(warm, max(0.0, (self.total_steps - step) / decay_steps))
+
     def train_step(self, x_raw: torch.Tensor) -> dict[str, float]:
         if not math.isfinite(float(x_raw.sum(dtype=torch.float64))):  # one pass; NaN/inf anywhere makes it non-finite
             raise FloatingPointError("non-finite activations in the input batch")
@@ -351,7 +363,7 @@ class Trainer:
             self._init_from(x_raw)
         x = self._prepare(x_raw)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr * min(1.0, (self.step + 1) / max(1, self.tcfg.lr_warmup_steps))
+            g["lr"] = self.lr * self.lr_factor(self.step)
         loss, stats = self.loss_and_stats(x)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError("the loss became non-finite")
@@ -480,11 +492,27 @@ def train_sae(
     progress: bool = True,
     resume: bool = True,
 ) -> Sae:
-    """Train one SAE on ``source`` and save it (SAELens layout + metrics.json) to ``out_dir``."""
+    """Train one SAE on ``source`` and save it (SAELens layout + metrics.json) to ``out_dir``.
+
+    With ``cfg.stability_twin`` a twin (same config and data, seed + ``TWIN_SEED_OFFSET``) is trained first into
+    ``twin_dir(out_dir)``, so that an interrupted build that finds ``out_dir`` complete also finds its twin."""
     out_dir = Path(out_dir)
+    if cfg.stability_twin and not (twin_dir(out_dir) / "cfg.json").exists():
+        twin = dataclasses.replace(cfg, name=f"{cfg.name}@twin", stability_twin=False)
+        train_sae(
+            twin,
+            dataclasses.replace(tcfg, seed=tcfg.seed + TWIN_SEED_OFFSET),
+            source,
+            twin_dir(out_dir),
+            base=base,
+            hook_name=hook_name,
+            model_name=model_name,
+            progress=progress,
+            resume=resume,
+        )
     if base is not None and int(base.W_dec.shape[1]) != source.d_in:
         raise SaeError(f"base SAE expects d_in={int(base.W_dec.shape[1])} but the activations have d={source.d_in}")
-    total = cfg.tokens or tcfg.tokens or source.n_tokens
+    total = cfg.tokens or tcfg.tokens or getattr(source, "n_normal", source.n_tokens)  # one pass over normal tokens
     tr = Trainer(cfg, tcfg, source.d_in, total, base=base, hook_name=hook_name, model_name=model_name)
     ckpt = out_dir.with_name(f".{out_dir.name}.checkpoint")
     if resume and (ckpt / "state.json").exists():

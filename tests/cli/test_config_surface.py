@@ -49,7 +49,8 @@ def test_every_config_field_has_a_flag_with_its_default_and_docstring(cls):
         if f.name in skip:
             continue
         a = actions[f.name]
-        assert a.option_strings == ["--" + f.name.replace("_", "-")]
+        flag = "--" + f.name.replace("_", "-")
+        assert a.option_strings in ([flag], [flag, flag.replace("--", "--no-", 1)])  # bools: --x / --no-x
         assert a.default == _default(f), f.name
         assert a.help == docs[f.name] and docs[f.name], f.name
     # the fields left out have a flag of another name or a reason; the CLI-only flags are declared by hand
