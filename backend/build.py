@@ -8,16 +8,34 @@ path and renames, so an interrupted build resumes cleanly from the last finished
 The whole build holds the workspace lock (atomic.workspace_lock): a second build of the same workspace
 fails at once with WorkspaceBusy naming the first, and the temporaries of a killed build are removed
 when the next one takes the lock.
+
+Staged build (``StagedBuilder``, what ``python app.py`` runs): the same steps, SAE by SAE. After windows
+and activations, each SAE of the config in turn is trained, evaluated and added to the index
+(index/build.py ``add_to_index``), so an app can serve a workspace as soon as its first SAE is indexed
+while one background thread trains and indexes the rest, then the next workspaces. It holds each
+workspace's lock while it builds it; its progress (a state per SAE: waiting, training, evaluating,
+indexing, ready, failed with a one-line error) is read through ``build_status`` (Backend.build_status).
+A failed SAE does not stop the others (an SAE boosted on it fails too, saying why). The outputs are the
+full build's, so a restarted app resumes where the last one stopped.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from backend.workspace import Workspace, create_workspace, workspace_lock
 
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
+SAE_STATES = ("waiting", "training", "evaluating", "indexing", "ready", "failed")
+log = logging.getLogger(__name__)
 
 
 def build_workspace(
@@ -51,10 +69,12 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
     if "eval" in want and ws.config.saes:
         eval_all(ws, force=force, verbose=verbose)
     if "index" in want and ws.config.saes:
-        from backend.index.build import build_index
+        from backend.index.build import add_to_index, build_index, indexed_saes
 
         if force or not ws.index_path.exists():
             build_index(ws, progress=verbose)
+        elif missing := [s.name for s in ws.config.saes if s.name not in indexed_saes(ws.index_path)]:
+            add_to_index(ws, missing, progress=verbose)  # a staged build stopped part-way: add what it lacks
     if "coverage" in want and ws.config.subdomains:
         from backend.research.coverage import build_coverage
 
@@ -65,34 +85,37 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
 
 def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: str | None = None) -> None:
     with workspace_lock(ws.path):
-        _train_all(ws, force, verbose, only)
+        for s in ws.config.saes:
+            if not only or s.name == only:
+                train_one(ws, s, force=force, verbose=verbose)
 
 
-def _train_all(ws: Workspace, force: bool, verbose: bool, only: str | None) -> None:
+def train_one(
+    ws: Workspace, s, force: bool = False, verbose: bool = True, watch: Callable[[int], None] | None = None
+) -> bool:
+    """Train one SAE of the config (``s``, its SaeConfig) unless it is trained; returns whether it trained.
+    ``watch(n)`` is called with each batch's token count (and may raise to stop the training)."""
     from backend.sae.model import load_sae
     from backend.sae.train import train_sae
 
-    adapter_name = ws.config.model.id
-    for s in ws.config.saes:
-        if only and s.name != only:
-            continue
-        out = ws.sae_dir(s.name)
-        if (out / "cfg.json").exists() and not force:
-            continue
-        base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
-        source = ws.activation_source(s.data)
-        if verbose:
-            print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
-        train_sae(
-            s,
-            ws.config.train,
-            source,
-            out,
-            base=base,
-            hook_name=ws.config.activations.site,
-            model_name=adapter_name,
-            progress=verbose,
-        )
+    out = ws.sae_dir(s.name)
+    if (out / "cfg.json").exists() and not force:
+        return False
+    base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
+    source = ws.activation_source(s.data)
+    if verbose:
+        print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
+    train_sae(
+        s,
+        ws.config.train,
+        _Watched(source, watch) if watch else source,
+        out,
+        base=base,
+        hook_name=ws.config.activations.site,
+        model_name=ws.config.model.id,
+        progress=verbose,
+    )
+    return True
 
 
 def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
@@ -100,3 +123,322 @@ def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
 
     with workspace_lock(ws.path):
         evaluate_workspace(ws, force=force, progress=verbose)
+
+
+def evaluated(ws: Workspace, name: str) -> bool:
+    import json
+
+    p = ws.sae_dir(name) / "metrics.json"
+    try:
+        return p.exists() and "fvu" in json.loads(p.read_text())
+    except ValueError:
+        return False
+
+
+def evaluate_one(ws: Workspace, s, verbose: bool = True) -> None:
+    """metrics.json for one SAE of the config: ``evaluate_workspace`` on a view of the workspace whose config
+    lists only that SAE (it shares the loaded model)."""
+    from backend.sae.evaluate import evaluate_workspace
+
+    cfg = copy.copy(ws.config)  # shallow: only the SAE list differs (no re-validation: a boost's base is absent)
+    cfg.saes = [s]
+    view = Workspace(ws.path, cfg)
+    view._adapter = ws.adapter(verbose=False)  # one model in memory, not one per SAE
+    evaluate_workspace(view, progress=verbose)
+
+
+# ---- the staged build -----------------------------------------------------------------------------
+class BuildStopped(Exception):
+    """StagedBuilder.stop() was called: the build ends at the next batch or step (nothing half-written)."""
+
+
+class _Watched:
+    """An activation source that reports each training batch's size to ``watch`` (which may raise BuildStopped)."""
+
+    def __init__(self, source: Any, watch: Callable[[int], None]):
+        self._source, self._watch = source, watch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def batches(self, *args: Any, **kw: Any) -> Iterator:
+        for x in self._source.batches(*args, **kw):
+            self._watch(len(x))
+            yield x
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+STEP_TEXT = {
+    "waiting": "waiting for the workspaces before it",
+    "windows": "cutting context windows",
+    "activations": "capturing activations",
+    "saes": "",
+    "subdomains": "retrieving subdomain windows",
+    "coverage": "computing coverage",
+}
+
+
+class WorkspaceProgress:
+    """Where a staged build of one workspace stands: its step and each SAE's state (thread-safe)."""
+
+    def __init__(self, name: str, saes: list[str]):
+        self.name = name
+        self._lock = threading.Lock()
+        self.step, self.error, self.note = "waiting", "", ""
+        self.saes: dict[str, list[str]] = {n: ["waiting", ""] for n in saes}
+
+    def set_step(self, step: str, error: str = "") -> None:
+        with self._lock:
+            self.step, self.error = step, error
+
+    def set_sae(self, name: str, state: str, detail: str = "") -> None:
+        assert state in SAE_STATES, state
+        with self._lock:
+            self.saes[name] = [state, detail]
+
+    def state(self, name: str) -> str:
+        with self._lock:
+            return self.saes[name][0]
+
+    def snapshot(self) -> dict:
+        """{workspace, active, step, line, saes: [{name, state, detail}]}: plain values for the UI."""
+        with self._lock:
+            step, error, note = self.step, self.error, self.note
+            saes = [{"name": n, "state": s, "detail": d} for n, (s, d) in self.saes.items()]
+        n, ready = len(saes), sum(s["state"] == "ready" for s in saes)
+        failed = [s for s in saes if s["state"] == "failed"]
+        count = f"{ready} of {n} SAE{'s' if n != 1 else ''} ready"
+        bad = f"; {len(failed)} failed ({', '.join(s['name'] for s in failed)})" if failed else ""
+        active = step not in ("done", "failed")
+        if step == "failed":
+            line = f"build failed: {error}" + (f" ({count})" if ready else "")
+        elif step == "done":  # quiet once all went well; failures and notes stay said
+            line = f"built: {count}{bad}" + (f"; {note}" if note else "") if failed or note else ""
+        elif step == "waiting":
+            line = f"waiting: builds after the workspaces before it ({count})"
+        else:
+            doing = next((s for s in saes if s["state"] in ("training", "evaluating", "indexing")), None)
+            what = STEP_TEXT.get(step, step)
+            if doing is not None:
+                what = f"{doing['state']} {doing['name']}" + (f" ({doing['detail']})" if doing["detail"] else "")
+            line = f"building: {count}{bad}" + (f"; {what}..." if what else "")
+        return {"workspace": self.name, "active": active, "step": step, "line": line, "saes": saes}
+
+
+_REGISTRY: dict[Path, WorkspaceProgress] = {}  # resolved workspace path -> its staged build in this process
+_REGISTRY_GUARD = threading.Lock()
+
+
+def build_status(path: str | Path) -> dict:
+    """The staged build of the workspace at ``path`` in this process (``WorkspaceProgress.snapshot``; inactive
+    with an empty line when there is none), and ``others``: the snapshots of this process' other builds."""
+    key = Path(path).resolve()
+    with _REGISTRY_GUARD:
+        mine, others = _REGISTRY.get(key), [p for k, p in _REGISTRY.items() if k != key]
+    out = mine.snapshot() if mine else {"workspace": "", "active": False, "step": "", "line": "", "saes": []}
+    out["others"] = [p.snapshot() for p in others]
+    return out
+
+
+class StagedWorkspace:
+    """One config of a StagedBuilder: its workspace (None when the config cannot be opened), progress, error."""
+
+    def __init__(self, config: str | Path, path: str | Path | None):
+        self.config = config
+        self.error: BaseException | None = None
+        self.settled = threading.Event()  # servable (an index exists) or never will be by this build
+        self.finished = threading.Event()
+        try:
+            self.ws: Workspace | None = create_workspace(config, path)
+        except Exception as e:  # a bad config, or the workspace is busy: one line, the others go on
+            self.ws, self.error = None, e
+            self.settled.set()
+            self.finished.set()
+            self.progress = WorkspaceProgress(Path(config).stem, [])
+            self.progress.set_step("failed", one_line(e))
+            return
+        self.progress = WorkspaceProgress(self.ws.config.name, [s.name for s in self.ws.config.saes])
+        with _REGISTRY_GUARD:
+            _REGISTRY[self.ws.path.resolve()] = self.progress
+
+    @property
+    def path(self) -> Path | None:
+        return self.ws.path if self.ws is not None else None
+
+    def servable(self) -> bool:
+        return self.ws is not None and self.ws.index_path.exists()
+
+
+class StagedBuilder:
+    """Builds the workspaces of ``configs`` ((config, folder or None) pairs) SAE by SAE in one daemon thread.
+
+    ``on_indexed(sw)`` is called (in the builder's thread) after each SAE is added to ``sw``'s index,
+    ``on_failed(sw, error)`` when a workspace cannot be built at all. ``wait(sw)`` blocks until ``sw`` can be
+    served (its index exists) or its build ended. ``stop()`` ends the build at the next training batch or
+    step; what is finished stays (every step writes atomically), so the next start resumes there."""
+
+    def __init__(
+        self,
+        configs: list[tuple[str | Path, str | Path | None]],
+        *,
+        verbose: bool = True,
+        on_indexed: Callable[[StagedWorkspace], None] | None = None,
+        on_failed: Callable[[StagedWorkspace, BaseException], None] | None = None,
+    ):
+        self.verbose = verbose
+        self.on_indexed, self.on_failed = on_indexed, on_failed
+        self.builds = [StagedWorkspace(c, p) for c, p in configs]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="staged-build", daemon=True)
+
+    def start(self) -> StagedBuilder:
+        for sw in self.builds:
+            if sw.error is not None and self.on_failed:
+                self.on_failed(sw, sw.error)
+            elif sw.servable():
+                sw.settled.set()  # a restart: what is indexed is served at once
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the whole build; True when it ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def wait(self, sw: StagedWorkspace, timeout: float | None = None) -> bool:
+        return sw.settled.wait(timeout)
+
+    # ---- the worker ------------------------------------------------------------------------------
+    def _check_stop(self, _n: int = 0) -> None:
+        if self._stop.is_set():
+            raise BuildStopped("the app stopped before the build finished; the next start resumes it")
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            print(text, flush=True)
+
+    def _run(self) -> None:
+        for sw in self.builds:
+            if sw.ws is None:
+                continue
+            try:
+                self._check_stop()
+                with workspace_lock(sw.ws.path):
+                    self._build(sw)
+            except Exception as e:  # the workspace as a whole (windows, activations, the lock): one line
+                sw.error = e
+                sw.progress.set_step("failed", one_line(e))
+                if not isinstance(e, BuildStopped):
+                    log.warning("staged build of %s failed", sw.ws.path, exc_info=True)
+                    if self.on_failed:
+                        self.on_failed(sw, e)
+            finally:
+                sw.settled.set()
+                sw.finished.set()
+
+    def _build(self, sw: StagedWorkspace) -> None:
+        from backend.index.build import add_to_index, index_inputs, indexed_saes
+        from backend.research.subdomain import build_subdomain
+
+        ws, p, t0 = sw.ws, sw.progress, time.time()
+        assert ws is not None
+        self._say(f"[build] workspace {ws.config.name} in {ws.path}, SAE by SAE")
+        for name in indexed_saes(ws.index_path):  # a restart: these are served already
+            if name in p.saes:
+                p.set_sae(name, "ready")
+        p.set_step("windows")
+        ws.build_windows(verbose=self.verbose)
+        p.set_step("activations")
+        ws.build_activations(verbose=self.verbose)
+        subdomains = {sd.name: sd for sd in ws.config.subdomains}
+        inputs = None  # the indexing activations, collected once for all of this workspace's SAEs
+        for s in ws.config.saes:
+            if p.state(s.name) == "ready":
+                continue
+            p.set_step("saes")
+            try:
+                self._check_stop()
+                if s.data in subdomains:
+                    p.set_sae(s.name, "training", f"retrieving its {s.data} windows")
+                    build_subdomain(ws, subdomains[s.data], verbose=self.verbose)
+                p.set_sae(s.name, "training")
+                train_one(ws, s, verbose=self.verbose, watch=self._watcher(ws, s, p))
+                self._check_stop()
+                p.set_sae(s.name, "evaluating")
+                if not evaluated(ws, s.name):
+                    evaluate_one(ws, s, verbose=self.verbose)
+                self._check_stop()
+                p.set_sae(s.name, "indexing")
+                inputs = inputs or index_inputs(ws, progress=self.verbose)
+                add_to_index(ws, [s.name], inputs=inputs, progress=self.verbose)
+            except BuildStopped:
+                raise
+            except Exception as e:  # this SAE only: the next ones are built
+                p.set_sae(s.name, "failed", one_line(e))
+                log.warning("staged build of %s: SAE %s failed", ws.path, s.name, exc_info=True)
+                print(f"[build] {ws.config.name}: SAE {s.name} failed: {one_line(e)}", file=sys.stderr, flush=True)
+                continue
+            p.set_sae(s.name, "ready")
+            self._say(f"[build] {ws.config.name}: {s.name} ready ({time.time() - t0:.0f} s into this workspace)")
+            sw.settled.set()
+            if self.on_indexed:
+                try:
+                    self.on_indexed(sw)
+                except Exception:  # a listener's fault must not stop the build
+                    log.warning("on_indexed(%s) failed", ws.path, exc_info=True)
+        del inputs
+        self._finish(sw)
+        self._say(f"[build] {ws.config.name} done in {time.time() - t0:.0f} s")
+
+    def _finish(self, sw: StagedWorkspace) -> None:
+        """The steps after the SAEs: every subdomain's training set (as the full build), then coverage once every
+        SAE is ready. A failure here is noted on the status line; the SAEs stay served."""
+        from backend.research.coverage import build_coverage
+        from backend.research.subdomain import build_subdomain
+
+        ws, p = sw.ws, sw.progress
+        assert ws is not None
+        try:
+            p.set_step("subdomains")
+            for sd in ws.config.subdomains:
+                self._check_stop()
+                build_subdomain(ws, sd, verbose=self.verbose)
+            if ws.config.subdomains:
+                p.set_step("coverage")
+                if all(p.state(s.name) == "ready" for s in ws.config.saes):
+                    build_coverage(ws, verbose=self.verbose)
+                else:
+                    p.note = "coverage not computed (an SAE failed)"
+        except BuildStopped:
+            raise
+        except Exception as e:
+            p.note = f"{p.step} failed: {one_line(e)}"
+            log.warning("staged build of %s: %s failed", ws.path, p.step, exc_info=True)
+        p.set_step("done")
+
+    def _watcher(self, ws: Workspace, s, p: WorkspaceProgress) -> Callable[[int], None]:
+        """Training progress as 'step i of n' (n from the config's token budget; a stability twin trains first)."""
+        from backend.sae.model import twin_dir
+
+        source = ws.activation_source(s.data)
+        per_pass = s.tokens or ws.config.train.tokens or getattr(source, "n_normal", source.n_tokens)
+        twin = getattr(s, "stability_twin", False) and not (twin_dir(ws.sae_dir(s.name)) / "cfg.json").exists()
+        batch = ws.config.train.batch_size
+        total = max(1, math.ceil(per_pass * (2 if twin else 1) / batch))
+        seen = [0]
+
+        def watch(n: int) -> None:
+            self._check_stop()
+            seen[0] += 1
+            p.set_sae(s.name, "training", f"step {min(seen[0], total)} of {total}")
+
+        return watch

@@ -27,11 +27,12 @@ from backend.sae.train import Trainer
 from backend.workspace import open_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {  # name -> (passes over the training tokens, TrainConfig overrides)
-    "baseline": (1, {}),  # configs/demo.yaml as shipped before issue 13: one pass, lr 1e-3, constant
-    "passes8": (8, {"lr_decay_frac": 0.2}),
-    "passes20": (20, {"lr_decay_frac": 0.2}),
-    "passes20_lr4e-4": (20, {"lr": 4e-4, "lr_decay_frac": 0.2}),
+SETTINGS = {  # name -> (passes over the training tokens, TrainConfig overrides, SaeConfig overrides)
+    "baseline": (1, {}, {}),  # configs/demo.yaml as shipped before issue 13: one pass, lr 1e-3, constant
+    "passes8": (8, {"lr_decay_frac": 0.2}, {}),
+    "passes20": (20, {"lr_decay_frac": 0.2}, {}),
+    "w1152_passes20": (20, {"lr_decay_frac": 0.2}, {"d_sae": 1152}),
+    "w1152_passes40": (40, {"lr_decay_frac": 0.2}, {"d_sae": 1152}),
 }
 
 
@@ -98,12 +99,12 @@ def main() -> None:
     )
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.settings.split(","):
-        passes, over = SETTINGS[name]
+        passes, over, sae_over = SETTINGS[name]
         saes, fvus, l0s, secs = [], [], [], []
         for seed in seeds:
             tcfg = dataclasses.replace(ws.config.train, seed=seed, checkpoint_every=0, **over)
             t0 = time.time()
-            sae = train(dataclasses.replace(base_cfg, stability_twin=False), tcfg, src, passes)
+            sae = train(dataclasses.replace(base_cfg, stability_twin=False, **sae_over), tcfg, src, passes)
             secs.append(time.time() - t0)
             m = reconstruction_metrics(sae, held)
             saes.append(sae)

@@ -42,6 +42,24 @@ def act_color(value: float, vmax: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
+
+    def lin(c: int) -> float:
+        c_ = c / 255
+        return c_ / 12.92 if c_ <= 0.03928 else ((c_ + 0.055) / 1.055) ** 2.4
+
+    r, g, b = rgb
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+
+
+def text_on(rgb: tuple[int, int, int]) -> str:
+    """The text colour for a cell of colour ``rgb``: black or white, whichever has the larger WCAG contrast
+    (the lesser of the two is never below 4.58:1, the point where both are equal)."""
+    y = luminance(rgb)
+    return "#fff" if (1.05 / (y + 0.05)) > ((y + 0.05) / 0.05) else "#000"
+
+
 def visible_token(token: str) -> str:
     """HTML for a token with whitespace made visible (spaces as faint dots, newlines as ↵)."""
     out = []
@@ -56,11 +74,16 @@ def token_span(
     """One token coloured by its activation; the hover title shows the exact value. ``mark``: the colour
     of an annotation span drawn under the token."""
     r, g, b = act_rgb(act, vmax)
-    fg = "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#1f2328"
     title = html.escape(f"{token!r}  act {act:.3f}{extra_title}", quote=True)
     cls = "tok focus" if focus else "tok"
-    style = f"background:#{r:02x}{g:02x}{b:02x};color:{fg}" + (f";box-shadow:inset 0 -4px 0 {mark}" if mark else "")
-    return f'<span class="{cls}" style="{style}" title="{title}">{visible_token(token)}</span>'
+    if (r, g, b) == (255, 255, 255):  # not firing: no colour of its own, the card's text colour (either theme)
+        style = ""
+    else:  # a coloured cell: black or white text, whichever contrasts more with it (>= 4.6:1 on the whole scale)
+        style = f"background:#{r:02x}{g:02x}{b:02x};color:{text_on((r, g, b))}"
+    if mark:
+        style += f"{';' if style else ''}box-shadow:inset 0 -4px 0 {mark}"
+    style_attr = f' style="{style}"' if style else ""
+    return f'<span class="{cls}"{style_attr} title="{title}">{visible_token(token)}</span>'
 
 
 def tokens_html(
@@ -128,12 +151,18 @@ def contexts_html(
 
 
 def quantiles_html(bands: Sequence[tuple[str, Sequence[Any]]], vmax: float) -> str:
-    """One collapsible block per activation band; the top band starts open."""
+    """One collapsible block per activation band; the top band (the one with the strongest samples, whatever
+    the order of ``bands``) starts open."""
     if not bands:
         return '<p class="muted">No quantile samples were indexed.</p>'
+
+    def strongest(ctxs: Sequence[Any]) -> float:
+        return max((float(getattr(c, "max_act", -math.inf)) for c in ctxs), default=-math.inf)
+
+    top = max(range(len(bands)), key=lambda i: (strongest(bands[i][1]), i))
     parts = []
     for i, (band, ctxs) in enumerate(bands):
-        opened = " open" if i == len(bands) - 1 else ""
+        opened = " open" if i == top else ""
         parts.append(
             f'<details class="band"{opened}><summary>{html.escape(band)} <span class="muted">'
             f"({len(ctxs)})</span></summary>{contexts_html(ctxs, vmax, 'No samples in this band.')}</details>"
@@ -208,9 +237,11 @@ def logits_html(top: Sequence[tuple[str, float]], bottom: Sequence[tuple[str, fl
 
     def table(rows: Sequence[tuple[str, float]], title: str, cls: str) -> str:
         body = "".join(
-            f'<tr><td><code>{visible_token(t)}</code></td><td class="{cls}">{v:+.2f}</td></tr>' for t, v in rows
+            f'<tr><td class="tokcell" title="{html.escape(repr(t), quote=True)}"><code>{visible_token(t)}</code></td>'
+            f'<td class="{cls}">{v:+.2f}</td></tr>'
+            for t, v in rows
         )
-        return f'<table class="logits"><caption>{title}</caption>{body}</table>'
+        return f'<div class="logit-side"><table class="logits"><caption>{title}</caption>{body}</table></div>'
 
     return f'<div class="logit-pair">{table(top, "promoted", "pos")}{table(bottom, "suppressed", "neg")}</div>'
 
@@ -270,6 +301,7 @@ def _layout(fig: go.Figure, title: str, height: int = 260, **kw: Any) -> go.Figu
         title=dict(text=title, font=dict(size=13)),
         template="plotly_white",
         height=height,
+        autosize=True,  # the width follows the column (no fixed width anywhere)
         margin=dict(l=45, r=15, t=40, b=40),
         showlegend=False,
         **kw,
@@ -326,6 +358,8 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
         return _layout(fig, "no map: the index has no UMAP layout", height=620)
     if color_by == "density":
         d = df["density"].clip(lower=1e-6)
+        logs = np.log10(d.astype("float64"))
+        ticks = list(range(int(np.floor(logs.min())), int(np.ceil(logs.max())) + 1)) if len(logs) else []
         fig.add_trace(
             scatter(
                 x=df["x"],
@@ -337,11 +371,17 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
                 marker=dict(
                     size=5,
                     opacity=0.85,
-                    color=np.log10(d),
+                    color=logs,
                     colorscale="YlOrRd",
                     showscale=True,
                     line=dict(width=0),
-                    colorbar=dict(title="log10 density", thickness=12),
+                    # a log colour scale, labelled in percent of tokens like every other density in the app
+                    colorbar=dict(
+                        title="density",
+                        thickness=12,
+                        tickvals=ticks,
+                        ticktext=[f"{10.0 ** (t + 2):g}%" for t in ticks],
+                    ),
                 ),
             )
         )
@@ -374,10 +414,9 @@ def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
     down = "ce_recovered"
     if ("ce_recovered" not in metrics or metrics["ce_recovered"].isna().all()) and "classifier_kl" in metrics:
         down = "classifier_kl"
-    title = (
-        "L0 vs CE recovered (higher is better)" if down == "ce_recovered" else "L0 vs classifier KL (lower is better)"
-    )
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("L0 vs FVU (lower is better)", title))
+    # short titles: at 1024 px each subplot is ~230 px wide, and a longer centred title is cut at the edges
+    title = "CE recovered (higher: better)" if down == "ce_recovered" else "classifier KL (lower: better)"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("FVU (lower: better)", title), horizontal_spacing=0.16)
     names = metrics["name"] if "name" in metrics else metrics.index.astype(str)
     for col, ycol in ((1, "fvu"), (2, down)):
         if ycol not in metrics or "l0" not in metrics:
@@ -391,13 +430,24 @@ def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
                 textposition="top center",
                 marker=dict(size=11, color=[PALETTE[i % len(PALETTE)] for i in range(len(metrics))]),
                 hovertemplate="%{text}: L0 %{x:.1f}, " + ycol + " %{y:.3f}<extra></extra>",
+                cliponaxis=False,
             ),
             row=1,
             col=col,
         )
-        fig.update_xaxes(title_text="L0 (active latents per token)", row=1, col=col)
+        fig.update_xaxes(title_text="L0 (latents per token)", range=_padded(metrics["l0"]), row=1, col=col)
         fig.update_yaxes(title_text=ycol, row=1, col=col)
     return _layout(fig, "", height=340)
+
+
+def _padded(values: pd.Series, pad: float = 0.15) -> list[float] | None:
+    """An axis range with room on both sides, so that the points' name labels stay inside the plot."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if v.empty:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    span = hi - lo or max(abs(hi), 1.0)
+    return [lo - pad * span, hi + pad * span]
 
 
 def tidy(df: pd.DataFrame, digits: dict[str, int]) -> pd.DataFrame:

@@ -4,10 +4,17 @@
 explorer/ never imports torch or the backend package. What differs between model kinds (text, protein,
 recommender) comes from ``backend.capabilities``, plain values: the UI never compares kind names.
 Theme and CSS are launch options in Gradio 6 (``demo.launch(**launch_options())``).
+
+While the serving process is still building (app.py's staged start: ``backend.build_status()``), a status
+line under the header says how far each workspace is, and a timer (every ``BUILD_POLL_S`` seconds, only
+while something builds) adds each SAE to the header chips and to every SAE picker of every tab as soon as
+it is ready, and the Coverage tab's subdomains when they appear; a page load does the same, so a reload
+after the build shows everything without restarting the app.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +23,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from . import intro  # issue 15: the first-visit "Start here" block
 from .tabs import browse, compare, coverage, outcome, search, steer
 from .tabs import map as feature_map
 
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style.css"
 TITLE = "SAE Explorer"
+BUILD_POLL_S = 5.0
+STATE_MARK = {"waiting": "·", "training": "…", "evaluating": "…", "indexing": "…", "ready": "✓", "failed": "✗"}
+Workspaces = list[tuple[str, str, str]] | Callable[[], list[tuple[str, str, str]]] | None
 
 
 def switcher_html(current: str, workspaces: list[tuple[str, str, str]] | None) -> str:
@@ -66,11 +77,89 @@ def header_html(
     )
 
 
-def steer_with(edits: pd.DataFrame | None, latent: float | None, sae: str) -> tuple:
-    """Add the Browse tab's latent to the Steer tab's edits and switch there."""
+def status_html(status: dict) -> str:
+    """The build status under the header: this workspace's line and each SAE's state (failed ones with their
+    one-line error), then the other workspaces this process builds; "" when nothing is or was built here."""
+    rows = []
+    if status.get("line"):
+        chips = "".join(
+            f'<span class="chip build-{html.escape(s["state"])}" title="{html.escape(s["detail"], quote=True)}">'
+            f"{STATE_MARK.get(s['state'], '')} {html.escape(s['name'])} <small>{html.escape(s['state'])}"
+            f"{': ' + html.escape(s['detail']) if s['detail'] and s['state'] == 'failed' else ''}</small></span>"
+            for s in status.get("saes", [])
+        )
+        rows.append(f'<div class="sub"><b>{html.escape(status["line"])}</b></div><div class="chips">{chips}</div>')
+    rows += [
+        f'<div class="sub">workspace <b>{html.escape(o["workspace"])}</b>: {html.escape(o["line"])}</div>'
+        for o in status.get("others", [])
+        if o.get("line")
+    ]
+    return f'<div class="build-status muted">{"".join(rows)}</div>' if rows else ""
+
+
+def building(status: dict) -> bool:
+    """Whether this workspace or another one of the serving process is still being built."""
+    return bool(status.get("active")) or any(o.get("active") for o in status.get("others", []))
+
+
+def sae_pickers(demo: gr.Blocks, names: list[str]) -> list[tuple[Any, list, list]]:
+    """Every dropdown / checkbox group of the app whose choices hold the SAE names (in order, as the tabs built
+    them from ``names``), with the choices before and after them (e.g. "all SAEs", the joint map), so that new
+    SAEs can be put in their place: (component, before, after)."""
+    found = []
+    n = len(names)
+    for block in demo.blocks.values():
+        if not isinstance(block, (gr.Dropdown, gr.CheckboxGroup)) or not n:
+            continue
+        values = [c[1] if isinstance(c, (tuple, list)) else c for c in block.choices or []]
+        for i in range(len(values) - n + 1):
+            if values[i : i + n] == names:
+                found.append((block, values[:i], values[i + n :]))
+                break
+    return found
+
+
+def follow_build(backend: Any, pickers: list, subdomain: Any, workspaces: Workspaces, shown: dict) -> tuple:
+    """One tick of the build timer (and the page load): (shown, header, status, each picker, the Coverage
+    subdomain, the timer). Only what changed since this page last showed it is sent."""
+    status = backend.build_status()
+    saes = backend.saes()
+    names = [str(n) for n in saes["name"]]
+    links = workspaces() if callable(workspaces) else workspaces
+    head = header_html(
+        backend.workspace_name,
+        saes,
+        backend.domains(),
+        str(getattr(backend, "model_name", "")),
+        backend.capabilities["display_name"],
+        links,
+        getattr(backend, "problems", []),
+    )
+    subs = backend.subdomains() if subdomain is not None else []
+    new = {"names": names, "header": head, "subs": subs}
+    picks = [
+        gr.update(choices=before + names + after) if names != shown.get("names") else gr.skip()
+        for _, before, after in pickers
+    ]
+    if subdomain is not None:
+        sub = gr.update(choices=subs, value=subs[0] if subs else None) if subs != shown.get("subs") else gr.skip()
+        picks.append(sub)
+    return (
+        new,
+        head if head != shown.get("header") else gr.skip(),
+        status_html(status),
+        *picks,
+        gr.Timer(active=building(status)),
+    )
+
+
+def steer_with(edits: pd.DataFrame | None, latent: float | None, sae: str, backend: Any = None) -> tuple:
+    """Add the Browse tab's latent to the Steer tab's edits and switch there; with the backend, its value starts
+    at a multiple of the latent's max activation (steer.default_value), shown beside it."""
     if latent is None:
         raise gr.Error("Open a latent first, then steer with it.")
-    return steer.add_edit(edits, int(latent)), sae, gr.Tabs(selected="steer")
+    max_act = steer.latent_max_act(backend, sae, int(latent)) if backend is not None else None
+    return steer.add_edit(edits, int(latent), max_act=max_act), sae, gr.Tabs(selected="steer")
 
 
 def pick_unique(sae: str, evt: gr.SelectData) -> tuple:
@@ -89,24 +178,29 @@ def on_first_select(tab: gr.Tab, load: tuple[Callable, list, list]) -> None:
     tab.select(first, [done, *inputs], [done, *outputs], api_visibility="private")
 
 
-def build_app(backend: Any, workspaces: list[tuple[str, str, str]] | None = None) -> gr.Blocks:
+def build_app(backend: Any, workspaces: Workspaces = None) -> gr.Blocks:
     """The whole UI for one open workspace; every action is also a named API endpoint (docs/api.md).
-    ``workspaces``: (name, kind of model as shown, url path) of every workspace this app serves, for the switcher."""
+    ``workspaces``: (name, kind of model as shown, url path) of every workspace this app serves, for the switcher
+    (or a function returning them, when workspaces are mounted while the app runs)."""
     saes = backend.saes()
     names = [str(n) for n in saes["name"]]
     caps = backend.capabilities
+    status = backend.build_status()
     with gr.Blocks(title=f"{TITLE} · {backend.workspace_name}") as demo:
-        gr.HTML(
+        header = gr.HTML(
             header_html(
                 backend.workspace_name,
                 saes,
                 backend.domains(),
                 str(getattr(backend, "model_name", "")),
                 caps["display_name"],
-                workspaces,
+                workspaces() if callable(workspaces) else workspaces,
                 getattr(backend, "problems", []),
             )
         )
+        build_line = gr.HTML(status_html(status), elem_id="build-status")
+        timer = gr.Timer(BUILD_POLL_S, active=building(status))
+        intro.build(backend, names)  # issue 15: "Start here" (open on a first visit, collapsed afterwards)
         with gr.Tabs() as tabs:
             with gr.Tab("Browse", id="browse", elem_id="tab-browse"):
                 opener, b = browse.build(backend, names, tabs)
@@ -127,10 +221,24 @@ def build_app(backend: Any, workspaces: list[tuple[str, str, str]] | None = None
             if backend.subdomains():  # nothing to load in a workspace without subdomain SAEs
                 on_first_select(cov_tab, (cov["load"], [cov["subdomain"]], cov["outputs"]))
             opener.wire(cov["unique"].select, pick_unique, [cov["unique_sae"]])
-        b["steer"].click(
-            steer_with, [st["edits"], b["latent"], b["sae"]], [st["edits"], st["sae"], tabs], api_visibility="private"
+        b["steer"].click(  # issue 15: the value starts at a multiple of the latent's max activation
+            functools.partial(steer_with, backend=backend),
+            [st["edits"], b["latent"], b["sae"]],
+            [st["edits"], st["sae"], tabs],
+            api_visibility="private",
         )
         demo.load(*b["load"], api_visibility="private")
+        # the staged build: new SAEs (and subdomains) join the header and every picker as they become ready
+        pickers = sae_pickers(demo, names)
+        sub = cov["subdomain"] if cov is not None else None
+        shown = gr.State({"names": names, "header": None, "subs": backend.subdomains() if sub is not None else []})
+        outs = [shown, header, build_line, *(c for c, _, _ in pickers), *([sub] if sub is not None else []), timer]
+
+        def follow(seen: dict) -> tuple:
+            return follow_build(backend, pickers, sub, workspaces, seen)
+
+        timer.tick(follow, shown, outs, api_visibility="private", show_progress="hidden")
+        demo.load(follow, shown, outs, api_visibility="private", show_progress="hidden")
     return demo
 
 

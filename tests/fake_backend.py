@@ -98,6 +98,12 @@ class FakeBackend:
     def shift_report(self) -> dict | None:
         return None
 
+    # what build_status answers: set ``status`` (and ``_saes``) to play a staged build in a UI test
+    status = {"workspace": "fake", "active": False, "step": "", "line": "", "saes": [], "others": []}
+
+    def build_status(self) -> dict:
+        return dict(self.status)
+
     def latents(
         self,
         sae: str,

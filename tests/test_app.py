@@ -24,8 +24,10 @@ def bad(tmp_path):
 
 def test_a_config_that_cannot_be_built_is_skipped_with_one_line(tiny_ws, bad, capsys):
     args = app.parse_args(["--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(bad)])
-    dirs = app.workspace_dirs(args)
+    builder = app.start_builder(args)  # builds in the background; the built tiny workspace is served at once
+    dirs = app.workspace_dirs(args, builder)
     assert dirs == [REPO / "workspaces" / "tiny"]
+    assert builder.join(timeout=300)
     err = capsys.readouterr().err
     assert "skipping" in err and "no_such_corpus" in err
 

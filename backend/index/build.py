@@ -22,6 +22,13 @@ Pipeline (``build_index``):
 4. Maps: UMAP (or PCA) of unit decoder rows per SAE and jointly (backend/index/maps.py).
 Everything is written through store.IndexWriter: built aside, renamed into place.
 
+``add_to_index`` (the staged build: one SAE at a time, the app serving those already indexed) indexes
+only the SAEs it is given and copies every other SAE's rows unchanged from the current index (per-SAE
+map coordinates included); the joint map is recomputed over all indexed SAEs, with PCA while some SAE of
+the config is still missing (a UMAP of every indexed row per added SAE would cost the build about
+n_saes / 2 times the final joint map) and with the config's method once the last one is added, so the
+finished index holds the same rows as ``build_index``'s.
+
 Hazards: memory is n_tokens x d x 2 bytes for the activations (1M x 576: 1.15 GB) plus 12 bytes per
 nonzero latent for one SAE's firings (1M tokens at L0 32: 384 MB). Latent statistics describe the
 train split only; ``density`` is firings / train tokens.
@@ -486,10 +493,13 @@ def logit_lens(
     return top, bottom
 
 
-def _check_saes(ws) -> None:
+def _check_saes(ws, names: list[str] | None = None) -> None:
     if not ws.config.saes:
         raise ValueError("the workspace config lists no SAEs under 'saes:': there is nothing to index")
-    missing = [s.name for s in ws.config.saes if not (ws.sae_dir(s.name) / "cfg.json").exists()]
+    known = [s.name for s in ws.config.saes]
+    if unknown := [n for n in names or [] if n not in known]:
+        raise ValueError(f"SAE(s) {', '.join(unknown)} are not in the workspace config (it lists {', '.join(known)})")
+    missing = [n for n in names or known if not (ws.sae_dir(n) / "cfg.json").exists()]
     if missing:
         raise FileNotFoundError(
             f"SAE(s) {', '.join(missing)} not trained yet (no cfg.json under {ws.path / 'saes'}): "
@@ -513,12 +523,22 @@ def write_index(
     device: torch.device | str = "cpu",
     progress: bool = False,
     concepts: tuple[np.ndarray, list[str]] | None = None,
+    keep_from: str | Path | None = None,
+    keep: Iterable[tuple[str, np.ndarray]] = (),
+    order: list[str] | None = None,
+    joint_method: str | None = None,
 ) -> dict[str, float]:
     """Index (name, architecture, sae) triples (a lazy iterable: one SAE in memory at a time) over ``ia``
-    and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps."""
+    and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps.
+
+    ``keep`` (name, W_dec) pairs: SAEs whose rows are copied unchanged from the index at ``keep_from`` (their
+    per-SAE map too); the joint map is laid out over them and the new SAEs together, in ``order`` (default:
+    kept, then new), with ``joint_method`` (default: the config's, umap or pca)."""
     timings: dict[str, float] = {}
-    mats: dict[str, np.ndarray] = {}
+    mats: dict[str, np.ndarray] = dict(keep)
+    method = "umap" if cfg.umap else "pca"
     with IndexWriter(out) as writer:
+        kept_xy = writer.copy_from(keep_from, list(mats)) if mats and keep_from is not None else pd.DataFrame()
         for name, arch, sae in saes:
             t = time.perf_counter()
             for table, frame in index_sae(
@@ -530,10 +550,11 @@ def write_index(
             if progress:
                 print(f"[index] {name}: {len(mats[name]):,} latents in {timings[f'sae:{name}_s']:.1f} s", flush=True)
         t = time.perf_counter()
-        method = "umap" if cfg.umap else "pca"
-        joint = joint_layout(mats, seed=seed, method=method)
+        ordered = [n for n in order or [] if n in mats] + [n for n in mats if n not in (order or [])]
+        joint = joint_layout({n: mats[n] for n in ordered}, seed=seed, method=joint_method or method)
+        old_xy = {n: g[["x", "y"]].to_numpy() for n, g in kept_xy.groupby("sae")} if len(kept_xy) else {}
         for name, W in mats.items():
-            xy = layout(W, seed=seed, method=method)
+            xy = old_xy[name] if len(old_xy.get(name, ())) == len(W) else layout(W, seed=seed, method=method)
             writer.add(
                 "map",
                 pd.DataFrame(
@@ -562,39 +583,120 @@ def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dic
         return _build_index(ws, progress, out)
 
 
-def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]:
-    _check_saes(ws)
+@dataclass
+class IndexInputs:
+    """What indexing any SAE of a workspace needs besides the SAE: the indexing activations (one model pass at
+    most), the token concepts (protein, recommender), the unembedding and the adapter's token strings.
+    The staged build computes them once and indexes its SAEs one by one with them."""
+
+    ia: IndexActs
+    concepts: tuple[np.ndarray, list[str]] | None
+    unembed: torch.Tensor | None
+    token_strings: Callable[[list[int]], list[str]]
+    device: torch.device | str
+    seconds: float  # time spent collecting the activations
+
+
+def index_inputs(ws, progress: bool = True) -> IndexInputs:
     t0 = time.perf_counter()
     ia = collect(ws, progress)
+    seconds = time.perf_counter() - t0
     adapter = ws.adapter(verbose=False)
-    t_acts = time.perf_counter() - t0
-
-    def saes() -> Iterator[tuple[str, str, Any]]:
-        for s in ws.config.saes:
-            sae = load_sae(ws.sae_dir(s.name), device=adapter.device)
-            check_site(sae, adapter.d_model, ws.config.activations.site)
-            yield s.name, _arch(s), sae
-
     from backend.modalities import token_concepts
 
     concepts = token_concepts(ws, ws.windows(), ia.window, ia.offsets(), ia.token)  # None for text
+    return IndexInputs(ia, concepts, adapter.unembed(), adapter.token_strings, adapter.device, seconds)
+
+
+def _load_saes(ws, names: list[str], device) -> Iterator[tuple[str, str, Any]]:
+    """(name, architecture as shown, sae) of the named SAEs, loaded one at a time and checked against the site."""
+    adapter = ws.adapter(verbose=False)
+    specs = {s.name: s for s in ws.config.saes}
+    for name in names:
+        sae = load_sae(ws.sae_dir(name), device=device)
+        check_site(sae, adapter.d_model, ws.config.activations.site)
+        yield name, _arch(specs[name]), sae
+
+
+def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]:
+    _check_saes(ws)
+    t0 = time.perf_counter()
+    inp = index_inputs(ws, progress)
     out = Path(out or ws.index_path)
     timings = write_index(
         out,
-        ia,
-        saes(),
+        inp.ia,
+        _load_saes(ws, [s.name for s in ws.config.saes], inp.device),
         ws.config.index,
-        adapter.unembed(),
-        adapter.token_strings,
+        inp.unembed,
+        inp.token_strings,
         seed=ws.config.train.seed,
-        device=adapter.device,
+        device=inp.device,
         progress=progress,
-        concepts=concepts,
+        concepts=inp.concepts,
     )
-    timings.update(tokens=float(len(ia.token)), activations_s=t_acts, total_s=time.perf_counter() - t0)
+    timings.update(tokens=float(len(inp.ia.token)), activations_s=inp.seconds, total_s=time.perf_counter() - t0)
     if progress:
         print(
-            f"[index] {len(ws.config.saes)} SAEs over {len(ia.token):,} tokens in {timings['total_s']:.0f} s -> {out}",
+            f"[index] {len(ws.config.saes)} SAEs over {len(inp.ia.token):,} tokens in {timings['total_s']:.0f} s -> {out}",
             flush=True,
         )
     return timings
+
+
+def indexed_saes(path: str | Path) -> list[str]:
+    """The SAEs an index file holds ([] when there is no file)."""
+    from backend.index.store import IndexReader
+
+    if not Path(path).exists():
+        return []
+    reader = IndexReader(path)
+    try:
+        return reader.saes()["sae"].tolist()
+    finally:
+        reader.close()
+
+
+def add_to_index(
+    ws, names: list[str], *, inputs: IndexInputs | None = None, progress: bool = True, out: str | Path | None = None
+) -> dict[str, float]:
+    """Index the SAEs ``names`` and add them to the workspace's index (``out``, default ws.index_path; created
+    when absent), replacing their rows if they were there and leaving every other SAE's rows exactly as they
+    are; the joint map is recomputed over all of them (see the module doc). The new file is built aside and
+    renamed into place, so readers see the old index or the new one, never a mix (``Backend.refresh``).
+
+    ``inputs``: from ``index_inputs``, to index several SAEs one call at a time without collecting the
+    activations again. Holds the workspace lock. Returns timings in seconds, like ``build_index``."""
+    from backend.atomic import workspace_lock
+
+    with workspace_lock(ws.path):
+        _check_saes(ws, list(names))
+        t0 = time.perf_counter()
+        inp = inputs or index_inputs(ws, progress)
+        out = Path(out or ws.index_path)
+        prev = indexed_saes(out)
+        keep = [n for n in prev if n not in names]
+        config_order = [s.name for s in ws.config.saes]
+        order = [n for n in config_order if n in keep or n in names] + sorted(n for n in keep if n not in config_order)
+        kept = [(n, load_sae(ws.sae_dir(n)).W_dec.detach().float().cpu().numpy()) for n in keep]  # for the joint map
+        complete = set(config_order) <= set(keep) | set(names)
+        timings = write_index(
+            out,
+            inp.ia,
+            _load_saes(ws, [n for n in config_order if n in names], inp.device),
+            ws.config.index,
+            inp.unembed,
+            inp.token_strings,
+            seed=ws.config.train.seed,
+            device=inp.device,
+            progress=progress,
+            concepts=inp.concepts,
+            keep_from=out if keep else None,
+            keep=kept,
+            order=order,
+            joint_method=None if complete else "pca",
+        )
+        timings.update(tokens=float(len(inp.ia.token)), total_s=time.perf_counter() - t0)
+        if progress:
+            print(f"[index] added {', '.join(names)} ({len(order)} SAEs indexed) -> {out}", flush=True)
+        return timings

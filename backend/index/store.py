@@ -14,9 +14,16 @@ Writing: ``IndexWriter`` appends frames (pandas or Arrow, never executemany) to 
 database as they come, so memory stays bounded by one SAE; on a clean exit it copies every table,
 sorted by (sae, latent), into a fresh file and renames that over the target. A latent's rows are then
 contiguous, and a per-latent query reads one small range (measured 1.6 ms, against 29 ms unsorted).
-Hazard: readers that hold the old file open keep reading the old inode until they reopen, and DuckDB
-shares one database instance per path within a process, so a reader opened while an older one of the
-same path is still open sees the OLD file too: close every reader, then reopen.
+Hazard: readers that hold the old file open keep reading the old inode until they reopen. DuckDB shares one
+database instance per path within a process (``duckdb.connect(path)`` while another connection to the path
+is open returns that connection's instance, i.e. the OLD file), so ``IndexReader`` does not connect to the
+path: it opens a private in-memory instance and ATTACHes the file read-only, which always opens the file
+as it is now. A reader opened after a swap therefore sees the new file even while older readers are still
+open (the staged build relies on this: ``Backend.refresh`` opens a new reader beside the one requests use).
+
+Adding SAEs to an existing index (``IndexWriter.copy_from``): the other SAEs' rows are copied from the
+current file into the staging database (ATTACHed read-only there), then the whole file is written and
+renamed as above, so the swap stays atomic and untouched SAEs keep their rows exactly.
 
 Reading: ``IndexReader`` holds one read-only connection and hands each thread its own cursor.
 All SQL is constant text with ``?`` parameters; values are never formatted into SQL (table and
@@ -64,6 +71,19 @@ SQL_APPEND = {t: f"INSERT INTO {t} BY NAME SELECT * FROM frame" for t in SCHEMA}
 SQL_COPY_SORTED = {t: f"CREATE TABLE out.{t} AS SELECT * FROM {t} ORDER BY {_SORT[t]}" for t in SCHEMA}
 SQL_ATTACH = "ATTACH ? AS out"
 SQL_DETACH = "DETACH out"
+# copying the rows of some SAEs from a previous index (IndexWriter.copy_from); ? = the SAE names (a list)
+SQL_ATTACH_PREV = "ATTACH ? AS prev (READ_ONLY)"
+SQL_DETACH_PREV = "DETACH prev"
+SQL_PREV_TABLES = "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'prev'"
+SQL_COPY_PREV = {
+    t: f"INSERT INTO {t} BY NAME SELECT * FROM prev.{t} WHERE list_contains(?::VARCHAR[], sae)"
+    for t in SCHEMA
+    if t != "map"
+}
+SQL_PREV_LAYOUT = "SELECT sae, latent, x, y FROM prev.map WHERE list_contains(?::VARCHAR[], sae) ORDER BY sae, latent"
+# reading: a private in-memory instance with the index ATTACHed read-only (see the hazard in the module doc)
+SQL_ATTACH_INDEX = "ATTACH ? AS idx (READ_ONLY)"
+SQL_USE_INDEX = "USE idx"
 
 SQL_SAES = "SELECT * FROM saes ORDER BY sae"
 SQL_DOMAINS = "SELECT DISTINCT top_domain AS d FROM latents WHERE top_domain <> '' ORDER BY d"
@@ -143,6 +163,21 @@ class IndexWriter:
         finally:
             self.con.unregister("frame")
 
+    def copy_from(self, prev: str | Path, saes: list[str]) -> pd.DataFrame:
+        """Copy every row of the SAEs ``saes`` from the index at ``prev`` (every table but ``map``, whose joint
+        coordinates depend on which SAEs are indexed together); returns their per-SAE map coordinates
+        (sae, latent, x, y) for the caller to write with the new joint ones. ``prev`` is only read."""
+        assert self.con is not None, "use IndexWriter as a context manager"
+        self.con.execute(SQL_ATTACH_PREV, [str(prev)])
+        try:
+            tables = set(self.con.execute(SQL_PREV_TABLES).df()["table_name"])
+            for table, sql in SQL_COPY_PREV.items():
+                if table in tables:  # an index written before the concepts table existed lacks it
+                    self.con.execute(sql, [list(saes)])
+            return self.con.execute(SQL_PREV_LAYOUT, [list(saes)]).df()
+        finally:
+            self.con.execute(SQL_DETACH_PREV)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.con is not None
         done = False
@@ -174,8 +209,10 @@ def _unreadable(path: Path, why: str) -> IndexUnreadable:
 
 
 class IndexReader:
-    """One read-only connection per process; a cursor per thread (DuckDB cursors are not thread-safe).
+    """One read-only connection per reader; a cursor per thread (DuckDB cursors are not thread-safe).
 
+    The file is ATTACHed read-only to a private in-memory instance (not ``duckdb.connect(path)``, whose
+    per-path instance cache would hand a reader opened after a swap the old file: see the module doc).
     Opening checks that the file is a DuckDB database holding the tables the Backend reads (the
     ``saes`` table with its key columns); anything else is one ``IndexUnreadable`` line saying how to rebuild."""
 
@@ -183,9 +220,12 @@ class IndexReader:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"no feature index at {self.path}: run `python -m backend index --workspace DIR`")
+        self.con = duckdb.connect(":memory:")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=True)
+            self.con.execute(SQL_ATTACH_INDEX, [str(self.path)])
+            self.con.execute(SQL_USE_INDEX)  # unqualified names mean the index (and writes fail: read-only)
         except duckdb.Error as e:  # not a DuckDB file, truncated, or written by an incompatible DuckDB
+            self.con.close()
             raise _unreadable(self.path, _first_line(e)) from None
         self._local = threading.local()
         try:
@@ -206,7 +246,9 @@ class IndexReader:
     def _cur(self) -> duckdb.DuckDBPyConnection:
         cur = getattr(self._local, "cur", None)
         if cur is None:
-            cur = self._local.cur = self.con.cursor()
+            cur = self.con.cursor()
+            cur.execute(SQL_USE_INDEX)  # a cursor starts in the instance's default (in-memory) catalog
+            self._local.cur = cur
         return cur
 
     def df(self, sql: str, params: list | tuple = ()) -> pd.DataFrame:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from backend.serve.steer import SteerUpdate
 
 # Public methods of Backend that are for the server side only (the app, the CLI, tests), not for explorer/.
-SERVER_ONLY = ("adapter", "best_matches", "close", "sae", "windows")
+SERVER_ONLY = ("adapter", "best_matches", "close", "refresh", "sae", "windows")
 
 
 class BackendAPI(Protocol):
@@ -117,6 +117,15 @@ class BackendAPI(Protocol):
         self, sae: str, inputs: str, edits: Any, *, k: int = 10, motif: str = "", n_iters: int = 50, seed: int = 0
     ) -> dict:
         """The model's output before and after latent edits (protein and recommender workspaces)."""
+        ...
+
+    # ---- the staged build (app.py builds workspaces SAE by SAE while serving them) ----
+    def build_status(self) -> dict:
+        """Progress of this workspace's build in the serving process: workspace, active (still building), step,
+        line (one line for the header: "building: 3 of 11 SAEs ready; training topk (step 2 of 5)..."), saes
+        (name, state: waiting | training | evaluating | indexing | ready | failed, detail: progress or the
+        one-line error), others (the same for the process' other builds). Inactive with an empty line when
+        the workspace is not being built. SAEs become servable (``sae_names``) as they turn ready."""
         ...
 
     # ---- research views (read-only) ----

@@ -8,6 +8,10 @@ Nearest directions: faiss IndexFlatIP over unit decoder rows (inner product = co
 SAE, built on first use from sae_weights.safetensors (no torch). A boosted composite's latents are
 its base's followed by its residual's, so its rows are the base's rows then the residual's.
 
+The index file can change while it is served (the staged build of app.py adds SAEs one by one by renaming a
+new file over it): ``refresh`` opens the new file beside the old one (store.py: a reader never sees a stale
+instance), switches to it, and closes the old reader at the next refresh, so requests in flight finish.
+
 Hazards: user text is only ever a query parameter (store.py); text is capped at ``MAX_TEXT``
 characters and at ``MAX_SEARCH_TOKENS`` tokens (or the model's own limit): longer input is cut by the
 adapter's policy (first tokens for text, latest items for a recommender) and ``notice`` says so.
@@ -112,6 +116,15 @@ def _read_unit_decoder(folder: Path) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([_read_unit_decoder((folder / base).resolve()), W]) if base else W)
 
 
+def _file_sig(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of a file, None when absent: a rename over it changes the inode."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Backend(SteeringViews, ResearchViews):
     def __init__(self, workspace: str | Path | Workspace):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
@@ -120,35 +133,97 @@ class Backend(SteeringViews, ResearchViews):
         self._kind = self.ws.kind  # the model kind's record (backend/modalities)
         self.modality = self._kind.name  # 'text' | 'protein' | 'recsys'
         self.capabilities = self._kind.capabilities()  # what the UI offers for this kind, as plain values
-        self.index = IndexReader(self.ws.index_path)
         self._windows: pd.DataFrame | None = None
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._retired: list[IndexReader] = []  # readers replaced by refresh(), closed at the next one
         self._saes: dict[str, Any] = {}
         self._faiss: dict[str, Any] = {}
         self._label_cache: dict[str, pd.Series] = {}
         self._match_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        table = self.index.saes()
-        self._d_sae = dict(zip(table["sae"], table["d_sae"].astype(int)))
-        self._arch = dict(zip(table["sae"], table["architecture"]))
-        n_q = table["n_quantiles"] if "n_quantiles" in table else [self.ws.config.index.n_quantiles] * len(table)
-        self._n_bands = dict(zip(table["sae"], [int(n) for n in n_q]))
-        # ---- integrity (backend/integrity.py): serve only the SAEs whose files are sound -------------
+        self._index_sig = _file_sig(self.ws.index_path)
+        self.index = IndexReader(self.ws.index_path)
+        try:
+            self._serve(self._read_index(self.index))
+        except BaseException:
+            self.index.close()
+            raise
+
+    def _read_index(self, reader: IndexReader) -> dict[str, Any]:
+        """What the Backend serves from an index: per-SAE widths, architectures and quantile bands, the SAEs
+        whose files are sound (backend/integrity.py) in config order, and one line per broken one."""
         from backend.integrity import check_saes
 
-        broken = check_saes(self.ws, list(self._d_sae), index_d_sae=self._d_sae)
-        self.problems: list[str] = list(broken.values())  # one line per broken SAE: the file, what to run
-        if broken and len(broken) == len(self._d_sae):
-            self.index.close()
+        table = reader.saes()
+        d_sae = dict(zip(table["sae"], table["d_sae"].astype(int)))
+        n_q = table["n_quantiles"] if "n_quantiles" in table else [self.ws.config.index.n_quantiles] * len(table)
+        broken = check_saes(self.ws, list(d_sae), index_d_sae=d_sae)
+        problems = list(broken.values())  # one line per broken SAE: the file, what to run
+        if broken and len(broken) == len(d_sae):
             more = f" (and {len(broken) - 1} more broken SAEs)" if len(broken) > 1 else ""
-            raise BackendError(f"no SAE of {self.ws.path} can be served: {self.problems[0]}{more}")
-        self._d_sae = {n: d for n, d in self._d_sae.items() if n not in broken}
-        # ---- end integrity ---------------------------------------------------------------------------
-        order = [s.name for s in self.ws.config.saes if s.name in self._d_sae]
-        self.sae_names = order + sorted(n for n in self._d_sae if n not in order)
+            raise BackendError(f"no SAE of {self.ws.path} can be served: {problems[0]}{more}")
+        d_sae = {n: d for n, d in d_sae.items() if n not in broken}
+        order = [s.name for s in self.ws.config.saes if s.name in d_sae]
+        return {
+            "d_sae": d_sae,
+            "arch": dict(zip(table["sae"], table["architecture"])),
+            "n_bands": dict(zip(table["sae"], [int(n) for n in n_q])),
+            "problems": problems,
+            "sae_names": order + sorted(n for n in d_sae if n not in order),
+        }
+
+    def _serve(self, state: dict[str, Any]) -> None:
+        # lookups first, names last: a request checks a name against sae_names, then reads the lookups
+        self._d_sae, self._arch, self._n_bands = state["d_sae"], state["arch"], state["n_bands"]
+        self.problems: list[str] = state["problems"]
+        self.sae_names: list[str] = state["sae_names"]
+
+    def refresh(self) -> bool:
+        """Serve the index file as it is now when it was replaced since it was opened (another inode, mtime or
+        size: the staged build adds each SAE by renaming a new file over it). Returns whether it switched.
+
+        The new file is opened beside the old one; requests in flight finish on the old reader, which is closed
+        at the next refresh (or ``close``). Cached labels and decoder matches are dropped (an SAE may have been
+        re-indexed); the model and SAE weights stay loaded. A new file that cannot be served (unreadable, every
+        SAE broken) raises its one-line error and leaves the old one served."""
+        if _file_sig(self.ws.index_path) == self._index_sig:
+            return False
+        with self._refresh_lock:
+            sig = _file_sig(self.ws.index_path)
+            if sig is None or sig == self._index_sig:
+                return False
+            reader = IndexReader(self.ws.index_path)
+            try:
+                state = self._read_index(reader)
+            except BaseException:
+                reader.close()
+                raise
+            for old in self._retired:
+                old.close()
+            self._retired = [self.index]
+            self.index = reader
+            with self._lock:
+                self._label_cache, self._match_cache, self._faiss = {}, {}, {}
+            self._serve(state)
+            self._index_sig = sig
+            return True
+
+    def build_status(self) -> dict:
+        """The staged build of this workspace in this process (backend/build.py), after a ``refresh`` so that the
+        SAEs it reports ready are served."""
+        from backend.build import build_status
+
+        try:
+            self.refresh()
+        except (BackendError, RuntimeError, OSError):  # the old index stays served; the build reports the cause
+            pass
+        return build_status(self.ws.path)
 
     def close(self) -> None:
-        """Release the index file (needed before reopening a rebuilt index in the same process)."""
-        self.index.close()
+        """Release the index file (and the readers ``refresh`` replaced)."""
+        for r in [*self._retired, self.index]:
+            r.close()
+        self._retired = []
 
     # ---- lazy heavy parts ----------------------------------------------------------------
     def adapter(self):

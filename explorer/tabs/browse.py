@@ -2,6 +2,8 @@
 
 Handlers are module-level functions of (backend, plain values) so that tests call them directly;
 ``build`` lays out the tab and returns an ``Opener`` that the other tabs use to show a latent here.
+The address bar follows the dashboard (``?sae=<name>&latent=<id>``, ``URL_SYNC_JS``): each latent opened is a
+browser history entry, so Back returns to the previous latent and the address is a link to the one shown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,38 @@ TOP_SHOWN = 8  # top contexts shown open; the rest behind "N more contexts"
 LIST_COLUMNS = ["latent", "explanation", "conf.", "dens. %", "domain"]
 NEAREST_COLUMNS = ["sae", "latent", "cosine", "label"]
 NEAREST_HEADERS = {"cosine": "cos", "label": "explanation"}
+# Runs once when the bridge renders. The dashboard header carries a permalink (?sae=..&latent=..): when it
+# changes, the address bar follows (the first latent of a page load replaces the entry, later ones push one);
+# Back / Forward (popstate) send the address's latent to the server, which opens it (``from_history``); until
+# the dashboard changes, the one still shown is not written back (that would cut the forward history).
+URL_SYNC_JS = """
+const KEYS = ['sae', 'latent'];
+let first = true;
+let stale = null;
+const sync = () => {
+  const a = document.querySelector('#feature-head a.permalink');
+  if (!a) return;
+  const href = a.getAttribute('href');
+  if (stale !== null) { if (href === stale) return; stale = null; }
+  const want = new URLSearchParams(href);
+  const now = new URLSearchParams(location.search);
+  if (KEYS.every((k) => now.get(k) === want.get(k))) { first = false; return; }
+  KEYS.forEach((k) => now.set(k, want.get(k)));
+  const url = location.pathname + '?' + now.toString() + location.hash;
+  const state = {sae: want.get('sae'), latent: want.get('latent')};
+  if (first) history.replaceState(state, '', url); else history.pushState(state, '', url);
+  first = false;
+};
+new MutationObserver(sync).observe(document.body, {childList: true, subtree: true, characterData: true});
+window.addEventListener('popstate', () => {
+  const q = new URLSearchParams(location.search);
+  if (!q.get('sae') || q.get('latent') === null) return;
+  const a = document.querySelector('#feature-head a.permalink');
+  stale = a ? a.getAttribute('href') : null;
+  trigger('click', {sae: q.get('sae'), latent: q.get('latent')});
+});
+sync();
+"""
 
 
 def _warn(e: Exception) -> str:
@@ -40,7 +74,8 @@ def _warn(e: Exception) -> str:
 def list_latents(
     backend: Any, sae: str, sort: str, domain: str | None, min_density: float | None, query: str, page: float | None = 1
 ) -> tuple[pd.DataFrame, str]:
-    """(the page of latents as a display table, a status line) for the filters."""
+    """(the page of latents as a display table, a status line) for the filters; ``min_density`` in percent of
+    tokens, the list's unit (the backend takes a fraction)."""
     sort_by, descending = SORTS.get(sort, ("density", True))
     try:
         page_i = max(int(page or 1), 1)
@@ -49,7 +84,7 @@ def list_latents(
             sort_by=sort_by,
             descending=descending,
             domain=None if domain in (None, "", ALL_DOMAINS) else domain,
-            min_density=min_density or 0.0,
+            min_density=float(min_density or 0.0) / 100,
             query=(query or "").strip(),
             limit=PAGE_SIZE,
             offset=(page_i - 1) * PAGE_SIZE,
@@ -95,7 +130,7 @@ def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:
     return (
         render.feature_header_html(fv),
         render.histogram_figure(fv.hist_edges, fv.hist_counts),
-        render.domain_figure(fv.domain_rates),
+        render.domain_figure(fv.domain_rates) if len(fv.domain_rates or {}) > 1 else None,  # one bar tells nothing
         render.contexts_html(fv.top_contexts, fv.max_act, show=TOP_SHOWN),
         render.quantiles_html(fv.quantiles, fv.max_act),
         render.logits_html(fv.logits_top, fv.logits_bottom),
@@ -131,16 +166,39 @@ def open_from_url(
     page: float | None = 1,
     request: gr.Request | None = None,
 ) -> tuple:
-    """Page load: ``open_sae``, or the latent a link names (``?sae=<name>&latent=<id>``, the dashboard's permalink)."""
+    """Page load: ``open_sae``, or the latent a link names (``?sae=<name>&latent=<id>``, the dashboard's permalink).
+    A link to an SAE this workspace lacks, or with a latent that is not a number, opens the default and says so
+    above the dashboard."""
     params = dict(request.query_params) if request is not None and request.query_params else {}
     names = list(getattr(backend, "sae_names", []) or [])
+    notes = []
     if params.get("sae") in names:
         sae = params["sae"]
+    elif "sae" in params:
+        notes.append(
+            f"The link names SAE {params['sae'][:80]!r}, which this workspace does not have: showing SAE {sae!r}."
+        )
     try:
         wanted = int(params["latent"]) if "latent" in params else None
     except BAD_INPUT:
         wanted = None
-    return (sae, *open_sae(backend, sae, sort, domain, min_density, query, page, wanted))
+        notes.append(
+            f"The link's latent {params['latent'][:40]!r} is not a latent id: showing the list's first latent."
+        )
+    out = list(open_sae(backend, sae, sort, domain, min_density, query, page, wanted))
+    if notes:
+        note = " ".join(notes)
+        gr.Warning(note)
+        out[3] = render.message_html(note, "info") + out[3]  # above the dashboard's header
+    return (sae, *out)
+
+
+def from_history(evt: gr.EventData) -> tuple:
+    """Back / Forward in the browser: the (sae, latent) of the address bar, opened in the dashboard."""
+    try:
+        return Opener.target(str(evt.sae)[:200], int(evt.latent))
+    except (AttributeError, *BAD_INPUT):
+        raise gr.Error("That address names no latent: open one from the list.") from None
 
 
 def row_pick(
@@ -216,24 +274,22 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
     first = sae_names[0] if sae_names else None
     with gr.Row(equal_height=True):
         sae = gr.Dropdown(sae_names, value=first, label="SAE", scale=1, min_width=120)
-        sort = gr.Dropdown(list(SORTS), value=next(iter(SORTS)), label="sort by", scale=1, min_width=160)
+        sort = gr.Dropdown(list(SORTS), value=next(iter(SORTS)), label="sort by", scale=1, min_width=200)
         domain = gr.Dropdown(
-            [ALL_DOMAINS, *backend.domains()], value=ALL_DOMAINS, label="top domain", scale=1, min_width=140
+            [ALL_DOMAINS, *backend.domains()], value=ALL_DOMAINS, label="top domain", scale=1, min_width=160
         )
-        min_density = gr.Number(
-            0.0, label="min density (fraction)", minimum=0, maximum=1, step=0.001, scale=1, min_width=120
-        )
+        min_density = gr.Number(0.0, label="min density (%)", minimum=0, maximum=100, step=0.01, scale=1, min_width=120)
         query = gr.Textbox(label="explanation contains", placeholder="e.g. licence", scale=2, min_width=160)
         page = gr.Number(1, label=f"page ({PAGE_SIZE} per page)", precision=0, minimum=1, scale=1, min_width=100)
     with gr.Row():
-        with gr.Column(scale=2, min_width=380):
+        with gr.Column(scale=2, min_width=410):  # at 1024 px: whole numbers and domain names, beside the dashboard
             status = gr.Markdown(elem_classes=["muted"])
             table = gr.Dataframe(
                 pd.DataFrame(columns=LIST_COLUMNS),
                 interactive=False,
                 max_height=760,
                 wrap=True,
-                column_widths=["12%", "47%", "11%", "13%", "17%"],
+                column_widths=["13%", "42%", "11%", "13%", "21%"],
                 elem_id="latent-list",
                 show_label=False,
             )
@@ -244,17 +300,18 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
                 steer_btn = gr.Button("Steer with this latent", scale=0, min_width=180)
             head = gr.HTML(elem_id="feature-head")
             with gr.Row():
-                hist = gr.Plot(show_label=False)
-                dom = gr.Plot(show_label=False)
+                hist = gr.Plot(show_label=False, elem_id="act-hist")
+                # a workspace with one corpus domain: its one bar says nothing, so there is no plot
+                dom = gr.Plot(show_label=False, elem_id="domain-rates", visible=len(backend.domains()) > 1)
             gr.Markdown("#### Top activating contexts")
             contexts = gr.HTML(elem_id="top-contexts")
-            with gr.Accordion("Samples across activation quantiles", open=False):
-                quant = gr.HTML()
+            with gr.Accordion("Samples across activation quantiles", open=True, elem_id="quantiles"):
+                quant = gr.HTML()  # the top band starts open (render.quantiles_html)
             with gr.Row():
-                with gr.Column(scale=2, min_width=260):
+                with gr.Column(scale=1, min_width=300, elem_id="logit-col"):
                     gr.Markdown("#### Logit lens")
-                    logits = gr.HTML()
-                with gr.Column(scale=3, min_width=340):
+                    logits = gr.HTML(elem_id="logit-lens")
+                with gr.Column(scale=1, min_width=340):
                     gr.Markdown("#### Nearest decoder directions")
                     nearest = gr.Dataframe(
                         pd.DataFrame(columns=NEAREST_COLUMNS).rename(columns=NEAREST_HEADERS),
@@ -262,7 +319,7 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
                         show_label=False,
                         max_height=320,
                         wrap=True,
-                        column_widths=["20%", "14%", "13%", "53%"],
+                        column_widths=["20%", "15%", "15%", "50%"],
                         elem_id="nearest-list",
                     )
     dashboard = [head, hist, dom, contexts, quant, logits, nearest]
@@ -292,6 +349,8 @@ def build(backend: Any, sae_names: list[str], tabs: gr.Tabs) -> tuple[Opener, di
 
     opener.wire(table.select, pick_listed, [sae])
     opener.wire(nearest.select, pick_nearest, [])
+    url_bridge = gr.HTML("", js_on_load=URL_SYNC_JS, elem_id="url-sync")  # the address bar follows the dashboard
+    opener.wire(url_bridge.click, from_history, [])
 
     def latents_endpoint(
         sae: str,

@@ -103,12 +103,12 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
         go_btn = gr.Button("Compare", variant="primary", scale=0, min_width=120)
     status = gr.HTML()
     with gr.Row():
-        with gr.Column(scale=2, min_width=320):
+        with gr.Column(scale=2, min_width=400):  # narrower than ~1100 px: the plots get the whole width
             metrics = gr.Dataframe(interactive=False, show_label=False, max_height=340, elem_id="compare-metrics")
-        with gr.Column(scale=3, min_width=480):
+        with gr.Column(scale=3, min_width=560):
             pareto = gr.Plot(show_label=False, elem_id="compare-pareto")
-    with gr.Row():
-        with gr.Column(scale=3, min_width=480):
+    with gr.Row():  # side by side from ~1100 px; narrower, one above the other (each wide enough for its ids)
+        with gr.Column(scale=3, min_width=560):
             gr.Markdown("#### Matched latents (best decoder cosine)")
             matches = gr.Dataframe(
                 pd.DataFrame(columns=MATCH_COLUMNS).rename(columns=HEADERS),
@@ -119,7 +119,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
                 elem_id="compare-matches",
                 column_widths=["12%", "7%", "25%", "12%", "7%", "25%", "12%"],
             )
-        with gr.Column(scale=2, min_width=320):
+        with gr.Column(scale=2, min_width=420):
             gr.Markdown("#### Unmatched latents (select to open)")
             unmatched = gr.Dataframe(
                 pd.DataFrame(columns=UNMATCHED_COLUMNS).rename(columns=HEADERS),
@@ -128,7 +128,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
                 max_height=360,
                 wrap=True,
                 elem_id="compare-unmatched",
-                column_widths=["17%", "12%", "45%", "12%", "14%"],
+                column_widths=["16%", "11%", "44%", "12%", "17%"],
             )
     with gr.Row():
         card_a = gr.HTML(render.message_html("Select a match to compare its two latents.", "info"))

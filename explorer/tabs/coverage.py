@@ -49,7 +49,9 @@ def unique_table(backend, cov: dict, sae: str | None) -> pd.DataFrame:
         pages, offset = [], 0
         while True:  # every latent's label, a page at a time
             page = backend.latents(sae, sort_by="latent", descending=False, limit=LABEL_PAGE, offset=offset)
-            pages.append(page[["latent", "label", "confidence", "density"]])
+            pages.append(
+                page[["latent", "label", "confidence"]].assign(**{"density %": page["density"].astype("float64") * 100})
+            )
             offset += LABEL_PAGE
             if len(page) < LABEL_PAGE:
                 break

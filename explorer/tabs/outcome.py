@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..api import BAD_INPUT, json_endpoint
 from ..render import message_html
-from .steer import CONCURRENCY, edit_rows, edits_table
+from .steer import CONCURRENCY, add_latent_controls, edit_rows, edits_table
 
 
 def outcome_html(r: dict) -> str:
@@ -108,14 +108,15 @@ def build(backend: Any, sae_names: list[str]) -> dict:
     with gr.Row():
         sae = gr.Dropdown(sae_names, value=sae_names[0] if sae_names else None, label="SAE", scale=1)
         k = gr.Slider(5, 50, value=10, step=1, label="recommendations (k)", visible=uses["k"], scale=1)
-        motif = gr.Textbox(
+        motif = gr.Textbox(  # only where the model can use it (the backend's capabilities say so)
             label="target motif (regex; masked-LM models only)",
-            visible=uses["motif"],
+            visible=bool(uses.get("motif")),
             scale=2,
             placeholder="e.g. C.{2,4}C.{12}H.{3,5}H",
         )
         seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=2**31 - 1, scale=0, min_width=80)
     edits = edits_table("clamp | scale | zero")
+    add_latent_controls(backend, sae, edits)
     gr.Markdown(caps["outcome_help"], elem_classes=["muted"])
     inputs = gr.Textbox(backend.example_input(), label=caps["input_label"], lines=3)
     go_btn = gr.Button("Compare before / after", variant="primary")

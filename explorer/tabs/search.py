@@ -19,12 +19,26 @@ SAME_SAE = "same SAE"
 TEXT_COLUMNS = ["latent", "label", "max_act", "mean_act", "n_tokens_fired"]
 FEATURE_COLUMNS = ["sae", "latent", "label", "confidence", "density", "score"]
 NEAREST_COLUMNS = ["sae", "latent", "cosine", "label"]
-HEADERS = {"label": "explanation", "max_act": "max", "mean_act": "mean", "n_tokens_fired": "tokens fired"}
+HEADERS = {
+    "label": "explanation",
+    "max_act": "max",
+    "mean_act": "mean",
+    "n_tokens_fired": "tokens fired",
+    "density": "density %",  # shown as a percentage of tokens, as in Browse
+}
 
 
 def display(df: pd.DataFrame, columns: list[str], rounding: dict[str, int]) -> pd.DataFrame:
     """The contract's columns in order, rounded, with readable headers."""
     return render.tidy(df.reindex(columns=columns), rounding).rename(columns=HEADERS)
+
+
+def percent_density(df: pd.DataFrame) -> pd.DataFrame:
+    """The density column (a fraction of tokens) as a percentage to 3 significant digits, Browse's unit."""
+    if "density" not in df:
+        return df
+    pct = pd.to_numeric(df["density"], errors="coerce").astype("float64") * 100
+    return df.assign(density=pct.map(lambda v: float(f"{v:.3g}") if pd.notna(v) else v))
 
 
 def examples() -> list[str]:
@@ -93,7 +107,7 @@ def search_features(backend: Any, query: str, sae: str | None, limit: float = 50
         df = backend.search_features(query.strip(), sae=None if sae in (None, "", ALL_SAES) else sae, limit=limit)
     except BAD_INPUT as e:
         return _fail(e, FEATURE_COLUMNS)
-    df = display(df, FEATURE_COLUMNS, {"confidence": 2, "density": 5, "score": 3})
+    df = display(percent_density(df), FEATURE_COLUMNS, {"confidence": 2, "score": 3})
     if df.empty:
         return df, render.message_html(f"No explanation matches {query.strip()!r}.", "info")
     return df, render.message_html(f"{len(df)} latents; select one to open its dashboard.", "info")
@@ -163,7 +177,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
                         "Select a latent to colour the text by it; **Open** shows its dashboard.",
                         elem_classes=["muted"],
                     )
-                    t_table = _table(TEXT_COLUMNS, "text-latents", ["12%", "50%", "12%", "12%", "14%"])
+                    t_table = _table(TEXT_COLUMNS, "text-latents", ["14%", "44%", "13%", "13%", "16%"])
                 with gr.Column(scale=3, min_width=420):
                     with gr.Row(elem_classes=["bar"]):
                         chosen = gr.Number(None, label="latent shown", precision=0, scale=1)

@@ -1,5 +1,6 @@
 """Attention-sink tokens: decided once per cache by an explicit rule, never trained on, never in the
 reconstruction metrics, counted in meta.json and metrics.json; and seed stability against a twin."""
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,24 @@ def make_cache(folder) -> ShardCache:
                 acts[row] *= 100
                 pos[row] = 1
         name = f"shard_{s:05d}.safetensors"
-        save_file({"acts": acts.half(), "token_ids": torch.arange(N_SHARD, dtype=torch.int32) + 1000 * s,
-                   "window": (torch.arange(N_SHARD) // 32).int(), "pos": pos.int()}, str(folder / name))
+        save_file(
+            {
+                "acts": acts.half(),
+                "token_ids": torch.arange(N_SHARD, dtype=torch.int32) + 1000 * s,
+                "window": (torch.arange(N_SHARD) // 32).int(),
+                "pos": pos.int(),
+            },
+            str(folder / name),
+        )
         names.append(name)
-    meta = {"site": "blocks.0.hook_resid_post", "model": "synthetic", "d_in": D, "n_tokens": SHARDS * N_SHARD,
-            "dtype": "float16", "shards": names}
+    meta = {
+        "site": "blocks.0.hook_resid_post",
+        "model": "synthetic",
+        "d_in": D,
+        "n_tokens": SHARDS * N_SHARD,
+        "dtype": "float16",
+        "shards": names,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return ShardCache(folder)
 
@@ -99,8 +113,9 @@ def test_stability_is_the_share_of_latents_a_twin_reproduces():
 def test_learning_rate_warms_up_and_decays_to_zero():
     from backend.sae.train import Trainer
 
-    tr = Trainer(SaeConfig(name="s", d_sae=32, k=4), TrainConfig(batch_size=10, lr_warmup_steps=10, lr_decay_frac=0.2),
-                 16, 1000)  # 100 steps: warm-up 0..9, constant, decay over the last 20
+    tr = Trainer(
+        SaeConfig(name="s", d_sae=32, k=4), TrainConfig(batch_size=10, lr_warmup_steps=10, lr_decay_frac=0.2), 16, 1000
+    )  # 100 steps: warm-up 0..9, constant, decay over the last 20
     f = [tr.lr_factor(s) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0 and f[79] == 1.0
     assert f[80] == pytest.approx(1.0) and f[90] == pytest.approx(0.5) and f[99] == pytest.approx(0.05)

@@ -340,9 +340,10 @@ def take_screenshots(workspace: Path, out_dir: Path) -> list[Path]:
         click_map_point(page, 40)
         shot("map")
         page.get_by_role("tab", name="Compare").click()
-        page.wait_for_selector("#compare-matches .body-cell")
-        page.locator("#compare-matches .virtual-row").nth(1).locator(".body-cell").nth(2).click()
-        page.wait_for_selector("#tab-compare .card .ctx")
+        page.wait_for_selector("#compare-unmatched .body-cell")
+        if page.locator("#compare-matches .body-cell").count():  # the tiny SAEs share no direction at 0.7
+            page.locator("#compare-matches .virtual-row").nth(1).locator(".body-cell").nth(2).click()
+            page.wait_for_selector("#tab-compare .card .ctx")
         shot("compare")
         page.get_by_role("tab", name="Coverage").click()
         page.locator("#tab-coverage .js-plotly-plot").first.wait_for(state="visible")
@@ -351,7 +352,8 @@ def take_screenshots(workspace: Path, out_dir: Path) -> list[Path]:
         page.get_by_role("button", name="Steer with this latent").click()
         page.wait_for_selector("#tab-steer .body-cell")
         page.get_by_role("button", name="Generate").click()
-        page.wait_for_function("document.querySelectorAll('#tab-steer textarea')[1]?.value.length > 40")
+        # the steered text (the last text box of the tab) is long enough
+        page.wait_for_function("[...document.querySelectorAll('#tab-steer textarea')].at(-1)?.value.length > 40")
         page.wait_for_selector("#tab-steer .block:has-text('latents firing') .body-cell")  # generation finished
         shot("steer")
         browser.close()

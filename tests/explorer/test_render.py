@@ -87,9 +87,21 @@ def test_max_token_is_outlined_once():
     assert [("focus" in s["class"].split()) for s in spans] == [False, False, True, False]
 
 
-def test_strong_tokens_get_light_text():
-    spans = parse(render.tokens_html(["weak", "strong"], [0.0, 1.0], 1.0))
-    assert "color:#1f2328" in spans[0]["style"] and "color:#fff" in spans[1]["style"]
+def test_strong_tokens_get_light_text_and_silent_ones_the_themes_colours():
+    spans = parse(render.tokens_html(["silent", "weak", "strong"], [0.0, 0.2, 1.0], 1.0))
+    assert spans[0]["style"] == ""  # no fixed colour: the card's text colour, light or dark theme
+    assert "color:#000" in spans[1]["style"] and "color:#fff" in spans[2]["style"]
+    marked = parse(render.tokens_html(["a"], [0.0], 1.0, marks=["#e8590c"]))
+    assert marked[0]["style"] == "box-shadow:inset 0 -4px 0 #e8590c"
+
+
+def test_every_coloured_token_contrasts_with_its_cell():
+    for v in np.linspace(0.01, 1, 200):
+        bg = render.act_rgb(v, 1.0)
+        style = parse(render.tokens_html(["x"], [v], 1.0))[0]["style"]
+        fg = (255, 255, 255) if "color:#fff" in style else (0, 0, 0)
+        hi, lo = sorted([render.luminance(bg), render.luminance(fg)], reverse=True)
+        assert (hi + 0.05) / (lo + 0.05) >= 4.5, (v, bg, fg)  # WCAG AA for normal text
 
 
 def test_context_card_escapes_source_and_domain():
@@ -103,7 +115,10 @@ def test_quantile_bands_are_collapsible_and_the_top_one_open():
     out = render.quantiles_html(fv.quantiles, fv.max_act)
     assert out.count("<details") == len(fv.quantiles) == 3
     assert out.count('<details class="band" open>') == 1
-    assert out.rfind(" open>") > out.rfind('<details class="band">')
+    assert out.rfind(" open>") > out.rfind('<details class="band">')  # the fake lists the top band last
+    top_first = render.quantiles_html(list(reversed(fv.quantiles)), fv.max_act)  # the real index lists it first
+    assert top_first.index(" open>") < top_first.index('<details class="band">')
+    assert top_first.count(" open>") == 1 and "80-100% of max" in top_first.split('<details class="band">')[0]
     assert "No quantile samples" in render.quantiles_html([], 1.0)
 
 
@@ -176,7 +191,7 @@ def test_public_helpers_match_the_brief():
     out = render.heatmap_html(["<script>", " a&b", "\n"], [0.0, 1.0, 2.0], focus=2)
     spans = parse(out)
     assert [s["text"] for s in spans] == ["<script>", "·a&b", "↵"] and "&lt;script&gt;" in out
-    assert "focus" in spans[2]["class"] and spans[0]["style"].startswith("background:#ffffff")
+    assert "focus" in spans[2]["class"] and spans[0]["style"] == ""  # silent: the theme's own colours
     ctx = Context(["x", " y"], [0.5, 1.0], 1, "wiki/Paris", "general", 1.0)
     card = render.context_card_html(ctx)
     assert "wiki/Paris" in card and "general" in card and len(parse(card)) == 2
@@ -190,3 +205,24 @@ def test_contexts_past_the_first_few_are_collapsed():
     assert out.count('class="ctx"') == 5 and "3 more contexts" in out
     assert out.index("<details") > out.index("doc1") and out.index("<details") < out.index("doc2")
     assert "<details" not in render.contexts_html(ctxs, 1.0)
+
+
+def test_map_density_scale_is_labelled_in_percent():
+    fig = render.map_figure(FakeBackend().feature_map(None), "density")
+    bar = fig.data[0].marker.colorbar
+    assert bar.title.text == "density" and all(t.endswith("%") for t in bar.ticktext)
+    assert [10 ** (v + 2) for v in bar.tickvals] == pytest.approx([float(t[:-1]) for t in bar.ticktext])
+
+
+def test_pareto_titles_are_short_and_names_stay_inside():
+    metrics = FakeBackend().saes()
+    fig = render.pareto_figure(metrics)
+    assert all(len(a.text) <= 30 for a in fig.layout.annotations)  # fits a 230 px subplot at 1024 px
+    lo, hi = fig.layout.xaxis.range
+    assert lo < metrics["l0"].min() and hi > metrics["l0"].max() and fig.layout.autosize
+
+
+def test_logit_lens_cells_hover_the_whole_token():
+    out = render.logits_html([(" a very long item title", 1.0)], [("<x>", -1.0)])
+    assert 'class="tokcell" title="&#x27; a very long item title&#x27;"' in out and "&lt;x&gt;" in out
+    assert out.count('class="logit-side"') == 2

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
 import pytest
 
-from explorer import ui
-from explorer.tabs import browse, compare, search
+from explorer import intro, ui
+from explorer.tabs import browse, compare, outcome, search, steer
 from explorer.tabs import map as feature_map
 from tests.fake_backend import FakeBackend
 
@@ -217,3 +219,140 @@ def test_header_and_steer_handoff(fb):
 def test_explorer_never_imports_torch():
     code = "import sys, explorer.ui; assert 'torch' not in sys.modules, 'explorer imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ui.CSS.parent.parent)
+
+
+# ---- issue 15: a researcher's first session ---------------------------------------------------------------------
+
+
+class NamedFake(FakeBackend):
+    """The fake with the facade's ``sae_names`` (what a link is checked against)."""
+
+    sae_names = ["topk", "relu", "boost"]
+
+
+def link(**params) -> SimpleNamespace:
+    return SimpleNamespace(query_params=params)
+
+
+def test_density_is_a_percentage_in_browse_and_search(fb):
+    table, _ = browse.list_latents(fb, "topk", "density (high first)", None, 2.5, "", 1)  # min density in %
+    frac = fb.latents("topk", limit=1000).set_index("latent")["density"]
+    assert len(table) and (table["dens. %"] >= 2.5).all()
+    assert len(table) == (frac >= 0.025).sum()
+    found, _ = search.search_features(fb, "licence", search.ALL_SAES, 50)
+    assert "density %" in found.columns and "density" not in found.columns
+    row = found.iloc[0]
+    raw = fb.latents(row["sae"], limit=1000).set_index("latent").loc[int(row["latent"]), "density"]
+    assert row["density %"] == pytest.approx(raw * 100, rel=1e-2)
+
+
+def test_a_link_to_an_unknown_sae_or_latent_says_what_is_shown():
+    nb = NamedFake()
+    args = ("topk", "latent id", None, 0, "", 1)
+    with pytest.warns(UserWarning, match="does not have"):
+        sae, _, _, latent, head, *_ = browse.open_from_url(nb, *args, request=link(sae="nope", latent="3"))
+    head = html.unescape(head)
+    assert sae == "topk" and latent == 3 and "'nope'" in head and "showing SAE 'topk'" in head
+    assert "topk · latent 3" in head  # the dashboard is still there, under the message
+    with pytest.warns(UserWarning, match="not a latent id"):
+        _, _, _, latent, head, *_ = browse.open_from_url(nb, *args, request=link(sae="relu", latent="x"))
+    assert latent == 0 and "relu · latent 0" in head
+    sae, _, _, latent, head, *_ = browse.open_from_url(nb, *args, request=link(sae="relu", latent="5"))
+    assert (sae, latent) == ("relu", 5) and "msg" not in head  # a good link: no message
+
+
+def test_back_and_forward_open_the_latent_of_the_address():
+    sae, latent, tabs = browse.from_history(gr.EventData(None, {"sae": "relu", "latent": "9"}))
+    assert (sae, latent, tabs.selected) == ("relu", 9, "browse")
+    with pytest.raises(gr.Error):
+        browse.from_history(gr.EventData(None, {"sae": "relu"}))
+    assert "history.pushState" in browse.URL_SYNC_JS and "popstate" in browse.URL_SYNC_JS
+
+
+class OneDomain(FakeBackend):
+    def domains(self) -> list[str]:
+        return ["ml-100k"]
+
+    def feature(self, sae: str, latent: int):
+        fv = super().feature(sae, latent)
+        fv.domain_rates = {"ml-100k": 0.01}
+        return fv
+
+
+def test_a_one_domain_workspace_draws_no_domain_plot(fb):
+    assert browse.show_feature(OneDomain(), "topk", 3)[2] is None
+    assert browse.show_feature(fb, "topk", 3)[2] is not None
+    with gr.Blocks() as demo:
+        with gr.Tabs() as tabs, gr.Tab("Browse"):
+            browse.build(OneDomain(), ["topk"], tabs)
+    plots = {b.elem_id: b.visible for b in demo.blocks.values() if isinstance(b, gr.Plot)}
+    assert plots == {"act-hist": True, "domain-rates": False}
+
+
+def test_steer_from_browse_starts_at_twice_the_max_activation(fb):
+    edits, sae, _ = ui.steer_with(None, 5, "relu", backend=fb)
+    max_act = round(float(fb.feature("relu", 5).max_act), 2)
+    assert list(edits.columns) == steer.TABLE_COLUMNS
+    assert edits.iloc[0].tolist() == [5, "clamp", round(2 * max_act, 2), max_act]
+    assert steer.edit_rows(edits) == [[5, "clamp", round(2 * max_act, 2)]]  # the max act stays in the UI
+    assert steer.default_value(None) == steer.DEFAULT_VALUE == steer.default_value(float("nan"))
+    more = steer.add_row(fb, edits, "relu", 7)
+    assert list(more["latent"]) == [5, 7] and more.iloc[1]["value"] == round(2 * more.iloc[1]["max act"], 2)
+    blank = steer.add_row(fb, more, "relu", " ")
+    assert len(blank) == 3 and pd.isna(blank.iloc[2]["latent"]) and blank.iloc[2]["mode"] == "clamp"
+    assert list(steer.add_row(fb, edits, "relu", "7")["latent"]) == [5, 7]
+    for bad in ("abc", "1.5", "-2"):
+        with pytest.warns(UserWarning, match="is not a latent id"):
+            assert steer.add_row(fb, edits, "relu", bad).equals(steer._table(edits))
+    other = steer.refresh_max_act(fb, blank, "topk")
+    assert other.iloc[0]["max act"] == round(float(fb.feature("topk", 5).max_act), 2)
+    assert other.iloc[0]["value"] == edits.iloc[0]["value"] and pd.isna(other.iloc[2]["max act"])
+
+
+def test_steer_messages_read_for_a_person(fb):
+    blank = steer.EMPTY_EDITS.copy()
+    with pytest.warns(UserWarning) as toast:
+        out = list(steer.run_steer(fb, "topk", "a cat sat", blank, 8, 0.7, 0, True))
+    assert len(out) == 1 and out[0][2] == "⚠ no latent is set: put a latent id in the edits table"
+    assert len(toast) == 1 and str(toast[0].message) not in out[0][2]  # not the same text twice
+    abc = pd.DataFrame([[3, "clamp", "abc", 4.0]], columns=steer.TABLE_COLUMNS)
+    with pytest.warns(UserWarning):
+        out = list(steer.run_steer(fb, "topk", "a cat sat", abc, 8, 0.7, 0, True))
+    assert out[0][2] == "⚠ row 1 of the edits table: value must be a number, got 'abc'"
+    novalue = steer.ui_message("edit 2: mode clamp needs a value: give [latent, 'clamp', number]")
+    assert novalue == "row 2 of the edits table: mode clamp needs a value: type a number in its value column"
+
+
+def test_steer_firing_table_is_rounded_and_labelled(fb):
+    edits = pd.DataFrame([[3, "clamp", 9.0, 4.0]], columns=steer.TABLE_COLUMNS)
+    *_, last = list(steer.run_steer(fb, "topk", "a cat sat", edits, 8, 0.7, 0, True))
+    assert list(last[3].columns) == steer.FIRING_COLUMNS
+    assert last[3].iloc[0]["explanation"] == fb.feature("topk", 3).label
+    table = steer.firing_table([(1, 40.06678009033203, 3)], {1: "cats"})
+    assert table.iloc[0].tolist() == [1, "cats", 40.07, 3]
+
+
+@pytest.mark.parametrize("motif", [False, True])
+def test_the_motif_field_shows_only_where_the_model_can_use_it(motif):
+    class Outcome(FakeBackend):
+        capabilities = {
+            **FakeBackend.capabilities,
+            "generates_text": False,
+            "outcome_params": {"k": False, "motif": motif},
+            "outcome_help": "",
+            "outcome_genre_mix": False,
+        }
+
+    with gr.Blocks() as demo:
+        outcome.build(Outcome(), ["topk"])
+    boxes = [b for b in demo.blocks.values() if isinstance(b, gr.Textbox) and "motif" in str(b.label)]
+    assert len(boxes) == 1 and boxes[0].visible is motif
+
+
+def test_intro_says_what_to_do_first():
+    text = intro.intro_html("w<s>", "smol<lm>", FakeBackend.capabilities, 3)
+    assert "w&lt;s&gt;" in text and "smol&lt;lm&gt;" in text and "3 sparse autoencoders" in text
+    assert all(t in text for t in ("Browse", "Search", "Compare", "Steer with this latent"))
+    assert '<details class="intro" open>' in text and "localStorage" in intro.INTRO_JS
+    rec = {**FakeBackend.capabilities, "input_label": "a user's history: item ids", "generates_text": False}
+    assert "paste a user's history to see" in html.unescape(intro.intro_html("r", "", rec, 1))
