@@ -55,6 +55,32 @@ def recsys_ws():
     return _build("recsys_tiny.yaml", "recsys_tiny")
 
 
+def _serve(ws):
+    from backend.serve.service import Backend
+
+    b = Backend(ws.path)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def tb(tiny_ws):
+    """The Backend facade over the tiny text workspace (shared by the test modules)."""
+    yield from _serve(tiny_ws)
+
+
+@pytest.fixture(scope="session")
+def pb(protein_ws):
+    """The Backend facade over the tiny protein workspace."""
+    yield from _serve(protein_ws)
+
+
+@pytest.fixture(scope="session")
+def rb(recsys_ws):
+    """The Backend facade over the tiny recommender workspace."""
+    yield from _serve(recsys_ws)
+
+
 # Fixtures that build a real workspace or load a real model: a test that uses one is in the slow tier
 # (`make test` runs both tiers; `make test-fast` skips these).
 SLOW_FIXTURES = {"tiny_ws", "protein_ws", "recsys_ws", "smollm2", "tiny_index"}

@@ -13,20 +13,6 @@ from backend.data.corpora import CorpusError
 from backend.serve.service import Backend, BackendError
 
 
-@pytest.fixture(scope="module")
-def pb(protein_ws):
-    b = Backend(protein_ws.path)
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def rb(recsys_ws):
-    b = Backend(recsys_ws.path)
-    yield b
-    b.close()
-
-
 def _best_concept_latent(b: Backend, sae: str) -> tuple[int, dict]:
     rows = b.index.df(
         "SELECT latent, concept, confidence FROM concepts WHERE sae = ? ORDER BY confidence DESC LIMIT 1", [sae]

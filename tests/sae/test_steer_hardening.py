@@ -12,32 +12,10 @@ import gradio as gr
 import pytest
 
 from backend.sae import steering
-from backend.serve.service import Backend
 from backend.serve.steer import parse_edits
 from explorer.tabs import outcome, steer
 
 PROMPT = "Write one sentence about cats."
-
-
-@pytest.fixture(scope="module")
-def tb(tiny_ws):
-    b = Backend(tiny_ws.path)
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def pb(protein_ws):
-    b = Backend(protein_ws.path)
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def rb(recsys_ws):
-    b = Backend(recsys_ws.path)
-    yield b
-    b.close()
 
 
 def _error(fn, *a, **kw) -> str:
