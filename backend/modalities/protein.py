@@ -41,6 +41,7 @@ from backend.adapters.protein import (
     SequenceError,
     check_sequence,
     compile_motif,
+    esm_head,
     load_protein,
     residue_mask_fn,
 )
@@ -564,6 +565,7 @@ MODALITY = Modality(
     steer_outcome=steer_outcome,
     outcome_input="sequence",
     outcome_params=("motif",),
+    model_outcome_params=lambda model: ("motif",) if esm_head(model) == "mlm" else (),
     outcome_help=(
         "Edits apply at the residues of the SAE's block (error kept, so untouched latents change nothing). "
         "The shipped ESM-2 is a classifier: its class probabilities are shown before and after. "

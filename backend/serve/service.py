@@ -132,7 +132,7 @@ class Backend(SteeringViews, ResearchViews):
         self.model_name = self.ws.config.model.id
         self._kind = self.ws.kind  # the model kind's record (backend/modalities)
         self.modality = self._kind.name  # 'text' | 'protein' | 'recsys'
-        self.capabilities = self._kind.capabilities()  # what the UI offers for this kind, as plain values
+        self.capabilities = self._kind.capabilities(self.ws.config.model)  # what the UI offers, as plain values
         self._windows: pd.DataFrame | None = None
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()

