@@ -618,15 +618,17 @@ def _load_saes(ws, names: list[str], device) -> Iterator[tuple[str, str, Any]]:
         yield name, _arch(specs[name]), sae
 
 
-def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]:
-    _check_saes(ws)
-    t0 = time.perf_counter()
-    inp = index_inputs(ws, progress)
-    out = Path(out or ws.index_path)
-    timings = write_index(
+def _write(ws, inp: IndexInputs, names: list[str], out: Path, keep: list[str], progress: bool) -> dict[str, float]:
+    """Index ``names`` into ``out`` with ``inp``, copying the rows of ``keep`` from the index already at ``out``;
+    the joint map is laid out in config order, with the config's method once every configured SAE is in it."""
+    config_order = [s.name for s in ws.config.saes]
+    order = [n for n in config_order if n in keep or n in names] + sorted(n for n in keep if n not in config_order)
+    kept = [(n, load_sae(ws.sae_dir(n)).W_dec.detach().float().cpu().numpy()) for n in keep]  # for the joint map
+    complete = set(config_order) <= set(keep) | set(names)
+    return write_index(
         out,
         inp.ia,
-        _load_saes(ws, [s.name for s in ws.config.saes], inp.device),
+        _load_saes(ws, [n for n in config_order if n in names], inp.device),
         ws.config.index,
         inp.unembed,
         inp.token_strings,
@@ -634,7 +636,19 @@ def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]
         device=inp.device,
         progress=progress,
         concepts=inp.concepts,
+        keep_from=out if keep else None,
+        keep=kept,
+        order=order,
+        joint_method=None if complete else "pca",
     )
+
+
+def _build_index(ws, progress: bool, out: str | Path | None) -> dict[str, float]:
+    _check_saes(ws)
+    t0 = time.perf_counter()
+    inp = index_inputs(ws, progress)
+    out = Path(out or ws.index_path)
+    timings = _write(ws, inp, [s.name for s in ws.config.saes], out, [], progress)
     timings.update(tokens=float(len(inp.ia.token)), activations_s=inp.seconds, total_s=time.perf_counter() - t0)
     if progress:
         print(
@@ -674,29 +688,9 @@ def add_to_index(
         t0 = time.perf_counter()
         inp = inputs or index_inputs(ws, progress)
         out = Path(out or ws.index_path)
-        prev = indexed_saes(out)
-        keep = [n for n in prev if n not in names]
-        config_order = [s.name for s in ws.config.saes]
-        order = [n for n in config_order if n in keep or n in names] + sorted(n for n in keep if n not in config_order)
-        kept = [(n, load_sae(ws.sae_dir(n)).W_dec.detach().float().cpu().numpy()) for n in keep]  # for the joint map
-        complete = set(config_order) <= set(keep) | set(names)
-        timings = write_index(
-            out,
-            inp.ia,
-            _load_saes(ws, [n for n in config_order if n in names], inp.device),
-            ws.config.index,
-            inp.unembed,
-            inp.token_strings,
-            seed=ws.config.train.seed,
-            device=inp.device,
-            progress=progress,
-            concepts=inp.concepts,
-            keep_from=out if keep else None,
-            keep=kept,
-            order=order,
-            joint_method=None if complete else "pca",
-        )
+        keep = [n for n in indexed_saes(out) if n not in names]
+        timings = _write(ws, inp, list(names), out, keep, progress)
         timings.update(tokens=float(len(inp.ia.token)), total_s=time.perf_counter() - t0)
         if progress:
-            print(f"[index] added {', '.join(names)} ({len(order)} SAEs indexed) -> {out}", flush=True)
+            print(f"[index] added {', '.join(names)} ({len(keep) + len(names)} SAEs indexed) -> {out}", flush=True)
         return timings

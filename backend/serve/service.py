@@ -141,6 +141,7 @@ class Backend(SteeringViews, ResearchViews):
         self._faiss: dict[str, Any] = {}
         self._label_cache: dict[str, pd.Series] = {}
         self._match_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._saes_table: tuple[list[str], pd.DataFrame] | None = None  # (sae_names it was read for, table)
         self._index_sig = _file_sig(self.ws.index_path)
         self.index = IndexReader(self.ws.index_path)
         try:
@@ -204,6 +205,7 @@ class Backend(SteeringViews, ResearchViews):
             self.index = reader
             with self._lock:
                 self._label_cache, self._match_cache, self._faiss = {}, {}, {}
+                self._saes_table = None
             self._serve(state)
             self._index_sig = sig
             return True
@@ -276,8 +278,16 @@ class Backend(SteeringViews, ResearchViews):
 
     # ---- browse --------------------------------------------------------------------------
     def saes(self) -> pd.DataFrame:
+        """One row per served SAE (read from its cfg.json and metrics.json once per index file: the page load
+        and the build timer ask for it often)."""
+        names = list(self.sae_names)
+        if self._saes_table is None or self._saes_table[0] != names:
+            self._saes_table = (names, self._read_saes_table(names))
+        return self._saes_table[1].copy()
+
+    def _read_saes_table(self, names: list[str]) -> pd.DataFrame:
         rows = []
-        for name in self.sae_names:
+        for name in names:
             m = self._metrics(name)
             cfg_p = self.ws.sae_dir(name) / "cfg.json"
             k = json.loads(cfg_p.read_text()).get("k") if cfg_p.exists() else None
