@@ -91,10 +91,16 @@ def train_all(ws: Workspace, force: bool = False, verbose: bool = True, only: st
 
 
 def train_one(
-    ws: Workspace, s, force: bool = False, verbose: bool = True, watch: Callable[[int], None] | None = None
+    ws: Workspace,
+    s,
+    force: bool = False,
+    verbose: bool = True,
+    watch: Callable[[int], None] | None = None,
+    twin: bool = True,
 ) -> bool:
     """Train one SAE of the config (``s``, its SaeConfig) unless it is trained; returns whether it trained.
-    ``watch(n)`` is called with each batch's token count (and may raise to stop the training)."""
+    ``watch(n)`` is called with each batch's token count (and may raise to stop the training); ``twin=False``
+    leaves its stability twin for later (``train_twin``)."""
     from backend.sae.model import load_sae
     from backend.sae.train import train_sae
 
@@ -114,8 +120,42 @@ def train_one(
         hook_name=ws.config.activations.site,
         model_name=ws.config.model.id,
         progress=verbose,
+        twin=twin,
     )
     return True
+
+
+def train_twin(ws: Workspace, s, verbose: bool = True, watch: Callable[[int], None] | None = None) -> bool:
+    """Train the stability twin of a trained SAE (``s.stability_twin``) unless it exists, then record the SAE's
+    seed stability against it in its metrics.json; returns whether it trained."""
+    import dataclasses
+
+    from backend.sae.evaluate import stability
+    from backend.sae.model import load_sae, twin_dir, write_metrics
+    from backend.sae.train import TWIN_SEED_OFFSET, train_sae
+
+    d = ws.sae_dir(s.name)
+    out = twin_dir(d)
+    if not s.stability_twin or not (d / "cfg.json").exists():
+        return False
+    trained = not (out / "cfg.json").exists()
+    if trained:
+        base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
+        source = ws.activation_source(s.data)
+        if verbose:
+            print(f"[train] {s.name}@twin: the stability twin (seed + {TWIN_SEED_OFFSET})", flush=True)
+        train_sae(
+            dataclasses.replace(s, name=f"{s.name}@twin", stability_twin=False),
+            dataclasses.replace(ws.config.train, seed=ws.config.train.seed + TWIN_SEED_OFFSET),
+            _Watched(source, watch) if watch else source,
+            out,
+            base=base,
+            hook_name=ws.config.activations.site,
+            model_name=ws.config.model.id,
+            progress=verbose,
+        )
+    write_metrics(d, stability(load_sae(d).W_dec.detach(), load_sae(out).W_dec.detach()))
+    return trained
 
 
 def eval_all(ws: Workspace, force: bool = False, verbose: bool = True) -> None:
@@ -179,6 +219,7 @@ STEP_TEXT = {
     "saes": "",
     "subdomains": "retrieving subdomain windows",
     "coverage": "computing coverage",
+    "twin": "training {detail}",
 }
 
 
@@ -188,12 +229,12 @@ class WorkspaceProgress:
     def __init__(self, name: str, saes: list[str]):
         self.name = name
         self._lock = threading.Lock()
-        self.step, self.error, self.note = "waiting", "", ""
+        self.step, self.error, self.note, self.detail = "waiting", "", "", ""
         self.saes: dict[str, list[str]] = {n: ["waiting", ""] for n in saes}
 
-    def set_step(self, step: str, error: str = "") -> None:
+    def set_step(self, step: str, error: str = "", detail: str = "") -> None:
         with self._lock:
-            self.step, self.error = step, error
+            self.step, self.error, self.detail = step, error, detail
 
     def set_sae(self, name: str, state: str, detail: str = "") -> None:
         assert state in SAE_STATES, state
@@ -207,7 +248,7 @@ class WorkspaceProgress:
     def snapshot(self) -> dict:
         """{workspace, active, step, line, saes: [{name, state, detail}]}: plain values for the UI."""
         with self._lock:
-            step, error, note = self.step, self.error, self.note
+            step, error, note, detail = self.step, self.error, self.note, self.detail
             saes = [{"name": n, "state": s, "detail": d} for n, (s, d) in self.saes.items()]
         n, ready = len(saes), sum(s["state"] == "ready" for s in saes)
         failed = [s for s in saes if s["state"] == "failed"]
@@ -222,7 +263,7 @@ class WorkspaceProgress:
             line = f"waiting: builds after the workspaces before it ({count})"
         else:
             doing = next((s for s in saes if s["state"] in ("training", "evaluating", "indexing")), None)
-            what = STEP_TEXT.get(step, step)
+            what = STEP_TEXT.get(step, step).format(detail=detail)
             if doing is not None:
                 what = f"{doing['state']} {doing['name']}" + (f" ({doing['detail']})" if doing["detail"] else "")
             line = f"building: {count}{bad}" + (f"; {what}..." if what else "")
@@ -242,6 +283,31 @@ def build_status(path: str | Path) -> dict:
     out = mine.snapshot() if mine else {"workspace": "", "active": False, "step": "", "line": "", "saes": []}
     out["others"] = [p.snapshot() for p in others]
     return out
+
+
+class BuildClock:
+    """When a staged build reached each step, in seconds since its builder started (which includes earlier
+    workspaces' builds): written to ``build_times.json`` in the workspace after each step, atomically, so that
+    ``make bench-demo`` can report time to first serve and to completion. A resumed build writes its own run."""
+
+    def __init__(self, path: Path, t0: float):
+        import datetime
+
+        self.path, self.t0 = Path(path) / "build_times.json", t0
+        started = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).isoformat(timespec="seconds")
+        self.times: dict[str, Any] = {"builder_started": started, "resumed_with": [], "at_s": {}}
+
+    def mark(self, what: str, first: str | None = None) -> None:
+        import json
+
+        from backend.atomic import atomic_write_text
+
+        now = round(time.time() - self.t0, 1)
+        self.times["at_s"][what] = now
+        if first and first not in self.times:
+            self.times[first + "_s"] = now
+            self.times[first] = what
+        atomic_write_text(self.path, json.dumps(self.times, indent=1))
 
 
 class StagedWorkspace:
@@ -293,9 +359,11 @@ class StagedBuilder:
         self.on_indexed, self.on_failed = on_indexed, on_failed
         self.builds = [StagedWorkspace(c, p) for c, p in configs]
         self._stop = threading.Event()
+        self.t0 = time.time()  # reset by start()
         self._thread = threading.Thread(target=self._run, name="staged-build", daemon=True)
 
     def start(self) -> StagedBuilder:
+        self.t0 = time.time()
         for sw in self.builds:
             if sw.error is not None and self.on_failed:
                 self.on_failed(sw, sw.error)
@@ -352,13 +420,17 @@ class StagedBuilder:
         ws, p, t0 = sw.ws, sw.progress, time.time()
         assert ws is not None
         self._say(f"[build] workspace {ws.config.name} in {ws.path}, SAE by SAE")
+        clock = BuildClock(ws.path, self.t0)
         for name in indexed_saes(ws.index_path):  # a restart: these are served already
             if name in p.saes:
                 p.set_sae(name, "ready")
+                clock.times["resumed_with"].append(name)
         p.set_step("windows")
         ws.build_windows(verbose=self.verbose)
+        clock.mark("windows")
         p.set_step("activations")
         ws.build_activations(verbose=self.verbose)
+        clock.mark("activations")
         subdomains = {sd.name: sd for sd in ws.config.subdomains}
         inputs = None  # the indexing activations, collected once for all of this workspace's SAEs
         for s in ws.config.saes:
@@ -371,7 +443,7 @@ class StagedBuilder:
                     p.set_sae(s.name, "training", f"retrieving its {s.data} windows")
                     build_subdomain(ws, subdomains[s.data], verbose=self.verbose)
                 p.set_sae(s.name, "training")
-                train_one(ws, s, verbose=self.verbose, watch=self._watcher(ws, s, p))
+                train_one(ws, s, verbose=self.verbose, watch=self._watcher(ws, s, p), twin=False)
                 self._check_stop()
                 p.set_sae(s.name, "evaluating")
                 if not evaluated(ws, s.name):
@@ -388,6 +460,7 @@ class StagedBuilder:
                 print(f"[build] {ws.config.name}: SAE {s.name} failed: {one_line(e)}", file=sys.stderr, flush=True)
                 continue
             p.set_sae(s.name, "ready")
+            clock.mark(s.name, first="first_served")
             self._say(f"[build] {ws.config.name}: {s.name} ready ({time.time() - t0:.0f} s into this workspace)")
             sw.settled.set()
             if self.on_indexed:
@@ -396,10 +469,11 @@ class StagedBuilder:
                 except Exception:  # a listener's fault must not stop the build
                     log.warning("on_indexed(%s) failed", ws.path, exc_info=True)
         del inputs
-        self._finish(sw)
+        self._finish(sw, clock)
+        clock.mark("done")
         self._say(f"[build] {ws.config.name} done in {time.time() - t0:.0f} s")
 
-    def _finish(self, sw: StagedWorkspace) -> None:
+    def _finish(self, sw: StagedWorkspace, clock: BuildClock) -> None:
         """The steps after the SAEs: every subdomain's training set (as the full build), then coverage once every
         SAE is ready. A failure here is noted on the status line; the SAEs stay served."""
         from backend.research.coverage import build_coverage
@@ -408,6 +482,13 @@ class StagedBuilder:
         ws, p = sw.ws, sw.progress
         assert ws is not None
         try:
+            for s in ws.config.saes:  # seed stability: twins train once every SAE is served
+                if s.stability_twin and p.state(s.name) == "ready":
+                    self._check_stop()
+                    p.set_step("twin", detail=f"{s.name}'s seed-stability twin")
+                    if train_twin(ws, s, verbose=self.verbose, watch=self._twin_watcher(ws, s, p)) and self.on_indexed:
+                        self.on_indexed(sw)  # the served metrics now carry the stability
+                    clock.mark(f"{s.name}@twin")
             p.set_step("subdomains")
             for sd in ws.config.subdomains:
                 self._check_stop()
@@ -425,20 +506,30 @@ class StagedBuilder:
             log.warning("staged build of %s: %s failed", ws.path, p.step, exc_info=True)
         p.set_step("done")
 
-    def _watcher(self, ws: Workspace, s, p: WorkspaceProgress) -> Callable[[int], None]:
-        """Training progress as 'step i of n' (n from the config's token budget; a stability twin trains first)."""
-        from backend.sae.model import twin_dir
-
+    def _steps(self, ws: Workspace, s) -> int:
+        """Optimizer steps of one SAE's training (from the config's token budget)."""
         source = ws.activation_source(s.data)
         per_pass = s.tokens or ws.config.train.tokens or getattr(source, "n_normal", source.n_tokens)
-        twin = getattr(s, "stability_twin", False) and not (twin_dir(ws.sae_dir(s.name)) / "cfg.json").exists()
-        batch = ws.config.train.batch_size
-        total = max(1, math.ceil(per_pass * (2 if twin else 1) / batch))
-        seen = [0]
+        return max(1, math.ceil(per_pass / ws.config.train.batch_size))
+
+    def _watcher(self, ws: Workspace, s, p: WorkspaceProgress) -> Callable[[int], None]:
+        """Training progress as 'step i of n'."""
+        total, seen = self._steps(ws, s), [0]
 
         def watch(n: int) -> None:
             self._check_stop()
             seen[0] += 1
             p.set_sae(s.name, "training", f"step {min(seen[0], total)} of {total}")
+
+        return watch
+
+    def _twin_watcher(self, ws: Workspace, s, p: WorkspaceProgress) -> Callable[[int], None]:
+        """The stability twin's progress on the status line (its SAE stays served)."""
+        total, seen = self._steps(ws, s), [0]
+
+        def watch(n: int) -> None:
+            self._check_stop()
+            seen[0] += 1
+            p.set_step("twin", detail=f"{s.name}'s seed-stability twin, step {min(seen[0], total)} of {total}")
 
         return watch

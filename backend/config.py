@@ -122,6 +122,9 @@ class SaeConfig:
     """relu: L1 coefficient on latents weighted by decoder norms (unset: 5.0 for relu, 0 for the others)."""
     l0_coef: float | None = None
     """jumprelu: coefficient of the (straight-through) L0 penalty (unset: 0.002 for jumprelu, 0 for the others)."""
+    target_l0: float = 0.0
+    """relu / jumprelu: steer the L1 / L0 coefficient during training (multiplicatively, frozen once the learning
+    rate decays) so that L0 settles near this value, which makes them comparable with TopK SAEs (0 = fixed coefficient)."""
     jumprelu_bandwidth: float = 0.05
     """jumprelu: bandwidth of the rectangle kernel in the straight-through estimator."""
     auxk_coef: float = 1 / 32
@@ -159,7 +162,11 @@ class SaeConfig:
             raise ConfigError(f"saes[{self.name}].d_sae must be positive, got {self.d_sae}")
         if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
             raise ConfigError(f"saes[{self.name}]: k={self.k} must be between 1 and d_sae={self.d_sae}")
-        for f in ("l1_coef", "l0_coef", "auxk_coef", "ortho_coef", "term_tilt", "jumprelu_bandwidth"):
+        if self.target_l0 and self.architecture not in ("relu", "jumprelu"):
+            raise ConfigError(
+                f"saes[{self.name}].target_l0 applies to relu and jumprelu (topk and batchtopk set L0 with k)"
+            )
+        for f in ("target_l0", "l1_coef", "l0_coef", "auxk_coef", "ortho_coef", "term_tilt", "jumprelu_bandwidth"):
             if getattr(self, f) < 0:
                 raise ConfigError(f"saes[{self.name}].{f} must be >= 0, got {getattr(self, f)}")
         if self.matryoshka_widths:

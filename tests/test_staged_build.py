@@ -10,6 +10,7 @@ copied activations with a trimmed config written to tmp_path.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_the_staged_builder_serves_from_the_first_sae_and_reports_a_failed_one(t
     config = staged_config(
         tmp_path,
         [
-            {"name": "first", **SMALL},
+            {"name": "first", **SMALL, "stability_twin": True},  # its twin trains after every SAE is served
             # a real failure: its loss overflows at the first step (SaeError, one line); the next SAEs go on
             {"name": "diverges", "architecture": "relu", "d_sae": 256, "l1_coef": 1e39},
             {"name": "boosted", **SMALL, "boost_base": "diverges"},  # its base failed: it fails too, saying why
@@ -190,11 +191,13 @@ def test_the_staged_builder_serves_from_the_first_sae_and_reports_a_failed_one(t
         ],
     )
     seen: list[tuple[list[str], dict]] = []
-    builder = StagedBuilder(
-        [(config, ws_path)],
-        verbose=False,
-        on_indexed=lambda sw: seen.append((indexed_saes(sw.ws.index_path), build_status(sw.ws.path))),
-    )
+    twin, twin_seen = ws_path / "saes" / "first@twin", []
+
+    def on_indexed(sw) -> None:
+        twin_seen.append((twin / "cfg.json").exists())
+        seen.append((indexed_saes(sw.ws.index_path), build_status(sw.ws.path)))
+
+    builder = StagedBuilder([(config, ws_path)], verbose=False, on_indexed=on_indexed)
     sw = builder.builds[0]
     assert build_status(ws_path)["line"].startswith("waiting") and not sw.servable()
     t0 = time.time()
@@ -204,7 +207,15 @@ def test_the_staged_builder_serves_from_the_first_sae_and_reports_a_failed_one(t
     assert builder.join(timeout=600), "the background build did not finish in 10 minutes"
     t_all = time.time() - t0
     # the first call came with only the first SAE indexed, the others still to build: served from there
-    assert [names for names, _ in seen] == [["first"], ["first", "second"]]
+    # then once more when the first SAE's stability twin is trained (after every SAE was served)
+    assert [names for names, _ in seen] == [["first"], ["first", "second"], ["first", "second"]]
+    assert twin_seen == [False, False, True]
+    assert 0.0 <= json.loads((ws_path / "saes" / "first" / "metrics.json").read_text())["stability"] <= 1.0
+    times = json.loads((ws_path / "build_times.json").read_text())  # what make bench-demo reports
+    at = times["at_s"]
+    assert times["first_served"] == "first" and times["first_served_s"] == at["first"]
+    assert at["activations"] <= at["first"] <= at["second"] <= at["first@twin"] <= at["done"]
+    assert "diverges" not in at and times["resumed_with"] == []
     first = {s["name"]: s["state"] for s in seen[0][1]["saes"]}
     assert first == {"first": "ready", "diverges": "waiting", "boosted": "waiting", "second": "waiting"}
     assert seen[0][1]["active"] and seen[0][1]["line"].startswith("building: 1 of 4 SAEs ready")

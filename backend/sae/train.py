@@ -199,6 +199,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(tcfg.seed)
         self.bf16 = tcfg.dtype == "bfloat16" and cfg.architecture in ("topk", "batchtopk")
         self.margin = 8  # extra bfloat16 candidates per token re-scored in float32
+        self.sparsity_mult = 1.0  # the L1 / L0 coefficient's multiplier, steered towards cfg.target_l0
+        self.sparsity_integral = 0.0  # its controller's integral term (log units)
         self._pre_buf: torch.Tensor | None = None
 
     # ---- one step ---------------------------------------------------------------------------
@@ -244,10 +246,10 @@ class Trainer:
             pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)  # (N, d_sae)
             if cfg.architecture == "relu":
                 latents = torch.relu(pre)
-                terms["l1"] = cfg.l1_coef * self._warm() * losses.l1(latents, sae.W_dec, x.shape[1])
+                terms["l1"] = cfg.l1_coef * self._sparsity() * losses.l1(latents, sae.W_dec, x.shape[1])
             else:  # jumprelu
                 latents = losses.jumprelu(pre, sae.threshold, cfg.jumprelu_bandwidth)
-                terms["l0"] = cfg.l0_coef * self._warm() * losses.l0_ste(pre, sae.threshold, cfg.jumprelu_bandwidth)
+                terms["l0"] = cfg.l0_coef * self._sparsity() * losses.l0_ste(pre, sae.threshold, cfg.jumprelu_bandwidth)
             recons = latents @ sae.W_dec + sae.b_dec
             active = latents.detach() > 0
             fired = active.any(0).cpu()
@@ -347,6 +349,24 @@ class Trainer:
         n = max(1, int(self.tcfg.l1_warmup_frac * self.total_steps))
         return min(1.0, (self.step + 1) / n)
 
+    def _sparsity(self) -> float:
+        """The L1 / L0 coefficient's factor this step: the warm-up ramp times the target-L0 multiplier."""
+        return self._warm() * self.sparsity_mult
+
+    def _steer_sparsity(self, l0: float) -> None:
+        """A PI controller on the coefficient's log multiplier towards ``target_l0``: proportional to the batch L0's
+        log relative error plus a slow integral of it, active after the warm-up ramp and until the learning rate
+        decays (so training ends at a fixed coefficient). Thresholds and L1 shrinkage answer with a lag, so the
+        integral gain is small (about e^8 of range over the steering steps) and the proportional term damps it."""
+        target = self.cfg.target_l0
+        if not target or self._warm() < 1.0 or self.lr_factor(self.step) < 1.0:
+            return
+        steer_steps = self.total_steps * (1 - self.tcfg.lr_decay_frac - self.tcfg.l1_warmup_frac)
+        gain = min(0.05, max(0.001, 8 / max(steer_steps, 1)))
+        err = max(-1.0, min(1.0, math.log(max(l0, 0.1) / target)))
+        self.sparsity_integral = max(-10.0, min(10.0, self.sparsity_integral + gain * err))
+        self.sparsity_mult = math.exp(self.sparsity_integral + err)
+
     def lr_factor(self, step: int) -> float:
         """Linear warm-up over ``lr_warmup_steps``, then constant, then (``lr_decay_frac`` > 0) a linear decay to 0
         over the final fraction of ``total_steps``."""
@@ -375,6 +395,7 @@ class Trainer:
                 W, G = self.sae.W_dec, self.sae.W_dec.grad
                 G -= (G * W).sum(1, keepdim=True) * W
         self.opt.step()
+        self._steer_sparsity(stats["l0"])
         with torch.no_grad():
             if renorm:
                 self.sae.W_dec /= self.sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
@@ -457,6 +478,8 @@ class Trainer:
             "scale": self.scale,
             "bt_threshold": self.bt_threshold,
             "adam_steps": adam_steps,
+            "sparsity_mult": self.sparsity_mult,
+            "sparsity_integral": self.sparsity_integral,
         }
         with atomic_dir(folder) as tmp:
             save_file(tensors, str(tmp / "state.safetensors"))
@@ -478,6 +501,8 @@ class Trainer:
                 }
         self.since_fired = t["since_fired"].long()
         self.step, self.tokens, self.scale, self.bt_threshold = s["step"], s["tokens"], s["scale"], s["bt_threshold"]
+        self.sparsity_mult = float(s.get("sparsity_mult", 1.0))
+        self.sparsity_integral = float(s.get("sparsity_integral", 0.0))
 
 
 def train_sae(
@@ -491,13 +516,15 @@ def train_sae(
     model_name: str = "",
     progress: bool = True,
     resume: bool = True,
+    twin: bool = True,
 ) -> Sae:
     """Train one SAE on ``source`` and save it (SAELens layout + metrics.json) to ``out_dir``.
 
-    With ``cfg.stability_twin`` a twin (same config and data, seed + ``TWIN_SEED_OFFSET``) is trained first into
-    ``twin_dir(out_dir)``, so that an interrupted build that finds ``out_dir`` complete also finds its twin."""
+    With ``cfg.stability_twin`` (and ``twin``) a twin (same config and data, seed + ``TWIN_SEED_OFFSET``) is
+    trained first into ``twin_dir(out_dir)``, so that an interrupted build that finds ``out_dir`` complete also
+    finds its twin. The staged build passes ``twin=False`` and trains twins once every SAE is served."""
     out_dir = Path(out_dir)
-    if cfg.stability_twin and not (twin_dir(out_dir) / "cfg.json").exists():
+    if twin and cfg.stability_twin and not (twin_dir(out_dir) / "cfg.json").exists():
         twin = dataclasses.replace(cfg, name=f"{cfg.name}@twin", stability_twin=False)
         train_sae(
             twin,
@@ -574,6 +601,9 @@ def train_sae(
             "lr": tr.lr,
         }
     }
+    if cfg.architecture in ("relu", "jumprelu"):  # the sparsity coefficient it ended with (target_l0 steers it)
+        coef = cfg.l1_coef if cfg.architecture == "relu" else cfg.l0_coef
+        metrics["train"]["sparsity_coef"] = coef * tr.sparsity_mult
     write_metrics(out_dir, metrics)
     shutil.rmtree(ckpt, ignore_errors=True)
     return sae

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -205,3 +206,41 @@ def test_auxk_and_matryoshka_sparse_paths_run(dtype):
     assert math.isfinite(stats["loss"])
     assert tr.sae.W_enc.grad is not None and torch.isfinite(tr.sae.W_enc.grad).all()
     assert tr.sae.W_enc.grad[:, :32].abs().sum() > 0  # the dead latents get a gradient (from AuxK)
+
+
+@pytest.mark.parametrize(
+    "arch,coef,tokens", [("relu", {"l1_coef": 5.0}, 120_000), ("jumprelu", {"l0_coef": 0.002}, 320_000)]
+)
+def test_target_l0_steers_the_sparsity_coefficient(tmp_path, arch, coef, tokens):
+    """relu / jumprelu with target_l0 end near it from a coefficient that alone lands far away (jumprelu's
+    thresholds answer slowly, so it gets more steps); the final coefficient is recorded."""
+    np.save(tmp_path / "x.npy", _structured(8192).numpy())
+    src = ArrayActivations(tmp_path / "x.npy")
+    tcfg = TrainConfig(batch_size=256, lr=3e-3, tokens=tokens, lr_decay_frac=0.2, checkpoint_every=0)
+    x = torch.from_numpy(np.array(src.data[:2000]))
+    l0 = {}
+    for target in (0.0, 6.0):
+        cfg = SaeConfig(name="s", architecture=arch, d_sae=128, k=12, target_l0=target, **coef)
+        sae = train_sae(cfg, tcfg, src, tmp_path / f"{arch}{target}", progress=False)
+        l0[target] = float((sae.encode(x) > 0).sum(-1).float().mean())
+    assert abs(l0[6.0] - 6.0) < 2.0, l0  # steered to within 2 of the target
+    assert abs(l0[0.0] - 6.0) > 2 * abs(l0[6.0] - 6.0), l0  # and much closer than the fixed coefficient gets
+    m = json.loads((tmp_path / f"{arch}6.0" / "metrics.json").read_text())
+    assert m["train"]["sparsity_coef"] != pytest.approx(next(iter(coef.values())))
+
+
+def test_target_l0_controller_state_is_checkpointed(tmp_path):
+    cfg = SaeConfig(name="r", architecture="relu", d_sae=64, target_l0=3.0)
+    tr = Trainer(cfg, TrainConfig(batch_size=256, l1_warmup_frac=0.0, lr_warmup_steps=1), 32, 20_000)
+    for b in _structured(2048).split(256):
+        tr.train_step(b)
+    assert tr.sparsity_mult != 1.0
+    tr.save_checkpoint(tmp_path / "ck")
+    tr2 = Trainer(cfg, TrainConfig(batch_size=256, l1_warmup_frac=0.0, lr_warmup_steps=1), 32, 20_000)
+    tr2.load_checkpoint(tmp_path / "ck")
+    assert (tr2.sparsity_mult, tr2.sparsity_integral) == (tr.sparsity_mult, tr.sparsity_integral)
+
+
+def test_target_l0_is_refused_for_topk():
+    with pytest.raises(Exception, match="target_l0 applies to relu and jumprelu"):
+        SaeConfig(name="s", architecture="topk", d_sae=64, k=4, target_l0=8)
