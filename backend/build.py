@@ -294,7 +294,7 @@ class BuildClock:
         import datetime
 
         self.path, self.t0 = Path(path) / "build_times.json", t0
-        started = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).isoformat(timespec="seconds")
+        started = datetime.datetime.fromtimestamp(t0, datetime.UTC).isoformat(timespec="seconds")
         self.times: dict[str, Any] = {"builder_started": started, "resumed_with": [], "at_s": {}}
 
     def mark(self, what: str, first: str | None = None) -> None:
