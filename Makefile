@@ -8,7 +8,7 @@ CONFIG ?=
 
 .PHONY: demo test test-fast lint format install test-install assets test-assets chromium tiny bench bench-train \
 	bench-activations bench-index bench-beyond bench-compare bench-steering bench-steer-fairness bench-subdomain \
-	bench-concept-steering bench-fidelity clean-workspaces help
+	bench-concept-steering bench-fidelity bench-demo clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
@@ -82,6 +82,13 @@ bench-beyond: test-install test-assets
 bench-fidelity: test-install assets
 	$(BIN)/python -m backend build configs/demo.yaml --steps windows,activations
 	$(BIN)/python bench/bench_fidelity.py
+
+# The demo's SAEs with their seed noise: build times, FVU and stability per SAE, the papers' effects. Reads the demo
+# workspace that `make demo` built (build_times.json is written by its staged build) and trains a second seed of
+# every SAE next to it (workspaces/demo_seed1, about as long as the demo's own training).
+bench-demo: test-install assets
+	$(BIN)/python -m backend build configs/demo.yaml
+	$(BIN)/python bench/bench_demo.py
 
 bench-compare: test-install assets
 	$(BIN)/python bench/bench_compare.py

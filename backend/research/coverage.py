@@ -156,7 +156,7 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
 
 
 def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> list[Path]:
-    """Coverage JSON for every subdomain, over the general SAE and the SAEs trained for it."""
+    """Coverage JSON for every subdomain, over the general SAE, general-data TERM SAEs and the SAEs trained for it."""
     from backend.sae.model import load_sae
 
     written = []
@@ -165,7 +165,10 @@ def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> 
         path = ws.path / "coverage" / f"{sd.name}.json"
         if path.exists() and not force:
             continue
-        names = general[:1] + [s.name for s in ws.config.saes if s.data == sd.name]
+        # the reference, any general-data SAE trained with a TERM tilt (its claim is tail recall), the subdomain's own
+        tilted = [s.name for s in ws.config.saes if s.data == "general" and s.term_tilt > 0 and not s.boost_base]
+        names = general[:1] + [n for n in tilted if n not in general[:1]]
+        names += [s.name for s in ws.config.saes if s.data == sd.name]
         if len(names) < 2:
             continue
         saes = {n: load_sae(ws.sae_dir(n)) for n in names}

@@ -1,6 +1,7 @@
 """SAE evaluation: metrics.json beside each SAE.
 
-Reconstruction (on held activations): L0, FVU, explained variance = 1 - FVU, MSE, mean cosine of
+Reconstruction (on held-out windows: normal tokens of windows the activation cache, i.e. training, never saw; see
+``heldout_tokens``): L0, FVU, explained variance = 1 - FVU, MSE, mean cosine of
 x and recons; dead (never fires) and dense (fires on > 10% of tokens) latent fractions; the
 distribution of each decoder row's max |cosine| to the others; FVU at each Matryoshka level.
 
@@ -266,6 +267,54 @@ def exclusion_record(cache) -> dict:
     }
 
 
+HELDOUT_SEED = 1234  # which uncached windows the held-out evaluation tokens come from
+
+
+def heldout_tokens(ws, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(acts (n, d) float32, token ids (n,), window rows (n,)): up to ``n_tokens`` normal tokens (the cache's attention-sink rule) of
+    windows that are not in the activation cache, shuffled with a fixed seed, so that reconstruction metrics are
+    measured on text the SAEs never trained on. Captured once and kept beside the cache
+    (``heldout_<n>.safetensors``, written atomically). None when every window is cached (small workspaces): the
+    metrics then fall back to cached tokens and say so."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from backend.atomic import atomic_write
+    from backend.data.activations import stream_activations
+
+    cache = ws.activation_source()
+    path = Path(cache.path) / f"heldout_{n_tokens}.safetensors"
+    if path.exists():
+        t = load_file(str(path))
+        return t["acts"].float(), t["token_ids"], t["window"]
+    cached = set()
+    for p in cache.shards:  # only the small window-id tensors
+        with safe_open(str(p), "np") as f:
+            cached.update(np.unique(f.get_tensor("window")).tolist())
+    w = ws.windows()
+    free = w[~w.index.isin(list(cached))]
+    if free.empty:
+        return None
+    free = free.sample(frac=1.0, random_state=HELDOUT_SEED)
+    lens = free["token_ids"].map(len).cumsum().to_numpy()
+    free = free.iloc[: int(np.searchsorted(lens, 2 * n_tokens)) + 1]  # room for the sinks the rule drops
+    acts, ids, wins = [], [], []
+    ex = cache.exclusion
+    for c in stream_activations(
+        ws.adapter(verbose=False), free, ws.config.activations.site, ws.config.activations.batch_size, progress=False
+    ):
+        keep = ex.normal(c.acts, c.pos) if ex is not None else torch.ones(len(c.acts), dtype=torch.bool)
+        acts.append(c.acts[keep].half())
+        ids.append(c.token_ids[keep])
+        wins.append(c.window[keep].numpy())  # the windows table's row ids
+        if sum(len(a) for a in acts) >= n_tokens:
+            break
+    x, tok = torch.cat(acts)[:n_tokens].contiguous(), torch.cat(ids)[:n_tokens].contiguous()
+    win = torch.from_numpy(np.concatenate(wins)[:n_tokens].astype(np.int64))
+    atomic_write(path, lambda tmp: save_file({"acts": x, "token_ids": tok, "window": win}, str(tmp)))
+    return x.float(), tok, win
+
+
 def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
     """metrics.json for every SAE of the workspace (skips SAEs already evaluated unless force)."""
     ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
@@ -273,7 +322,9 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
 
     adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.kind  # kind: backend/modalities
     cache = ws.activation_source()
-    x, tok = cache.all_acts(n_tokens, with_ids=True)  # normal tokens (attention sinks excluded), ids aligned
+    held = heldout_tokens(ws, n_tokens)  # normal tokens of windows no SAE trained on
+    x, tok = held[:2] if held is not None else cache.all_acts(n_tokens, with_ids=True)  # else cached normal tokens
+    measured_on = "held-out windows" if held is not None else "cached (training) tokens"
     w = ws.windows()
     sample = w.groupby("domain").head(max(1, ce_windows // w["domain"].nunique()))
     refs = None
@@ -286,6 +337,7 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
         src = cache if s.data == "general" else ws.activation_source(s.data)
         xs = x if s.data == "general" else src.all_acts(n_tokens)
         m = reconstruction_metrics(sae, xs, s.matryoshka_widths or None)
+        m["reconstruction_on"] = measured_on if s.data == "general" else f"cached {s.data} (training) tokens"
         m.update(exclusion_record(src))
         m["decoder_max_cos"] = cos_stats(sae.W_dec)
         twin = twin_dir(d)

@@ -88,3 +88,35 @@ def test_spliced_ce_recovered_and_kl_on_the_real_model(smollm2):
     assert none["ce_recovered"] == pytest.approx(0.0, abs=2e-3) and none["ce_sae"] == pytest.approx(
         none["ce_zero"], rel=1e-3
     )
+
+
+def test_heldout_tokens_come_from_windows_the_cache_never_saw(tiny_ws, tmp_path, monkeypatch):
+    """Reconstruction metrics are measured on normal tokens of uncached windows, captured once and kept."""
+    import shutil
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from backend.sae.evaluate import heldout_tokens
+    from backend.workspace import open_workspace
+
+    src = tiny_ws.path
+    for part in ("corpora", "activations"):
+        shutil.copytree(src / part, tmp_path / part)
+    shutil.copy2(src / "workspace.yaml", tmp_path / "workspace.yaml")
+    ws = open_workspace(tmp_path)
+    cache = ws.activation_source()
+    cached = set()
+    for p in cache.shards:
+        with safe_open(str(p), "np") as f:
+            cached.update(np.unique(f.get_tensor("window")).tolist())
+    x, tok, win = heldout_tokens(ws, 1500)
+    assert x.shape == (1500, cache.d_in) and len(tok) == len(win) == 1500
+    assert not set(win.tolist()) & cached  # no held-out token comes from a training window
+    assert bool((x.norm(dim=1) <= cache.exclusion.threshold).all())  # the cache's sink rule applies
+    w = ws.windows()
+    for j in np.unique(win.numpy())[:5]:  # token ids are the windows' own (BOS is never kept)
+        assert set(tok[win == j].tolist()) <= set(w["token_ids"].iat[int(j)])
+    monkeypatch.setattr(type(ws), "adapter", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    x2, tok2, win2 = heldout_tokens(open_workspace(tmp_path), 1500)  # read back from the file, no model
+    assert torch.equal(x2, x) and torch.equal(tok2, tok) and torch.equal(win2, win)
