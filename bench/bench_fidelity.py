@@ -33,6 +33,7 @@ SETTINGS = {  # name -> (passes over the training tokens, TrainConfig overrides,
     "passes20": (20, {"lr_decay_frac": 0.2}, {}),
     "w1152_passes20": (20, {"lr_decay_frac": 0.2}, {"d_sae": 1152}),
     "w1152_passes40": (40, {"lr_decay_frac": 0.2}, {"d_sae": 1152}),
+    # configs/demo.yaml since issue 13 (every demo SAE trains with these settings)
     "w1152_passes40_lr2e3": (40, {"lr_decay_frac": 0.2, "lr": 2e-3, "dtype": "bfloat16"}, {"d_sae": 1152}),
 }
 
