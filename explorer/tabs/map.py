@@ -57,11 +57,11 @@ def parse_pick(text: str, choice: str | None) -> tuple[str, int]:
     if not text:
         raise ValueError("Click a point of the map, or type a latent id.")
     if sae is None:
-        raise ValueError("On the joint map, type the latent as sae:latent (e.g. topk:12).")
+        raise ValueError("On the joint map, type the latent as sae:latent (e.g. general:12).")
     try:
         return sae, int(latent.strip())
     except BAD_INPUT:
-        raise ValueError(f"{text!r} is not a latent: type an id like 12 or topk:12.") from None
+        raise ValueError(f"{text!r} is not a latent: type an id like 12, or sae:12 on the joint map.") from None
 
 
 def show_card(backend: Any, text: str, choice: str | None) -> str:
@@ -113,7 +113,7 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> tuple:
             with gr.Row(elem_classes=["bar"]):
                 pick = gr.Textbox(
                     label="latent (click a point, or type sae:latent)",
-                    placeholder="topk:12",
+                    placeholder=f"{sae_names[0]}:12" if sae_names else "sae:12",
                     scale=1,
                     elem_id="map-pick",
                 )
