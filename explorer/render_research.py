@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -33,6 +34,7 @@ def coverage_summary(cov: dict) -> pd.DataFrame:
                 "token types captured": round(e["token_recall"], 3),
                 "subdomain tokens covered": round(e["token_share_covered"], 3),
                 "latents without a match in " + cov["reference"]: e.get("n_unique", "-"),
+                "dark-matter latents": e.get("n_dark_matter", "-"),
                 "CE general": round(e["ce"]["general"], 3),
                 "CE subdomain": round(e["ce"]["subdomain"], 3),
                 "ppl general": round(e["ppl"]["general"], 1),
@@ -105,8 +107,76 @@ def log_ratio_histogram(cov: dict) -> go.Figure:
 
 
 def unique_latents(cov: dict, sae: str) -> pd.DataFrame:
+    """The SAE's dark-matter latents (no match in the reference, enriched on the subdomain, confidently labelled;
+    by log-ratio) where the coverage file has them, else its latents without a match (by cosine)."""
     e = cov["saes"].get(sae, {})
+    if "dark_matter" in e:
+        return pd.DataFrame(e["dark_matter"], columns=["latent", "max_cos", "log_ratio", "confidence"]).drop(
+            columns="confidence"  # the table adds the label's confidence with the label
+        )
     return pd.DataFrame(e.get("unique_latents", []), columns=["latent", "max_cos", "log_ratio"])
+
+
+def _rare_half(e: dict) -> np.ndarray:
+    toks = sorted(e["tokens"], key=lambda t: (t["gen_freq"], t["token"]))
+    return np.array([t["captured"] for t in toks[: max(1, len(toks) // 2)]], dtype=float)
+
+
+def recall_differences(cov: dict, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Each SAE's token-type recall against the reference's, overall and on the rarer half of the token types, with a
+    95% paired bootstrap interval over token types (the same types are scored for every SAE): ``beyond`` says
+    whether the interval excludes 0. This is the noise of the text sample, not of training (2 seeds:
+    ``make bench-demo``)."""
+    ref = cov["saes"][cov["reference"]]
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, e in cov["saes"].items():
+        if name == cov["reference"]:
+            continue
+        for part, pick in (
+            ("all token types", lambda x: np.array([t["captured"] for t in x["tokens"]], float)),
+            ("rarer half", _rare_half),
+        ):
+            a, b = pick(ref), pick(e)
+            if len(a) != len(b) or not len(a):
+                continue
+            d = b - a
+            idx = rng.integers(0, len(d), (n_boot, len(d)))
+            boots = d[idx].mean(1)
+            lo, hi = np.quantile(boots, [0.025, 0.975])
+            out.append(
+                {
+                    "sae": name,
+                    "part": part,
+                    "ref": float(a.mean()),
+                    "value": float(b.mean()),
+                    "diff": float(d.mean()),
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "beyond": bool(lo > 0 or hi < 0),
+                    "n": int(len(d)),
+                }
+            )
+    return out
+
+
+def recall_statement(cov: dict) -> str:
+    """The recall differences in words (markdown): a reader never has to guess from overlapping lines."""
+    lines = []
+    for r in recall_differences(cov):
+        verdict = "beyond" if r["beyond"] else "within"
+        lines.append(
+            f"- **{r['sae']}** ({r['part']}, {r['n']:,} types): {r['value']:.1%} captured vs {r['ref']:.1%} for "
+            f"{cov['reference']}, {r['diff'] * 100:+.1f} points (95% interval {r['lo'] * 100:+.1f} to "
+            f"{r['hi'] * 100:+.1f}): **{verdict} the noise** of this text sample."
+        )
+    if not lines:
+        return ""
+    return (
+        "**Is the difference real?** Paired bootstrap over the held-out token types:\n"
+        + "\n".join(lines)
+        + "\n\nSeed-to-seed noise of training is measured by `make bench-demo` (bench/RESULTS.md)."
+    )
 
 
 def shift_table(report: dict | None) -> pd.DataFrame:

@@ -11,7 +11,9 @@ no SAE trained on) and general text (the general activation cache):
   share of subdomain token occurrences whose type is captured;
 - per-latent log-ratio of firing rates, subdomain against general:
   log((fires_sub + 1) / (N_sub + 1)) - log((fires_gen + 1) / (N_gen + 1));
-- latents only a specialized SAE has: max decoder cosine to the reference SAE < ``cos_threshold``;
+- latents only a specialized SAE has: max decoder cosine to the reference SAE < ``cos_threshold``; among them the
+  "dark matter" latents are also enriched on the subdomain (log-ratio > 0) and confidently labelled (detection F1 >=
+  ``eval.coverage_f1``), ranked by log-ratio;
 - CE loss and perplexity with each SAE spliced in, on general and on subdomain text
   (evaluate.ce_metrics: the SAE replaces the activations at kept positions only).
 
@@ -151,6 +153,20 @@ def compute_coverage(ws: Workspace, subdomain: str, saes: dict, *, reference: st
                 for i in unique[:200]
             ]
             entry["n_unique"] = int((mc < cos_threshold).sum())
+            # the "dark matter": no match in the reference, enriched on the subdomain, and confidently labelled
+            conf = index.labels(name).set_index("latent")["confidence"].reindex(range(len(mc))).fillna(0.0)
+            dark = np.nonzero((mc < cos_threshold) & (log_ratio > 0) & (conf.to_numpy() >= f1_threshold))[0]
+            dark = dark[np.argsort(-log_ratio[dark])]
+            entry["dark_matter"] = [
+                {
+                    "latent": int(i),
+                    "max_cos": round(float(mc[i]), 3),
+                    "log_ratio": round(float(log_ratio[i]), 3),
+                    "confidence": round(float(conf.iat[i]), 3),
+                }
+                for i in dark
+            ]
+            entry["n_dark_matter"] = int(len(dark))
         out["saes"][name] = entry
     return out
 

@@ -16,12 +16,13 @@ INTRO = (
 
 
 def load_coverage(backend, subdomain: str | None):
-    """(summary table, recall plot, cumulative plot, log-ratio plot, SAE choices, unique-latent table, message)."""
+    """(summary table, recall plot, cumulative plot, log-ratio plot, SAE choices, unique-latent table, message,
+    the recall differences in words)."""
     try:
         cov = backend.coverage(subdomain or "")
     except (ValueError, TypeError) as e:
         empty = pd.DataFrame()
-        return empty, None, None, None, gr.update(choices=[], value=None), empty, f"⚠ {e}"
+        return empty, None, None, None, gr.update(choices=[], value=None), empty, f"⚠ {e}", ""
     others = [n for n in cov["saes"] if n != cov["reference"]]
     first = others[0] if others else None
     msg = (
@@ -36,6 +37,7 @@ def load_coverage(backend, subdomain: str | None):
         gr.update(choices=others, value=first),
         unique_table(backend, cov, first),
         msg,
+        rr.recall_statement(cov),
     )
 
 
@@ -77,11 +79,18 @@ def build(backend, sae_names: list[str]) -> dict:
     with gr.Row():
         recall_plot = gr.Plot(label="tail-concept recall")
         cum_plot = gr.Plot(label="cumulative coverage")
+    noise = gr.Markdown(elem_id="coverage-noise")
     ratio_plot = gr.Plot(label="log-ratio of firing rates")
     with gr.Row():
-        uniq_sae = gr.Dropdown([], label="latents only this SAE has", scale=1)
+        uniq_sae = gr.Dropdown([], label="dark-matter latents of", scale=1)
+    gr.Markdown(
+        "**Dark-matter latents**: no decoder match (cosine below the workspace's threshold) in the reference SAE, "
+        "firing more on the subdomain than on general text (log-ratio > 0), and confidently labelled (detection F1 at "
+        "or above the threshold); the most subdomain-enriched first.",
+        elem_classes=["muted"],
+    )
     uniq = gr.Dataframe(label="select a row to open its dashboard in Browse", interactive=False)
-    outs = [summary, recall_plot, cum_plot, ratio_plot, uniq_sae, uniq, msg]
+    outs = [summary, recall_plot, cum_plot, ratio_plot, uniq_sae, uniq, msg, noise]
     sub.change(lambda s: load_coverage(backend, s), sub, outs, api_visibility="private")
     uniq_sae.change(lambda s, u: pick_unique(backend, s, u), [sub, uniq_sae], uniq, api_visibility="private")
 

@@ -117,5 +117,14 @@ def test_coverage_view(tiny):
     assert cov["reference"] == "topk" and set(cov["saes"]) == {"topk", "ssae_bio", "boost_bio"}
     e = cov["saes"]["ssae_bio"]
     assert 0 <= e["token_recall"] <= 1 and len(e["log_ratio"]) == 1152 and "n_unique" in e
+    # dark-matter latents: no match in the reference, enriched on the subdomain, confidently labelled, by log-ratio
+    dark = e["dark_matter"]
+    assert e["n_dark_matter"] == len(dark) <= e["n_unique"]
+    assert all(d["max_cos"] < cov["cos_threshold"] and d["log_ratio"] > 0 for d in dark)
+    assert all(d["confidence"] >= cov["f1_threshold"] for d in dark)
+    assert [d["log_ratio"] for d in dark] == sorted((d["log_ratio"] for d in dark), reverse=True)
+    labels = tiny.latents("ssae_bio", sort_by="latent", descending=False, limit=2000).set_index("latent")
+    for d in dark[:5]:
+        assert labels.loc[d["latent"], "confidence"] == pytest.approx(d["confidence"], abs=1e-3)
     with pytest.raises(BackendError, match="no coverage for subdomain 'nope'"):
         tiny.coverage("nope")
