@@ -16,6 +16,7 @@ from backend import errors as check
 from backend.modalities import get_modality
 from backend.sae import steering
 from backend.serve.service import (
+    LEVEL_COLUMNS,
     BackendError,
     CompareResult,
     Context,
@@ -217,52 +218,83 @@ class FakeBackend:
             frames.append(df.assign(sae=s, x=np.cos(t), y=np.sin(t) * (1 + names.index(s))))
         return pd.concat(frames)[["sae", "latent", "x", "y", "density", "top_domain", "label", "confidence"]]
 
+    # metrics.json values the real compare adds to saes()' columns (flattened as backend.serve.service.flat_metrics)
+    EXTRA_METRICS = {
+        "topk": {"kl": 0.9, "decoder_max_cos_mean": 0.2, "absorption_rate": 0.15, "stability": 0.8},
+        "relu": {"kl": 0.7, "decoder_max_cos_mean": 0.25, "absorption_rate": 0.05},
+        "boost": {"kl": 1.2, "decoder_max_cos_mean": 0.18, "absorption_rate": 0.2},
+    }
+    MATRYOSHKA = {"boost": {10: 0.6, 20: 0.5, 40: 0.4}}  # prefix width -> FVU with that prefix only
+
     def compare(self, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> CompareResult:
         saes = check.names("SAEs", saes, self._saes, at_least=0)
         if len(saes) < 2:
             raise BackendError("pick at least two SAEs to compare")
         for s in saes:
             self._check(s)
-        metrics = self.saes().set_index("name").loc[saes].reset_index()
-        a, b = saes[0], saes[1]
-        cos = np.linspace(1.0, 0.2, self.D_SAE)
-        pairs = pd.DataFrame(
-            [
+        metrics = self.saes().set_index("name").loc[saes].reset_index().drop(columns=["k", "n_latents_indexed"])
+        extra = [
+            {
+                **self.EXTRA_METRICS.get(s, {}),
+                "reconstruction_on": "held-out windows",
+                **{f"matryoshka_fvu_{w}": v for w, v in self.MATRYOSHKA.get(s, {}).items()},
+            }
+            for s in saes
+        ]
+        metrics = pd.concat([metrics, pd.DataFrame(extra)], axis=1)
+        a, n = saes[0], self.D_SAE
+        pairs, every = [], []
+        for j, b in enumerate(saes[1:]):
+            cos = np.linspace(1.0 - 0.1 * j, 0.2, n)  # latent i of a matches latent (i + j) % n of b
+            pairs.append(
                 {
                     "sae_a": a,
                     "sae_b": b,
-                    "n_latents": self.D_SAE,
+                    "n_latents": n,
                     "n_matched": int((cos >= threshold).sum()),
                     "share_matched": float((cos >= threshold).mean()),
                     "median_cosine": float(np.median(cos)),
                     "hist_counts": np.histogram(cos, bins=20, range=(0, 1))[0].tolist(),
                 }
-            ]
-        )
-        every = pd.DataFrame(
-            {
-                "sae_a": a,
-                "latent_a": range(self.D_SAE),
-                "label_a": self._lat[a].label,
-                "sae_b": b,
-                "latent_b": range(self.D_SAE),
-                "label_b": self._lat[b].label,
-                "cosine": cos,
-            }
-        )
-        matches = every[every.cosine >= threshold]
-        low = every[every.cosine < threshold].sort_values("cosine")
+            )
+            other = (np.arange(n) + j) % n
+            every.append(
+                pd.DataFrame(
+                    {
+                        "sae_a": a,
+                        "latent_a": range(n),
+                        "label_a": self._lat[a].label,
+                        "sae_b": b,
+                        "latent_b": other,
+                        "label_b": self._lat[b].label.to_numpy()[other],
+                        "cosine": cos,
+                    }
+                )
+            )
+        both = pd.concat(every, ignore_index=True)
+        matches = both[both.cosine >= threshold].sort_values(["cosine", "latent_a"], ascending=[False, True])
+        low = both[both.cosine < threshold].sort_values(["cosine", "latent_a"])
         unmatched = pd.DataFrame(
-            {"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine, "vs": b}
+            {"sae": a, "latent": low.latent_a, "label": low.label_a, "best_cosine": low.cosine, "vs": low.sae_b}
         )
+        hit = np.zeros(n, dtype=bool)
+        hit[matches.latent_a.to_numpy()] = True
+        levels = [
+            (s, i + 1, start, end, fvu, round(float(hit[start:end].mean()), 4) if s == a else None)
+            for s in saes
+            for i, (start, (end, fvu)) in enumerate(
+                zip([0, *self.MATRYOSHKA.get(s, {})], self.MATRYOSHKA.get(s, {}).items())
+            )
+        ]
         page = slice(offset, offset + limit)
         return CompareResult(
             metrics,
             matches.iloc[page].reset_index(drop=True),
             unmatched.iloc[page].reset_index(drop=True),
-            pairs,
+            pd.DataFrame(pairs),
             len(matches),
             len(unmatched),
+            pd.DataFrame(levels, columns=LEVEL_COLUMNS),
         )
 
     # ---- steering: deterministic stand-ins with the real edit checks -------------------------------------

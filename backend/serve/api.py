@@ -91,7 +91,8 @@ class BackendAPI(Protocol):
 
     # ---- compare ----
     def compare(self, saes: list[str], threshold: float = 0.7, limit: int = 100, offset: int = 0) -> CompareResult:
-        """Metrics side by side; a page of matches >= threshold and of unmatched latents; per-pair summaries."""
+        """Metrics side by side (metrics.json flattened); a page of matches >= threshold and of unmatched latents;
+        per-pair summaries with the histogram of best-match cosines; the levels of Matryoshka SAEs."""
         ...
 
     # ---- steer ----

@@ -88,6 +88,7 @@ class TextSearchResult:
 
 
 COSINE_BINS = 20  # histogram of best-match cosines over [0, 1] in /compare's pairs
+LEVEL_COLUMNS = ["sae", "level", "start", "end", "fvu", "share_matched"]  # /compare's Matryoshka levels
 
 
 @dataclass
@@ -98,6 +99,19 @@ class CompareResult:
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # per SAE pair: counts, median, cosine histogram
     n_matches: int = 0  # all pairs at or above the threshold (over every page)
     n_unmatched: int = 0
+    levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # Matryoshka SAEs: one row per level (see compare)
+
+
+def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json as one row of scalars: decoder_max_cos -> decoder_max_cos_mean, matryoshka_fvu {width: fvu} ->
+    matryoshka_fvu_<width>; the other nested values (histograms, quantiles, per-domain perplexity, the training
+    record) are left out."""
+    row = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
+    if isinstance(m.get("decoder_max_cos"), dict):
+        row["decoder_max_cos_mean"] = m["decoder_max_cos"].get("mean")
+    for w, v in sorted((m.get("matryoshka_fvu") or {}).items(), key=lambda kv: int(kv[0])):
+        row[f"matryoshka_fvu_{int(w)}"] = v
+    return row
 
 
 def _context(r: dict[str, Any]) -> Context:
@@ -503,21 +517,29 @@ class Backend(SteeringViews, ResearchViews):
 
         ``matches`` holds the pairs at or above ``threshold`` (best first) and ``unmatched`` the latents below
         it (most distinct first), each paged by ``limit``/``offset``; ``pairs`` summarises every SAE pair with
-        the histogram of best-match cosines. Duplicate names are dropped, so a request costs at most one
-        comparison per SAE of the workspace, and each pair's matches are computed once per process."""
+        the histogram of best-match cosines. ``metrics`` has one row per SAE: name, architecture, d_sae and its
+        metrics.json flattened (``flat_metrics``). ``levels`` has one row per level of each Matryoshka SAE: level
+        (1 = the coarsest), its latents [start, end), fvu (reconstructing with latents [0, end) only) and, for
+        saes[0], share_matched (the share of the level's latents with a match >= threshold in another SAE).
+        Duplicate names are dropped, so a request costs at most one comparison per SAE of the workspace, and each
+        pair's matches are computed once per process."""
         saes = check.names("SAEs", saes, self.sae_names, at_least=0)
         if len(saes) < 2:
             raise BackendError("pick at least two SAEs to compare")
         threshold = check.number("threshold", threshold, 0.0, 1.0)
         limit = check.whole("limit", limit, 1, MAX_RESULTS)
         offset = check.whole("offset", offset, 0, MAX_OFFSET)
-        scalar = [{k: v for k, v in self._metrics(s).items() if not isinstance(v, (dict, list))} for s in saes]
-        metrics = pd.DataFrame([{"name": s, **m} for s, m in zip(saes, scalar)])
+        raw = {s: self._metrics(s) for s in saes}
+        metrics = pd.DataFrame(
+            [{"name": s, "architecture": self._arch[s], "d_sae": self._d_sae[s], **flat_metrics(raw[s])} for s in saes]
+        )
         a = saes[0]
         pairs, hit, miss = [], [], []
+        matched_a = np.zeros(self._d_sae[a], dtype=bool)  # latents of a with a match in at least one other SAE
         for b in saes[1:]:
             cos, arg = self.best_matches(a, b)
             ok = cos >= threshold
+            matched_a |= ok
             counts, _ = np.histogram(np.clip(cos, 0.0, 1.0), bins=COSINE_BINS, range=(0.0, 1.0))
             pairs.append(
                 {
@@ -560,6 +582,25 @@ class Backend(SteeringViews, ResearchViews):
             }
         )
         total_hit = sum(p["n_matched"] for p in pairs)
+        levels = []
+        for s in saes:
+            fvu = {int(w): v for w, v in (raw[s].get("matryoshka_fvu") or {}).items()}
+            ends = self._matryoshka_widths(s) or sorted(fvu)
+            for i, (start, end) in enumerate(zip([0, *ends], ends)):
+                share = round(float(matched_a[start:end].mean()), 4) if s == a and end > start else None
+                levels.append((s, i + 1, start, end, fvu.get(end), share))
         return CompareResult(
-            metrics, matches, unmatched, pd.DataFrame(pairs), total_hit, sum(p["n_latents"] for p in pairs) - total_hit
+            metrics,
+            matches,
+            unmatched,
+            pd.DataFrame(pairs),
+            total_hit,
+            sum(p["n_latents"] for p in pairs) - total_hit,
+            pd.DataFrame(levels, columns=LEVEL_COLUMNS),
         )
+
+    def _matryoshka_widths(self, name: str) -> list[int]:
+        """The prefix widths of a Matryoshka SAE (cfg.json's saex.matryoshka_widths, the last one d_sae), or []."""
+        p = self.ws.sae_dir(name) / "cfg.json"
+        widths = json.loads(p.read_text()).get("saex", {}).get("matryoshka_widths") if p.exists() else None
+        return sorted(int(w) for w in widths or [] if 0 < int(w) <= self._d_sae[name])

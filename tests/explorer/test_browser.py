@@ -229,7 +229,7 @@ def test_map_draws_and_a_clicked_point_opens_its_dashboard(page):
 def test_compare_tab_shows_metrics_and_matches(page):
     page.get_by_role("tab", name="Compare").click()
     page.wait_for_selector("#compare-metrics .body-cell")
-    assert "fvu" in page.locator("#compare-metrics").inner_text()
+    assert "FVU" in page.locator("#compare-metrics").inner_text()
     # the tiny SAEs share no direction at cosine >= 0.7: every latent is listed as unmatched, with the count
     page.wait_for_selector("#compare-unmatched .body-cell")
     assert re.search(

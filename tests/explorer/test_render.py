@@ -172,7 +172,8 @@ def test_large_maps_draw_with_webgl():
 def test_pareto_and_scalar_columns():
     metrics = FakeBackend().saes().assign(nested=[{"a": 1}] * 3)
     fig = render.pareto_figure(metrics)
-    assert len(fig.data) == 2 and list(fig.data[0].text) == ["topk", "relu", "boost"]
+    points = [t for t in fig.data if t.name != "Pareto front"]
+    assert len(points) == 6 and [t.name for t in points if t.showlegend] == ["topk", "relu", "boost"]
     assert "nested" not in render.scalar_columns(metrics).columns
 
 

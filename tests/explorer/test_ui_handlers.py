@@ -158,15 +158,17 @@ def test_map_draw_pick_and_card(fb):
 
 
 def test_compare_tables_and_match_cards(fb):
-    metrics, fig, matches, unmatched, status = compare.run_compare(fb, ["topk", "relu", "boost"], 0.7)
-    assert list(metrics.columns) == ["metric", "topk", "relu", "boost"] and "fvu" in set(metrics["metric"])
-    assert len(fig.data) == 2 and matches["cosine"].is_monotonic_decreasing
-    assert (unmatched["best cos"] < 0.7).all() and "without one" in status
+    view = compare.compare_view(fb, ["topk", "relu", "boost"], 0.7)
+    metrics, matches, unmatched = view["metrics"].data, view["matches"], view["unmatched"]
+    assert list(metrics.columns) == ["metric", "topk", "relu", "boost"]
+    assert "FVU (held-out, normal tokens)" in set(metrics["metric"])
+    assert len(view["cosines"].data) == 2 and matches["cosine"].is_monotonic_decreasing
+    assert (unmatched["best cos"] < 0.7).all() and "without one" in view["status"]
     a, b = compare.show_match(fb, select(matches.iloc[0].tolist()))
     assert "topk · latent" in a and "relu · latent" in b
     with pytest.warns(UserWarning, match="at least two"):
-        out = compare.run_compare(fb, ["topk"], 0.7)
-    assert out[1] is None and "at least two" in out[-1]
+        out = compare.compare_view(fb, ["topk"], 0.7)
+    assert out["pareto"] is None and "at least two" in out["status"]
     with pytest.warns(UserWarning, match="unknown SAE"):
         compare.run_compare(fb, ["topk", "ghost"], 0.7)
     bad_a, _ = compare.show_match(fb, select(["ghost", 1, "", "relu", 1, "", 0.9]))
