@@ -32,12 +32,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def seed_workspace(demo: Path, seed: int) -> Path:
-    """``<demo>_seed<seed>``: hard links to the demo's inputs and its config with another training seed."""
+def seed_workspace(demo: Path, seed: int, only: list[str] | None = None) -> Path:
+    """``<demo>_seed<seed>``: hard links to the demo's inputs and its config with another training seed (only the
+    SAEs ``only``, and the SAEs they build on, when given)."""
     dst = demo.with_name(f"{demo.name}_seed{seed}")
     cfg = yaml.safe_load((demo / "workspace.yaml").read_text())
     cfg["name"] = f"{cfg['name']}_seed{seed}"
     cfg.setdefault("train", {})["seed"] = int(cfg["train"].get("seed") or 0) + seed
+    if only:
+        keep = set(only) | {s["boost_base"] for s in cfg["saes"] if s["name"] in only and s.get("boost_base")}
+        cfg["saes"] = [s for s in cfg["saes"] if s["name"] in keep]
     for s in cfg["saes"]:
         s["stability_twin"] = False
     dst.mkdir(exist_ok=True)
@@ -90,6 +94,8 @@ def main() -> None:
     ap.add_argument("--workspace", default=str(ROOT / "workspaces" / "demo"))
     ap.add_argument("--seed", type=int, default=1, help="the second seed's offset from the demo's train.seed")
     ap.add_argument("--no-train", action="store_true", help="only read what is built")
+    ap.add_argument("--table-only", action="store_true", help="build times and the demo's own table; no second seed")
+    ap.add_argument("--saes", default="", help="train the second seed of these SAEs only (comma-separated)")
     args = ap.parse_args()
     demo = Path(args.workspace)
     if not (demo / "saes").exists():
@@ -109,7 +115,25 @@ def main() -> None:
     else:
         print(f"(no {bt}: it is written by the staged build of `make demo`)")
 
-    other = seed_workspace(demo, args.seed)
+    m_demo, _ = load(demo)
+    print("\n## The demo's SAEs (seed 0; metrics.json: FVU on held-out windows' normal tokens, CE/KL on 32 windows)")
+    print("| SAE | L0 | FVU | CE recovered | KL | mean max decoder cos | absorption | stability vs twin |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, m in m_demo.items():
+        cells = [
+            fmt(m.get("l0"), 1),
+            fmt(m.get("fvu")),
+            fmt(m.get("ce_recovered")),
+            fmt(m.get("kl")),
+            fmt((m.get("decoder_max_cos") or {}).get("mean")),
+            fmt(m.get("absorption_rate")),
+            f"{m['stability']:.1%}" if "stability" in m else "—",
+        ]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    if args.table_only:
+        return
+
+    other = seed_workspace(demo, args.seed, [n for n in args.saes.split(",") if n] or None)
     if not args.no_train:
         from backend.build import build_workspace
 

@@ -27,6 +27,14 @@ VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
 GL_POINTS = 8000  # above this many points the map draws with WebGL (SVG slows down past ~10k markers)
 
 
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours: the house palette up to its length, else hues evenly spaced around the wheel (two
+    lightnesses alternating, so neighbours differ), readable on light and dark backgrounds alike."""
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    return [f"hsl({round(360 * i / n)}, 70%, {48 if i % 2 else 58}%)" for i in range(n)]
+
+
 def act_rgb(value: float, vmax: float) -> tuple[int, int, int]:
     """The colour of an activation: 0 (or below) is white, ``vmax`` (or above) is deep red."""
     t = 0.0 if vmax <= 0 or not math.isfinite(value) else min(max(value / vmax, 0.0), 1.0)
@@ -390,6 +398,7 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
         if key not in df:
             key = "sae"
         groups = df[key].fillna("").astype(str).replace("", "(never fires)")
+        colours = palette(groups.nunique())
         for i, (name, g) in enumerate(df.groupby(groups, sort=True)):
             fig.add_trace(
                 scatter(
@@ -400,7 +409,7 @@ def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
                     text=g["label"],
                     hovertemplate=hover,
                     customdata=np.stack([g["sae"], g["latent"], g["density"]], axis=1),
-                    marker=dict(size=5, opacity=0.85, color=PALETTE[i % len(PALETTE)], line=dict(width=0)),
+                    marker=dict(size=5, opacity=0.85, color=colours[i], line=dict(width=0)),
                 )
             )
     _layout(fig, "", height=620, dragmode="pan", xaxis=dict(visible=False), yaxis=dict(visible=False))

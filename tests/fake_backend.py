@@ -195,6 +195,18 @@ class FakeBackend:
         df = df[df["label"].str.contains(q, case=False, regex=False)].assign(score=1.0)
         return df[["sae", "latent", "label", "confidence", "density", "score"]].head(limit).reset_index(drop=True)
 
+    def search_meaning(self, query: str, sae: str = "", limit: int = 20) -> pd.DataFrame:
+        """Words of the query found in labels rank first (a stand-in for embeddings: no model in UI tests)."""
+        q = self._text(query)
+        names = [sae] if sae else self._saes
+        df = pd.concat([self._check(s).assign(sae=s) for s in names])
+        words = [w for w in q.lower().split() if w]
+        df = df.assign(score=df["label"].str.lower().map(lambda lab: sum(w in lab for w in words) / max(len(words), 1)))
+        df = df.sort_values(["score", "latent"], ascending=[False, True]).head(int(limit))
+        out = df[["sae", "latent", "label", "score", "top_domain"]].reset_index(drop=True)
+        out.attrs["notice"] = ""
+        return out
+
     def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
         self._check(sae, latent)
         target = other_sae or sae

@@ -3,7 +3,11 @@
     python -m backend index --workspace DIR [--force]
 
 Labels and maps are computed inside the same build (they need the same encode pass), so there is no
-separate `label` or `map` command. Without --force an existing index is kept.
+separate `map` command. Without --force an existing index is kept.
+
+    python -m backend meaning --workspace DIR
+
+(re)makes the meaning vectors of an index built before search by meaning (unchanged SAEs are skipped).
 """
 
 from __future__ import annotations
@@ -27,9 +31,27 @@ def _index(args: argparse.Namespace) -> None:
         )
 
 
+def _meaning(args: argparse.Namespace) -> None:
+    from backend.atomic import workspace_lock
+    from backend.index.build import indexed_saes
+    from backend.index.meaning import build_meaning
+    from backend.workspace import open_workspace
+
+    ws = open_workspace(args.workspace)
+    if not ws.index_path.exists():
+        raise SystemExit(f"{ws.path} has no index yet: run `python -m backend index --workspace {ws.path}` first")
+    with workspace_lock(ws.path):
+        done = build_meaning(ws.path, ws.index_path, indexed_saes(ws.index_path), progress=not args.quiet)
+    print(f"[meaning] {len(done)} SAE(s) embedded: {', '.join(done) or 'all were up to date'}")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="top contexts, stats, labels, logit lens and maps of every SAE -> index.duckdb")
     p.add_argument("--workspace", required=True, help="workspace folder (holding workspace.yaml and saes/)")
     p.add_argument("--force", action="store_true", help="rebuild even if the index exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars; one summary line")
     p.set_defaults(func=_index)
+    m = sub.add_parser("meaning", help="meaning vectors of every indexed SAE (search by meaning), for an older index")
+    m.add_argument("--workspace", required=True, help="workspace folder (holding index.duckdb)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(func=_meaning)

@@ -580,7 +580,17 @@ def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dic
     from backend.atomic import workspace_lock
 
     with workspace_lock(ws.path):
-        return _build_index(ws, progress, out)
+        timings = _build_index(ws, progress, out)
+        _meaning(ws, [s.name for s in ws.config.saes], out, progress)
+        return timings
+
+
+def _meaning(ws, names: list[str], out: str | Path | None, progress: bool) -> None:
+    """Meaning vectors of ``names`` (backend/index/meaning.py) for the workspace's own index, where the kind has them."""
+    if ws.kind.search_meaning and (out is None or Path(out) == Path(ws.index_path)):
+        from backend.index.meaning import build_meaning
+
+        build_meaning(ws.path, ws.index_path, names, progress=progress)
 
 
 @dataclass
@@ -690,6 +700,7 @@ def add_to_index(
         out = Path(out or ws.index_path)
         keep = [n for n in indexed_saes(out) if n not in names]
         timings = _write(ws, inp, list(names), out, keep, progress)
+        _meaning(ws, list(names), out, progress)
         timings.update(tokens=float(len(inp.ia.token)), total_s=time.perf_counter() - t0)
         if progress:
             print(f"[index] added {', '.join(names)} ({len(keep) + len(names)} SAEs indexed) -> {out}", flush=True)

@@ -106,6 +106,8 @@ class Modality:
     """Evaluation splices the SAE in and measures next-token (next-item) CE, KL and per-domain perplexity."""
     eval_absorption: bool = False
     """Evaluation runs the first-letter absorption task (needs words)."""
+    search_meaning: bool = False
+    """Latents get meaning vectors (MiniLM over explanation and contexts) with the index: natural-language search."""
     eval_classifier: bool = False
     """Evaluation measures the classifier's KL with the SAE spliced in (when the model has a classifier head)."""
     add_commands: Callable[[Any], None] | None = None
@@ -125,6 +127,7 @@ class Modality:
             "prompt_examples": self.prompt_examples,
             "has_coverage": self.has_coverage,
             "map_concepts": self.token_concepts is not None,
+            "search_meaning": self.search_meaning,
             "outcome_params": {p: p in params for p in OUTCOME_PARAMS},
             "outcome_help": self.outcome_help,
             "outcome_genre_mix": self.outcome_genre_mix,

@@ -34,4 +34,5 @@ MODALITY = Modality(
     has_coverage=True,
     eval_next_token_ce=True,
     eval_absorption=True,
+    search_meaning=True,
 )

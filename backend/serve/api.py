@@ -81,6 +81,11 @@ class BackendAPI(Protocol):
         """Latents whose explanation contains the words: sae, latent, label, confidence, density, score."""
         ...
 
+    def search_meaning(self, query: str, sae: str = "", limit: int = 20) -> pd.DataFrame:
+        """Latents closest in meaning (explanation and top contexts, MiniLM cosine): sae, latent, label, score,
+        top_domain; attrs['notice'] names SAEs without vectors."""
+        ...
+
     def nearest(self, sae: str, latent: int, k: int = 10, other_sae: str | None = None) -> pd.DataFrame:
         """The decoder directions nearest to a latent's: sae, latent, cosine, label."""
         ...

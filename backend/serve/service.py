@@ -31,6 +31,7 @@ import pandas as pd
 from backend import errors as check
 from backend.errors import BackendError
 from backend.index.store import SORT_KEYS, IndexReader
+from backend.serve.meaning import MeaningViews
 from backend.serve.research import ResearchViews
 from backend.serve.steer import SteeringViews
 from backend.workspace import Workspace, open_workspace
@@ -139,7 +140,7 @@ def _file_sig(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-class Backend(SteeringViews, ResearchViews):
+class Backend(SteeringViews, ResearchViews, MeaningViews):
     def __init__(self, workspace: str | Path | Workspace):
         self.ws = workspace if isinstance(workspace, Workspace) else open_workspace(workspace)
         self.workspace_name = self.ws.config.name

@@ -1,4 +1,5 @@
-"""Search tab: latents firing on a text (token by token), words in explanations, nearest decoder directions."""
+"""Search tab: latents firing on a text (token by token), latents by meaning (explanation and contexts), words in
+explanations, nearest decoder directions."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ SAME_SAE = "same SAE"
 TEXT_COLUMNS = ["latent", "label", "max_act", "mean_act", "n_tokens_fired"]
 FEATURE_COLUMNS = ["sae", "latent", "label", "confidence", "density", "score"]
 NEAREST_COLUMNS = ["sae", "latent", "cosine", "label"]
+MEANING_COLUMNS = ["sae", "latent", "label", "score", "top_domain"]
 HEADERS = {
     "label": "explanation",
     "max_act": "max",
     "mean_act": "mean",
     "n_tokens_fired": "tokens fired",
     "density": "density %",  # shown as a percentage of tokens, as in Browse
+    "top_domain": "top domain",
 }
 
 
@@ -113,6 +116,25 @@ def search_features(backend: Any, query: str, sae: str | None, limit: float = 50
     return df, render.message_html(f"{len(df)} latents; select one to open its dashboard.", "info")
 
 
+def search_meaning(backend: Any, query: str, sae: str | None, limit: float = 20) -> tuple[pd.DataFrame, str]:
+    """(latents closest in meaning, status): MiniLM cosine between the query and each latent's explanation and
+    activation-weighted top contexts."""
+    if not (query or "").strip():
+        return _fail("Describe what you are looking for, e.g. 'insulin and blood sugar'.", MEANING_COLUMNS)
+    try:
+        df = backend.search_meaning(query.strip(), sae="" if sae in (None, "", ALL_SAES) else sae, limit=limit)
+    except BAD_INPUT as e:
+        return _fail(e, MEANING_COLUMNS)
+    notice = df.attrs.get("notice", "")
+    df = display(df, MEANING_COLUMNS, {"score": 3})
+    note = render.message_html(notice, "info") if notice else ""
+    return df, note + render.message_html(
+        f"{len(df)} latents by meaning (cosine of the query with each latent's explanation and top contexts); "
+        "select one to open its dashboard.",
+        "info",
+    )
+
+
 def nearest(
     backend: Any, sae: str, latent: float | None, k: float = 10, other_sae: str | None = None
 ) -> tuple[pd.DataFrame, str]:
@@ -136,6 +158,11 @@ def search_text_api(backend: Any, sae: str, text: str, top_n: int = 10) -> dict:
 @json_endpoint
 def search_features_api(backend: Any, query: str, sae: str = "", limit: int = 50) -> list | dict:
     return render.to_json(backend.search_features(query, sae=sae or None, limit=limit))
+
+
+@json_endpoint
+def search_meaning_api(backend: Any, query: str, sae: str = "", limit: int = 20) -> list | dict:
+    return render.to_json(backend.search_meaning(query, sae=sae or "", limit=limit))
 
 
 @json_endpoint
@@ -183,6 +210,27 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
                         chosen = gr.Number(None, label="latent shown", precision=0, scale=1)
                         t_open = gr.Button("Open dashboard", scale=0, min_width=170)
                     t_heat = gr.HTML(elem_id="text-heatmap")
+        if backend.capabilities.get("search_meaning"):
+            with gr.Tab("By meaning"):
+                with gr.Row(elem_classes=["bar"]):
+                    m_query = gr.Textbox(
+                        label="what are you looking for?",
+                        placeholder="e.g. insulin and blood sugar, contract termination, python exceptions",
+                        scale=3,
+                        elem_id="meaning-query",
+                    )
+                    m_sae = gr.Dropdown([ALL_SAES, *sae_names], value=ALL_SAES, label="SAE", scale=1)
+                    m_limit = gr.Slider(5, 200, value=20, step=5, label="max results", scale=1)
+                    m_btn = gr.Button("Search", variant="primary", scale=0, min_width=110)
+                m_msg = gr.HTML()
+                m_table = _table(MEANING_COLUMNS, "meaning-results", ["12%", "8%", "56%", "10%", "14%"])
+            gr.on(
+                [m_btn.click, m_query.submit],
+                functools.partial(search_meaning, backend),
+                [m_query, m_sae, m_limit],
+                [m_table, m_msg],
+                api_visibility="private",
+            )
         with gr.Tab("By explanation"):
             with gr.Row(elem_classes=["bar"]):
                 query = gr.Textbox(label="words in the explanation", placeholder="e.g. code, legal, names", scale=3)
@@ -236,6 +284,8 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
 
     opener.wire(f_table.select, pick, [])
     opener.wire(n_table.select, pick, [])
+    if backend.capabilities.get("search_meaning"):
+        opener.wire(m_table.select, pick, [])
 
     def search_text_endpoint(sae: str, text: str, top_n: int = 10) -> dict:
         """Which latents fire on a text: tokens, top latents, per-token top latents, activations of the top latents."""
@@ -252,3 +302,11 @@ def build(backend: Any, sae_names: list[str], opener: Opener) -> None:
     gr.api(search_text_endpoint, api_name="search_text")
     gr.api(search_features_endpoint, api_name="search_features")
     gr.api(nearest_endpoint, api_name="nearest")
+
+    def search_meaning_endpoint(query: str, sae: str = "", limit: int = 20) -> list | dict:
+        """Latents closest in meaning to the query (their explanation and top contexts; sae empty: all SAEs):
+        [{sae, latent, label, score, top_domain}], best first."""
+        return search_meaning_api(backend, query, sae, limit)
+
+    if backend.capabilities.get("search_meaning"):  # text workspaces (protein and item ids have no words to embed)
+        gr.api(search_meaning_endpoint, api_name="search_meaning")

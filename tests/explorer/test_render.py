@@ -227,3 +227,22 @@ def test_logit_lens_cells_hover_the_whole_token():
     out = render.logits_html([(" a very long item title", 1.0)], [("<x>", -1.0)])
     assert 'class="tokcell" title="&#x27; a very long item title&#x27;"' in out and "&lt;x&gt;" in out
     assert out.count('class="logit-side"') == 2
+
+
+def test_the_joint_map_gives_every_sae_its_own_colour():
+    """11 SAEs on the joint map: 11 traces with 11 different colours (the house palette has 8)."""
+    names = [f"sae{i}" for i in range(11)]
+    df = pd.DataFrame(
+        {
+            "sae": np.repeat(names, 3),
+            "latent": np.tile([0, 1, 2], 11),
+            "x": np.arange(33.0),
+            "y": np.arange(33.0),
+            "density": 0.01,
+            "label": "x",
+        }
+    )
+    fig = render.map_figure(df, "SAE")
+    colours = [t.marker.color for t in fig.data]
+    assert len(fig.data) == 11 and len(set(colours)) == 11
+    assert render.palette(3) == render.PALETTE[:3]

@@ -358,3 +358,19 @@ def test_intro_says_what_to_do_first():
     assert '<details class="intro" open>' in text and "localStorage" in intro.INTRO_JS
     rec = {**FakeBackend.capabilities, "input_label": "a user's history: item ids", "generates_text": False}
     assert "paste a user's history to see" in html.unescape(intro.intro_html("r", "", rec, 1))
+
+
+def test_search_by_meaning_handler_and_endpoint(fb):
+    label = fb.latents("relu", sort_by="latent", descending=False, limit=1)["label"].iloc[0]
+    word = label.split()[0]
+    table, msg = search.search_meaning(fb, word, "relu", 5)
+    assert list(table.columns) == ["sae", "latent", "explanation", "score", "top domain"] and len(table) == 5
+    assert set(table["sae"]) == {"relu"} and "by meaning" in msg
+    with pytest.warns(UserWarning, match="Describe what you are looking for"):
+        empty, msg = search.search_meaning(fb, "  ", search.ALL_SAES, 5)
+    assert empty.empty and "Describe" in msg
+    with pytest.warns(UserWarning):
+        _, msg = search.search_meaning(fb, "x", "nope", 5)
+    assert "nope" in msg
+    rows = search.search_meaning_api(fb, word, "", 3)
+    assert len(rows) == 3 and set(rows[0]) == {"sae", "latent", "label", "score", "top_domain"}

@@ -128,3 +128,26 @@ def test_coverage_view(tiny):
         assert labels.loc[d["latent"], "confidence"] == pytest.approx(d["confidence"], abs=1e-3)
     with pytest.raises(BackendError, match="no coverage for subdomain 'nope'"):
         tiny.coverage("nope")
+
+
+def test_search_by_meaning_on_the_tiny_workspace(tiny):
+    """The index build made meaning vectors; a query finds latents, best first, with their labels and domains."""
+    assert (tiny.ws.path / "meaning" / f"{tiny.sae_names[0]}.npz").exists()
+    df = tiny.search_meaning("Python source code: def, class and import statements", limit=10)
+    assert list(df.columns) == ["sae", "latent", "label", "score", "top_domain"] and len(df) == 10
+    assert df["score"].is_monotonic_decreasing and df["score"].between(-1, 1).all()
+    assert set(df["sae"]) <= set(tiny.sae_names) and df.attrs["notice"] == ""
+    one = tiny.search_meaning("Python source code", sae="relu", limit=5)
+    assert set(one["sae"]) == {"relu"} and len(one) == 5
+    lat = tiny.latents("relu", sort_by="latent", descending=False, limit=2000).set_index("latent")
+    assert all(lat.loc[j, "label"] == lab for j, lab in zip(one["latent"], one["label"]))
+    # the code-like query ranks code-domain latents above what a random latent would be
+    code = tiny.search_meaning("def __init__(self): return None", limit=20)
+    assert (code["top_domain"] == "code").mean() > 2 * (lat["top_domain"] == "code").mean()
+    for bad, match in (("", "type what you are looking for"), ("x" * 301, "query")):
+        with pytest.raises(BackendError, match=match):
+            tiny.search_meaning(bad)
+    with pytest.raises(BackendError):
+        tiny.search_meaning("code", sae="nope")
+    with pytest.raises(BackendError):
+        tiny.search_meaning("code", limit=0)
