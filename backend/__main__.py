@@ -59,12 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=_build)
 
     from backend.cli import index as cli_index
+    from backend.cli import label as cli_label
     from backend.cli import research as cli_research
     from backend.cli import sae as cli_sae
     from backend.modalities import MODALITIES
 
     kinds = [m.add_commands for m in MODALITIES if m.add_commands is not None]  # e.g. train-recommender
-    for add in (cli_sae.add_commands, cli_index.add_commands, cli_research.add_commands, *kinds):
+    for add in (
+        cli_sae.add_commands,
+        cli_index.add_commands,
+        cli_label.add_commands,
+        cli_research.add_commands,
+        *kinds,
+    ):
         add(sub)
 
     args = p.parse_args(argv)

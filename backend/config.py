@@ -224,6 +224,8 @@ class IndexConfig:
     """Samples per quantile band."""
     context_radius: int = 12
     """Tokens shown either side of the activating token."""
+    heldout_contexts: int = field(default=10, metadata={"written_if_set": True})
+    """Held-out contexts kept per latent to score explanations: about this many where it fires (over activation bands) and as many where it does not."""
     umap: bool = True
     """Maps of decoder directions by UMAP (True) or by their first two principal components (False)."""
 
@@ -244,6 +246,51 @@ class EvalConfig:
             raise ConfigError("eval.ce_windows and eval.n_tokens must be positive")
         if not (0 < self.coverage_f1 <= 1 and 0 < self.coverage_cos <= 1):
             raise ConfigError("eval.coverage_f1 and eval.coverage_cos must lie in (0, 1]")
+
+
+EXPLAINERS = ("statistical", "llm", "local")
+"""Explanation methods: statistics of the firings, an OpenAI-compatible chat endpoint, the workspace's model in-process."""
+
+
+@dataclass
+class ExplainerConfig:
+    base_url: str = ""
+    """OpenAI-compatible endpoint (POST <base_url>/chat/completions), e.g. http://localhost:8000/v1 (vLLM, llama.cpp server) or http://localhost:11434/v1 (Ollama)."""
+    model: str = ""
+    """Model name sent to the endpoint (llm), or the in-process model id (local; default: the workspace's model if it is a causal LM, else smollm2)."""
+    api_key_env: str = ""
+    """Environment variable holding the endpoint's API key (sent as a Bearer token); empty: no key."""
+    concurrency: int = 4
+    """Requests in flight at once (the local model takes one at a time)."""
+    retries: int = 3
+    """Retries of a request that fails to connect, times out or gets HTTP 429 / 5xx."""
+    backoff_s: float = 1.0
+    """First retry delay in seconds; it doubles on every retry."""
+    timeout_s: float = 120.0
+    """Seconds to wait for one reply."""
+    max_tokens: int = 96
+    """Completion tokens of an explanation."""
+    examples: int = 15
+    """Contexts shown to the explainer: two thirds top-activating, the rest sampled from the activation quantile bands."""
+    score_contexts: int = 10
+    """Held-out contexts scored per explanation and class (firing, silent), at most what the index holds (index.heldout_contexts)."""
+    score_batch: int = 10
+    """Held-out contexts per scoring prompt (detection and fuzzing)."""
+
+    def __post_init__(self) -> None:
+        for f in ("concurrency", "max_tokens", "examples", "score_contexts", "score_batch"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"label.explainer.{f} must be >= 1, got {getattr(self, f)}")
+        if self.retries < 0 or not self.backoff_s >= 0 or not self.timeout_s > 0:
+            raise ConfigError("label.explainer: retries and backoff_s must be >= 0, timeout_s > 0")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"label.explainer.base_url {self.base_url!r} must start with http:// or https://")
+
+
+@dataclass
+class LabelConfig:
+    explainer: ExplainerConfig = field(default_factory=ExplainerConfig)
+    """The LLM explainer (`python -m backend label`): its endpoint, model and limits."""
 
 
 @dataclass
@@ -288,6 +335,8 @@ class WorkspaceConfig:
     """Evaluation and coverage settings."""
     subdomains: list[SubdomainConfig] = field(default_factory=list)
     """Subdomain training sets selected by retrieval (specialized SAEs)."""
+    label: LabelConfig = field(default_factory=LabelConfig, metadata={"written_if_set": True})
+    """Explanations beyond the statistical ones (`python -m backend label`)."""
 
     def __post_init__(self) -> None:
         if not self.corpora:
@@ -327,7 +376,21 @@ class WorkspaceConfig:
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain values. Fields marked ``written_if_set`` (settings added after workspaces were
+        already built) are left out while they hold their default, so that a workspace.yaml written now stays
+        readable by the code that wrote it before those settings existed (unknown keys are an error)."""
+        return _prune(self, dataclasses.asdict(self))
+
+
+def _prune(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("written_if_set") and value == default:
+            d.pop(f.name)
+        elif dataclasses.is_dataclass(value):
+            _prune(value, d[f.name])
+    return d
 
 
 @functools.cache
@@ -351,7 +414,9 @@ _NESTED = {
     "train": TrainConfig,
     "index": IndexConfig,
     "eval": EvalConfig,
+    "label": LabelConfig,
 }
+_SUB = {(LabelConfig, "explainer"): ExplainerConfig}  # mappings nested one level deeper
 _LISTS = {"corpora": CorpusConfig, "saes": SaeConfig, "subdomains": SubdomainConfig}
 
 
@@ -368,6 +433,8 @@ def _build(cls: type, d: Any, where: str) -> Any:
     for k, v in d.items():
         if cls is WorkspaceConfig and k in _NESTED:
             kw[k] = _build(_NESTED[k], v or {}, k)
+        elif (cls, k) in _SUB:
+            kw[k] = _build(_SUB[(cls, k)], v or {}, f"{where}.{k}")
         elif cls is WorkspaceConfig and k in _LISTS:
             if not isinstance(v, list):
                 raise ConfigError(f"{k} must be a list")

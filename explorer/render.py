@@ -195,20 +195,71 @@ def feature_header_html(fv: Any) -> str:
             ("density", _fmt(fv.density * 100, ".3g") + "%"),
             ("mean act", _fmt(fv.mean_act)),
             ("max act", _fmt(fv.max_act)),
-            ("confidence", _fmt(fv.confidence)),
+            ("detection F1", _fmt(fv.confidence)),
             ("precision", _fmt(fv.precision)),
             ("recall", _fmt(fv.recall)),
         ]
+        + ([("fuzzing", _fmt(fv.fuzz))] if getattr(fv, "fuzz", None) is not None else [])
     )
     link = html.escape(f"?{urlencode({'sae': fv.sae, 'latent': fv.latent})}", quote=True)
     return (
         f'<div class="fhead"><div class="fid">{html.escape(fv.sae)} · latent {fv.latent}'
         f' <a class="permalink" href="{link}" title="a link that opens this latent">link</a></div>'
         f'<div class="flabel">{html.escape(fv.label or "(no explanation)")}</div>'
-        f'<div class="stats">{stats}</div>'
+        + explanation_meta_html(fv)
+        + f'<div class="stats">{stats}</div>'
         + (f'<div class="toptoks"><span class="muted">top tokens</span> {tops}</div>' if tops else "")
+        + explanations_html(getattr(fv, "explanations", None) or [])
         + concepts_html(getattr(fv, "concepts", None) or [])
         + "</div>"
+    )
+
+
+SCORERS = {"rule": "its rule on held-out tokens", "concept": "held-out concept confidence"}
+
+
+def _scorer(name: Any) -> str:
+    name = str(name or "rule")
+    return SCORERS.get(name, name.replace("llm:", "LLM ").replace("local:", "local model "))
+
+
+def _method(method: Any, model: Any = "") -> str:
+    return f"{method or 'statistical'}" + (f" ({model})" if model else "")
+
+
+def explanation_meta_html(fv: Any) -> str:
+    """Who wrote the label and who scored it (detection F1 and fuzzing are in the stats), and the domain and corpus
+    the latent prefers: fields of their own, not words of the label."""
+    model = next((e.get("model") for e in getattr(fv, "explanations", None) or [] if e.get("label") == fv.label), "")
+    parts = [
+        f"explained by <b>{html.escape(_method(getattr(fv, 'method', ''), model))}</b>",
+        f"scored by {html.escape(_scorer(getattr(fv, 'scorer', '')))}",
+    ]
+    for what, name, share in (
+        ("domain", getattr(fv, "top_domain", ""), getattr(fv, "domain_share", 0.0)),
+        ("corpus", getattr(fv, "top_corpus", ""), getattr(fv, "corpus_share", 0.0)),
+    ):
+        if name:
+            parts.append(
+                f"{what} <b>{html.escape(str(name))}</b> ({_fmt((share or 0.0) * 100, '.0f')}% of its firing rate)"
+            )
+    return f'<div class="fmeta muted">{" · ".join(parts)}</div>'
+
+
+def explanations_html(expl: Sequence[dict[str, Any]]) -> str:
+    """Every explanation of a latent with its method and scores (shown when there is more than one)."""
+    if len(expl) < 2:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(str(e.get('label') or ''))}</td><td>{html.escape(_method(e.get('method'), e.get('model')))}</td>"
+        f"<td>{html.escape(_scorer(e.get('scorer')))}</td><td><b>{_fmt(e.get('detection'))}</b></td>"
+        f"<td>{_fmt(e.get('fuzz'))}</td></tr>"
+        for e in expl
+    )
+    return (
+        '<div class="concepts-wrap"><table class="concepts explanations"><caption>Explanations (the best-scoring '
+        "one under the latest scorer is the label)</caption><tr><th>explanation</th><th>written by</th>"
+        f"<th>scored by</th><th>detection F1</th><th>fuzzing</th></tr>{rows}</table></div>"
     )
 
 

@@ -214,6 +214,33 @@ class CausalLMAdapter:
         return ([] if self.bos_id is None else [self.bos_id]) + self.encode_ids(prompt)
 
     @torch.inference_mode()
+    def chat(
+        self, messages: Sequence[dict[str, str]], max_new_tokens: int = 64, temperature: float = 0.0, seed: int = 0
+    ) -> tuple[str, int, int]:
+        """One reply to a chat (role/content messages) through the tokenizer's chat template, greedy when
+        temperature is 0: (text, prompt tokens, completion tokens). The latent explainers' in-process model."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelLoadError(f"{self.display_name} has no chat template: use an instruct model to explain latents")
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)[-(self.context_limit - max_new_tokens) :]  # the end of an over-long prompt
+        inp = torch.tensor([ids], device=self.device)
+        torch.manual_seed(int(seed))
+        out = self.model.generate(
+            inp,
+            attention_mask=torch.ones_like(inp),
+            max_new_tokens=int(max_new_tokens),
+            do_sample=temperature > 0,
+            temperature=float(temperature) if temperature > 0 else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.pad_id,
+        )
+        new = out[0, len(ids) :].tolist()
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new)
+
+    @torch.inference_mode()
     def generate(
         self,
         prompt: str,

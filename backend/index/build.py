@@ -15,8 +15,13 @@ Pipeline (``build_index``):
    - ``n_quantiles`` bands of equal width over (0, max] and ``per_quantile`` uniform samples from
      each (the same merge on uniform random keys = reservoir sampling without replacement);
    - each chosen context's per-token activations of its latent (a sorted-key lookup);
-   - (latent, token) firing counts for the labeller (backend/index/label.py).
-   The held-out rows are encoded once more (20% of the tokens) for the detection scores.
+   - the (previous token, token) bigram firing counts for the statistical labeller (backend/index/label.py).
+   The held-out rows are encoded once more (20% of the tokens) for the rule's detection scores and for the
+   scoring contexts of every explanation method (backend/index/score.py): about ``index.heldout_contexts`` per
+   latent centred on a firing, spread over activation bands (kind ``hpos``), and as many centred on a token
+   where it does not fire (``hneg``). The statistical explanation of each latent (with its rule-scored
+   detection and fuzzing) goes to the ``explanations`` table; the domain and the corpus it fires most in
+   (rates, so big corpora don't win) are columns of ``latents``, not words of its label.
 3. Logit lens: W_dec[l] @ U^T (U the unembedding, skipped when the adapter has none), top and
    bottom 10 tokens per latent.
 4. Maps: UMAP (or PCA) of unit decoder rows per SAE and jointly (backend/index/maps.py).
@@ -53,13 +58,17 @@ from safetensors import safe_open
 from backend.config import IndexConfig
 from backend.data.activations import ShardCache, stream_activations
 from backend.index.label import (
+    Explanation,
     Labeller,
     LatentEvidence,
+    SplitStats,
     StatisticalLabeller,
-    bigrams_around,
     detection_scores,
+    ngrams_around,
+    previous_tokens,
 )
 from backend.index.maps import joint_layout, layout
+from backend.index.score import Example, fuzz_items, rule_fuzz
 from backend.index.store import IndexWriter
 from backend.sae.kernels import StreamingTopK
 from backend.sae.model import check_site, load_sae
@@ -81,6 +90,7 @@ class IndexActs:
     domains: list[str]
     tokstr: np.ndarray  # (max id + 1,) object: rendered strings of the ids that occur
     source: np.ndarray  # (n_windows,) object: source of every windows-table row
+    corpus: np.ndarray | None = None  # (n_windows,) object: corpus name of every windows-table row
 
     def offsets(self) -> np.ndarray:
         """(n,) each row's offset among its window's kept tokens (rows of a window are contiguous, in order)."""
@@ -188,7 +198,17 @@ def collect(ws, progress: bool = True) -> IndexActs:
     uniq = np.unique(token)
     tokstr = np.empty(int(uniq.max()) + 1, dtype=object)
     tokstr[uniq] = adapter.token_strings(uniq.tolist())
-    return IndexActs(acts, token, window, domain, held, domains.tolist(), tokstr, allw["source"].to_numpy())
+    return IndexActs(
+        acts,
+        token,
+        window,
+        domain,
+        held,
+        domains.tolist(),
+        tokstr,
+        allw["source"].to_numpy(),
+        allw["corpus"].to_numpy(),
+    )
 
 
 def encode_sparse(sae, acts: torch.Tensor, rows: np.ndarray, device: torch.device | str = "cpu"):
@@ -201,9 +221,91 @@ def encode_sparse(sae, acts: torch.Tensor, rows: np.ndarray, device: torch.devic
             yield r[rr.cpu().numpy()], cc.cpu().numpy(), lat[rr, cc].cpu().numpy(), lat.amax(0).cpu().numpy()
 
 
-def _pair_counts(rows: np.ndarray, latents: np.ndarray, token: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
-    """(d_sae, vocab) counts of firings of each latent on each token (duplicates summed)."""
-    return sp.csr_matrix((np.ones(len(rows), np.float32), (latents, token[rows])), shape=shape)
+def _encode_rows(sae, acts: torch.Tensor, rows: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """(key = row * d_sae + latent, value) of every firing on ``rows`` (increasing keys: a ``Firings``)."""
+    d_sae, keys, vals = int(sae.W_dec.shape[0]), [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for r, c, v, _ in encode_sparse(sae, acts, rows, device):
+        keys.append(r.astype(np.int64) * d_sae + c)
+        vals.append(v.astype(np.float32))
+    return np.concatenate(keys), np.concatenate(vals)
+
+
+def _positions(fired: Firings, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(position of the firing's row among ``rows``, latent) slices of ``fired`` (whose rows are all in ``rows``)."""
+    for r, c, _ in fired.slices():
+        yield np.searchsorted(rows, r), c
+
+
+def _corpora(ia: IndexActs) -> tuple[list[str], np.ndarray]:
+    """(corpus names, (n,) each row's corpus index); one unnamed corpus when the windows carry none."""
+    if ia.corpus is None:
+        return [""], np.zeros(len(ia.token), np.int64)
+    names, code = np.unique(ia.corpus.astype(str), return_inverse=True)
+    return names.tolist(), code.ravel()[ia.window]
+
+
+def _share(rates: np.ndarray) -> np.ndarray:
+    """(d_sae,) the top entry's share of each row of rates (0 for a latent that never fires)."""
+    total = rates.sum(1)
+    return np.divide(rates.max(1, initial=0), total, out=np.zeros(len(rates)), where=total > 0)
+
+
+def _heldout_firing(held: Firings, mx: np.ndarray, nb: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(latent, row) of about ``n`` held-out firings per latent, spread evenly over ``nb`` activation bands of
+    (0, train max] (a held-out value above the train max falls in the top band), uniformly within a band."""
+    per = -(-n // nb)
+    bands = StreamingTopK(len(mx) * nb, per)
+    rng = np.random.default_rng(seed + 1)
+    for r, c, v in held.slices():
+        b = np.minimum((v / np.maximum(mx[c], 1e-12) * nb).astype(np.int64), nb - 1)
+        bands.update(c * nb + b, rng.random(len(c)), r)
+    g, _, _, row = bands.items()
+    order = np.lexsort((-(g % nb), g // nb))  # per latent, the top band first
+    return (g // nb)[order], row[order]
+
+
+def _heldout_silent(held: Firings, held_rows: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(latent, row) of up to ``n`` random held-out rows per latent where it does not fire."""
+    d_sae = held.d_sae
+    if len(held_rows) == 0 or n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed + 2)
+    cand = held_rows[rng.integers(0, len(held_rows), (d_sae, 3 * n))]  # (d_sae, 3n)
+    lat = np.repeat(np.arange(d_sae), 3 * n)
+    silent = (held.lookup(cand.ravel(), lat) == 0).reshape(d_sae, 3 * n)
+    silent &= np.cumsum(silent, 1) <= n  # the first n per latent
+    keep = silent.ravel()
+    return lat[keep], cand.ravel()[keep]
+
+
+def _examples(
+    latent: np.ndarray, center: np.ndarray, fired: Firings, ia: IndexActs, prev: np.ndarray, V: int, radius: int
+) -> dict[int, list[Example]]:
+    """Per latent, its contexts (tokens, activations, token ids) around ``center`` rows, for score.py."""
+    start, end = ia.window_bounds()
+    out: dict[int, list[Example]] = {}
+    for l, c in zip(latent.tolist(), center.tolist()):
+        rows = np.arange(max(c - radius, start[c]), min(c + radius + 1, end[c]))
+        acts = fired.lookup(rows, np.full(len(rows), l))
+        ids = ia.token[rows]
+        out.setdefault(l, []).append(Example(ia.tokstr[ids].tolist(), acts.tolist(), ids.tolist(), int(prev[rows[0]])))
+    return out
+
+
+def _explanation_row(sae: str, latent: int, e: Explanation) -> dict[str, Any]:
+    """A row of the ``explanations`` table (store.SCHEMA)."""
+    return {
+        "sae": sae,
+        "latent": latent,
+        "method": e.method,
+        "model": e.model,
+        "label": e.label,
+        "scorer": e.scorer,
+        "detection": e.confidence,
+        "precision": e.precision,
+        "recall": e.recall,
+        "fuzz": e.fuzz,
+    }
 
 
 def _ragged(flat: np.ndarray, lengths: np.ndarray, type_: pa.DataType) -> pa.ListArray:
@@ -229,8 +331,10 @@ def index_sae(
     d_sae = int(sae.W_dec.shape[0])
     train, held = np.nonzero(~ia.heldout)[0], np.nonzero(ia.heldout)[0]
     n_dom, V = len(ia.domains), len(ia.tokstr)
+    corpora, corpus = _corpora(ia)
+    n_corp = len(corpora)
     fires, sums, mx = np.zeros(d_sae), np.zeros(d_sae), np.zeros(d_sae, np.float32)
-    dom_fires = np.zeros(d_sae * n_dom)
+    dom_fires, corp_fires = np.zeros(d_sae * n_dom), np.zeros(d_sae * n_corp)
     top = StreamingTopK(d_sae, cfg.top_k)
     keys, vals = [], []
     for r, c, v, cmax in encode_sparse(sae, ia.acts, train, device):  # the one encode pass
@@ -238,43 +342,44 @@ def index_sae(
         sums += np.bincount(c, weights=v, minlength=d_sae)
         np.maximum(mx, cmax, out=mx)
         dom_fires += np.bincount(c * n_dom + ia.domain[r], minlength=d_sae * n_dom)
+        corp_fires += np.bincount(c * n_corp + corpus[r], minlength=d_sae * n_corp)
         top.update(c, v.astype(np.float64), r)
         keys.append(r.astype(np.int64) * d_sae + c)
         vals.append(v)
     fired = Firings(np.concatenate(keys), np.concatenate(vals), d_sae)
     del keys, vals
-    # histogram, quantile-band samples and label pair counts from the kept firings (no re-encode)
+    # histogram and quantile-band samples from the kept firings (no re-encode)
     nb = cfg.n_quantiles
     hist = np.zeros(d_sae * N_BINS, np.int64)
     bands = StreamingTopK(d_sae * nb, cfg.per_quantile)
     rng = np.random.default_rng(seed)
-    pairs = sp.csr_matrix((d_sae, V), dtype=np.float32)
     for r, c, v in fired.slices():
         frac = v / mx[c]  # in (0, 1]
         hist += np.bincount(c * N_BINS + np.minimum((frac * N_BINS).astype(np.int64), N_BINS - 1), minlength=len(hist))
         bands.update(c * nb + np.minimum((frac * nb).astype(np.int64), nb - 1), rng.random(len(c)), r)
-        pairs = pairs + _pair_counts(r, c, ia.token, (d_sae, V))
-    hr, hc = [], []
-    for r, c, _, _ in encode_sparse(sae, ia.acts, held, device):
-        hr.append(r)
-        hc.append(c)
-    hr, hc = (np.concatenate(hr), np.concatenate(hc)) if hr else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    held_pairs = _pair_counts(hr, hc, ia.token, (d_sae, V))
-    dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
-    rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
+    held_fired = Firings(*_encode_rows(sae, ia.acts, held, device), d_sae)  # the held-out rows, for scoring only
+    prev = previous_tokens(ia.token, ia.window, V)
     g, _, _, row = top.items()
     ev = LatentEvidence(
-        pairs,
-        np.bincount(ia.token[train], minlength=V).astype(float),
-        bigrams_around(g, row, ia.token, ia.window, d_sae),
-        rates,
-        ia.domains,
+        SplitStats(prev[train], ia.token[train], _positions(fired, train), d_sae, V),
+        ngrams_around(g, row, ia.token, ia.window, d_sae),
         lambda ids: ia.tokstr[ids].tolist(),
     )
     expl = (labeller or StatisticalLabeller()).explain(ev)
-    detection_scores(expl, held_pairs, np.bincount(ia.token[held], minlength=V).astype(float))
+    del ev
+    detection_scores(expl, SplitStats(prev[held], ia.token[held], _positions(held_fired, held), d_sae, V))
+    # held-out scoring contexts (backend/index/score.py): firing ones over activation bands, and non-firing ones
+    pos_l, pos_row = _heldout_firing(held_fired, mx, nb, cfg.heldout_contexts, seed)
+    neg_l, neg_row = _heldout_silent(held_fired, held, cfg.heldout_contexts, seed)
+    for l, exs in _examples(pos_l, pos_row, held_fired, ia, prev, V, cfg.context_radius).items():
+        expl[l].fuzz = rule_fuzz(expl[l], fuzz_items(exs, seed=l), V)
+    dom_tokens = np.bincount(ia.domain[train], minlength=n_dom).astype(float)
+    rates = dom_fires.reshape(d_sae, n_dom) / np.maximum(dom_tokens, 1)
+    corp_rates = corp_fires.reshape(d_sae, n_corp) / np.maximum(np.bincount(corpus[train], minlength=n_corp), 1)
+    rows = [_explanation_row(name, l, e) for l, e in enumerate(expl)]
     tables: dict[str, pa.Table] = {}
     if concepts is not None:
+        hr, hc = np.divmod(held_fired.key, d_sae)
         held_fire = sp.csr_matrix(
             (np.ones(len(hr), np.float32), (np.searchsorted(held, hr), hc)), shape=(len(held), d_sae)
         )  # held-out rows x latents: 1 where it fired
@@ -283,10 +388,23 @@ def index_sae(
         best = cm.sort_values("confidence", ascending=False).drop_duplicates("latent")
         for r in best.itertuples(index=False):  # a concept beats the token label when it predicts firing better
             e = expl[int(r.latent)]
-            if r.confidence > e.confidence:
-                e.label, e.confidence, e.precision, e.recall = r.concept, r.confidence, r.conf_precision, r.conf_recall
+            c = Explanation(
+                str(r.concept),
+                e.tokens,
+                e.scores,
+                method="concept",
+                scorer="concept",
+                precision=float(r.conf_precision),
+                recall=float(r.conf_recall),
+                confidence=float(r.confidence),
+            )
+            rows.append(_explanation_row(name, int(r.latent), c))
+            if c.confidence > e.confidence:
+                expl[int(r.latent)] = c
+    tables["explanations"] = pa.Table.from_pylist(rows)
     logit_top, logit_bottom = logit_lens(sae.W_dec, unembed, token_strings)
     edges = np.linspace(0, 1, N_BINS + 1)[None, :] * mx[:, None].astype(np.float64)  # (d_sae, N_BINS + 1)
+    fired_any = rates.sum(1) > 0
     latents = pa.table(
         {
             "sae": [name] * d_sae,
@@ -300,7 +418,13 @@ def index_sae(
             "confidence": [e.confidence for e in expl],
             "precision": [e.precision for e in expl],
             "recall": [e.recall for e in expl],
-            "top_domain": [ia.domains[int(j)] if rates[i].sum() > 0 else "" for i, j in enumerate(rates.argmax(1))],
+            "fuzz": [e.fuzz for e in expl],
+            "method": [e.method for e in expl],
+            "scorer": [e.scorer for e in expl],
+            "top_domain": [ia.domains[int(j)] if fired_any[i] else "" for i, j in enumerate(rates.argmax(1))],
+            "domain_share": _share(rates),
+            "top_corpus": [corpora[int(j)] if fired_any[i] else "" for i, j in enumerate(corp_rates.argmax(1))],
+            "corpus_share": _share(corp_rates),
             "top_tokens": [json.dumps(ia.tokstr[e.tokens].tolist()) for e in expl],
             "top_token_scores": [json.dumps(e.scores) for e in expl],
             "logit_top": logit_top,
@@ -318,6 +442,17 @@ def index_sae(
         ia,
         cfg.context_radius,
     )
+    held_ctx = context_table(
+        name,
+        np.r_[pos_l, neg_l],
+        np.r_[np.zeros(len(pos_l), np.int64), np.ones(len(neg_l), np.int64)],
+        np.r_[pos_row, neg_row],
+        held_fired,
+        ia,
+        cfg.context_radius,
+        kinds=HELDOUT_KINDS,
+    )
+    contexts = pa.concat_tables([contexts, held_ctx])
     saes = pa.table(
         {
             "sae": [name],
@@ -415,11 +550,22 @@ def concept_matches(
     )
 
 
+HELDOUT_KINDS = ["hpos", "hneg"]
+"""Kinds of the held-out scoring contexts: centred on a firing (over activation bands), on a silent token."""
+
+
 def context_table(
-    name: str, latent: np.ndarray, band: np.ndarray, center: np.ndarray, fired: Firings, ia: IndexActs, radius: int
+    name: str,
+    latent: np.ndarray,
+    band: np.ndarray,
+    center: np.ndarray,
+    fired: Firings,
+    ia: IndexActs,
+    radius: int,
+    kinds: list[str] | None = None,
 ) -> pa.Table:
     """Context rows: the tokens within +-radius of each center row (inside its window) and the latent's
-    activation on each. band 0 = top-k (kind 'top'), b >= 1 = quantile band b-1 (kind 'q<b-1>');
+    activation on each. band 0 = top-k (kind 'top'), b >= 1 = quantile band b-1 (kind 'q<b-1>'), or ``kinds[band]``;
     rank = position by activation at the center, descending, within (latent, kind)."""
     start, end = ia.window_bounds()
     rows = center[:, None] + np.arange(-radius, radius + 1)[None, :]  # (n_ctx, 2r+1)
@@ -433,7 +579,7 @@ def context_table(
     group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
     rank = np.empty(len(order), np.int32)
     rank[order] = np.arange(len(order)) - group_start
-    kinds = np.array(["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
+    kinds = np.array(kinds or ["top"] + [f"q{b}" for b in range(int(band.max(initial=0)))], dtype=object)
     focus = radius - (~valid[:, :radius]).sum(1)  # the center's position in its (clipped) context
     return pa.table(
         {

@@ -2,9 +2,13 @@
 
 Tables (schemas in ``SCHEMA``; small nested values are JSON text, token/activation lists are native):
 - ``saes``: one row per SAE: architecture, widths, indexed and held-out token counts, quantile bands;
-- ``latents``: one row per (sae, latent): density, mean/max activation, histogram, label with its
-  detection precision/recall/confidence, top domain, top tokens (+ log-odds), logit lens, domain rates;
-- ``contexts``: one row per (sae, latent, kind, rank): kind ``top`` or ``q<band>``, the rendered tokens
+- ``latents``: one row per (sae, latent): density, mean/max activation, histogram, THE label with its
+  detection precision/recall/confidence (F1), fuzzing score, method and scorer, top domain and corpus with their
+  shares of the firing rate, top tokens (+ log-odds), logit lens, domain rates;
+- ``explanations``: every explanation of a latent (statistical, concept, llm, local) per scorer, with its
+  detection F1, precision, recall and fuzzing (backend/index/relabel.py picks THE label from them);
+- ``contexts``: one row per (sae, latent, kind, rank): kind ``top``, ``q<band>`` or the held-out scoring
+  contexts ``hpos`` / ``hneg``, the rendered tokens
   and the latent's activation on each, the focus (max) position, source, domain;
 - ``map``: per-SAE (x, y) and joint (jx, jy) 2-D coordinates of the decoder directions;
 - ``concepts`` (protein and recommender workspaces): latent-concept matches with train F1 / enrichment
@@ -48,7 +52,8 @@ SCHEMA: dict[str, str] = {
     "latents": "sae VARCHAR, latent INTEGER, density DOUBLE, mean_act DOUBLE, max_act DOUBLE, hist_edges DOUBLE[], "
     "hist_counts BIGINT[], label VARCHAR, confidence DOUBLE, precision DOUBLE, recall DOUBLE, "
     "top_domain VARCHAR, top_tokens VARCHAR, top_token_scores VARCHAR, logit_top VARCHAR, "
-    "logit_bottom VARCHAR, domain_rates VARCHAR",
+    "logit_bottom VARCHAR, domain_rates VARCHAR, fuzz DOUBLE, method VARCHAR, scorer VARCHAR, domain_share DOUBLE, "
+    "top_corpus VARCHAR, corpus_share DOUBLE",
     "contexts": "sae VARCHAR, latent INTEGER, kind VARCHAR, rank INTEGER, window_row BIGINT, win_offset INTEGER, "
     "tokens VARCHAR[], "
     "acts FLOAT[], focus INTEGER, source VARCHAR, domain VARCHAR, max_act FLOAT",
@@ -56,7 +61,11 @@ SCHEMA: dict[str, str] = {
     "concepts": "sae VARCHAR, latent INTEGER, concept VARCHAR, method VARCHAR, threshold DOUBLE, precision DOUBLE, "
     "recall DOUBLE, f1 DOUBLE, share DOUBLE, lift DOUBLE, q_value DOUBLE, conf_precision DOUBLE, "
     "conf_recall DOUBLE, confidence DOUBLE, support BIGINT",
+    "explanations": "sae VARCHAR, latent INTEGER, method VARCHAR, model VARCHAR, label VARCHAR, scorer VARCHAR, "
+    "detection DOUBLE, precision DOUBLE, recall DOUBLE, fuzz DOUBLE",
 }
+LATER = {"latents": ("fuzz", "method", "scorer", "domain_share", "top_corpus", "corpus_share")}
+"""Columns added after indexes were already written: readers treat them as optional."""
 TABLES: dict[str, list[str]] = {t: [c.split()[0] for c in s.split(", ")] for t, s in SCHEMA.items()}
 _SORT = {
     "saes": "sae",
@@ -64,6 +73,7 @@ _SORT = {
     "contexts": "sae, latent, kind, rank",
     "map": "sae, latent",
     "concepts": "sae, latent, confidence DESC",
+    "explanations": "sae, latent, detection DESC, method",
 }
 # DDL/DML constants, one per table, built once from the whitelists above (never from input).
 SQL_CREATE = {t: f"CREATE TABLE {t} ({s})" for t, s in SCHEMA.items()}
@@ -80,6 +90,15 @@ SQL_COPY_PREV = {
     for t in SCHEMA
     if t != "map"
 }
+# relabelling (``rewrite_labels``): every row copied, then the label columns and explanations of some latents replaced
+SQL_COPY_ALL = {t: f"INSERT INTO {t} BY NAME SELECT * FROM prev.{t}" for t in SCHEMA}
+SQL_DELETE_EXPLANATIONS = (
+    "DELETE FROM explanations USING frame f WHERE explanations.sae = f.sae AND explanations.latent = f.latent"
+)
+SQL_UPDATE_LABELS = """UPDATE latents SET label = f.label, confidence = f.confidence, precision = f.precision,
+    recall = f.recall, fuzz = f.fuzz, method = f.method, scorer = f.scorer
+    FROM frame f WHERE latents.sae = f.sae AND latents.latent = f.latent"""
+LABEL_COLUMNS = ["sae", "latent", "label", "confidence", "precision", "recall", "fuzz", "method", "scorer"]
 SQL_PREV_LAYOUT = "SELECT sae, latent, x, y FROM prev.map WHERE list_contains(?::VARCHAR[], sae) ORDER BY sae, latent"
 # reading: a private in-memory instance with the index ATTACHed read-only (see the hazard in the module doc)
 SQL_ATTACH_INDEX = "ATTACH ? AS idx (READ_ONLY)"
@@ -104,6 +123,20 @@ SQL_LATENTS_BY = {(c, d): _LATENTS_SQL.format(col=c, direction=d) for c in SORT_
 SQL_SEARCH_LABELS = """SELECT sae, latent, label, confidence, density FROM latents
     WHERE (? = '' OR sae = ?) AND label ILIKE ? ESCAPE '\\'
     ORDER BY confidence DESC, density DESC LIMIT ?"""
+# the domain and the corpus are fields, not words of the label: a word equal to a domain (or corpus) name also
+# matches the latents specific to it (more than half of their firing rate there)
+DOMAIN_SPECIFIC = 0.5
+SQL_SEARCH_LABELS_AND_DOMAINS = f"""SELECT sae, latent, label, confidence, density FROM latents
+    WHERE (? = '' OR sae = ?) AND (label ILIKE ? ESCAPE '\\'
+        OR (lower(top_domain) = lower(?) AND domain_share > {DOMAIN_SPECIFIC})
+        OR (lower(top_corpus) = lower(?) AND corpus_share > {DOMAIN_SPECIFIC}))
+    ORDER BY confidence DESC, density DESC LIMIT ?"""
+SQL_EXPLANATIONS = "SELECT * FROM explanations WHERE sae = ? AND latent = ? ORDER BY detection DESC, method"
+SQL_SAE_EXPLANATIONS = "SELECT * FROM explanations WHERE sae = ? ORDER BY latent, detection DESC, method"
+SQL_SAE_LATENTS = "SELECT latent, label, confidence, density FROM latents WHERE sae = ? ORDER BY latent"
+SQL_SAE_CONTEXTS = """SELECT latent, kind, rank, tokens, acts, focus FROM contexts
+    WHERE sae = ? AND list_contains(?::INTEGER[], latent) ORDER BY latent, kind, rank"""
+SQL_HAS_HELDOUT = "SELECT count(*) AS n FROM contexts WHERE kind = 'hpos' LIMIT 1"
 SQL_LABELS = "SELECT latent, label, confidence, density, max_act, top_tokens FROM latents WHERE sae = ?"
 SQL_MAP = (
     "SELECT m.sae, m.latent, m.x, m.y, m.jx, m.jy, l.density, l.top_domain, l.label, l.confidence "
@@ -153,9 +186,11 @@ class IndexWriter:
         return self
 
     def add(self, table: str, frame: Frame) -> None:
-        """Append a frame holding (at least) the columns of ``table``; types are cast to the schema."""
+        """Append a frame holding the columns of ``table`` (those added to the schema later, ``LATER``, may be
+        missing: they stay NULL, as in an index written before them); types are cast to the schema."""
         assert self.con is not None, "use IndexWriter as a context manager"
-        cols = TABLES[table]
+        have = set(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
+        cols = [c for c in TABLES[table] if c in have or c not in LATER.get(table, ())]
         data = frame.select(cols) if isinstance(frame, pa.Table) else frame[cols]
         self.con.register("frame", data)
         try:
@@ -178,6 +213,30 @@ class IndexWriter:
         finally:
             self.con.execute(SQL_DETACH_PREV)
 
+    def copy_all(self, prev: str | Path) -> None:
+        """Copy every row of every table of the index at ``prev`` (columns it lacks stay NULL)."""
+        assert self.con is not None, "use IndexWriter as a context manager"
+        self.con.execute(SQL_ATTACH_PREV, [str(prev)])
+        try:
+            tables = set(self.con.execute(SQL_PREV_TABLES).df()["table_name"])
+            for table, sql in SQL_COPY_ALL.items():
+                if table in tables:
+                    self.con.execute(sql)
+        finally:
+            self.con.execute(SQL_DETACH_PREV)
+
+    def replace_labels(self, labels: Frame, explanations: Frame) -> None:
+        """Set the label columns (``LABEL_COLUMNS``) of the latents in ``labels``, and replace every explanation
+        of the (sae, latent) pairs in ``explanations`` by its rows."""
+        assert self.con is not None, "use IndexWriter as a context manager"
+        for sql, frame in ((SQL_DELETE_EXPLANATIONS, explanations), (SQL_UPDATE_LABELS, labels)):
+            self.con.register("frame", frame)
+            try:
+                self.con.execute(sql)
+            finally:
+                self.con.unregister("frame")
+        self.add("explanations", explanations)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.con is not None
         done = False
@@ -194,6 +253,14 @@ class IndexWriter:
             if done:
                 os.replace(self.tmp, self.path)
             _remove(self.tmp)
+
+
+def rewrite_labels(path: str | Path, labels: Frame, explanations: Frame) -> None:
+    """The index at ``path`` with some latents' labels and explanations replaced (``IndexWriter.replace_labels``),
+    written aside and renamed over it: readers see the old labels or the new ones, never a mix."""
+    with IndexWriter(path) as writer:
+        writer.copy_all(path)
+        writer.replace_labels(labels, explanations)
 
 
 class IndexUnreadable(RuntimeError):
@@ -231,6 +298,7 @@ class IndexReader:
         try:
             # an index written before the concepts table existed simply has no concept matches
             self.tables = set(self.df(SQL_TABLE_NAMES)["table_name"])
+            self.latent_cols = set(self.df(SQL_COLUMNS, ("latents",))["column_name"])
             missing = [t for t in REQUIRED_TABLES if t not in self.tables]
             cols = set(self.df(SQL_COLUMNS, ("saes",))["column_name"]) if not missing else set()
         except duckdb.Error as e:
@@ -298,13 +366,87 @@ class IndexReader:
         return self.df(sql, (sae, min_density, domain, domain, query, _contains(query), limit, offset))
 
     def search_labels(self, query: str, sae: str, limit: int) -> pd.DataFrame:
+        """Latents whose label contains ``query``, or specific to the domain or corpus it names (an index written
+        before those columns existed: the label only)."""
+        if {"domain_share", "top_corpus", "corpus_share"} <= self.latent_cols:
+            return self.df(SQL_SEARCH_LABELS_AND_DOMAINS, (sae, sae, _contains(query), query, query, limit))
         return self.df(SQL_SEARCH_LABELS, (sae, sae, _contains(query), limit))
+
+    def explanations(self, sae: str, latent: int | None = None) -> pd.DataFrame:
+        """Every explanation of one latent (or of every latent of an SAE) with its method, scorer and scores,
+        best detection first; empty for an index written before the table existed."""
+        if "explanations" not in self.tables:
+            return pd.DataFrame(columns=TABLES["explanations"])
+        if latent is None:
+            return self.df(SQL_SAE_EXPLANATIONS, (sae,))
+        return self.df(SQL_EXPLANATIONS, (sae, latent))
+
+    def sae_latents(self, sae: str) -> pd.DataFrame:
+        """latent, label, confidence, density of every latent of an SAE, in latent order."""
+        return self.df(SQL_SAE_LATENTS, (sae,))
+
+    def sae_contexts(self, sae: str, latents: list[int]) -> pd.DataFrame:
+        """The contexts (latent, kind, rank, tokens, acts, focus) of some latents of an SAE."""
+        return self.df(SQL_SAE_CONTEXTS, (sae, [int(x) for x in latents]))
+
+    def has_heldout_contexts(self) -> bool:
+        """Whether the index holds held-out scoring contexts (indexes written before them do not)."""
+        return bool(self.df(SQL_HAS_HELDOUT)["n"].iat[0])
 
     def labels(self, sae: str) -> pd.DataFrame:
         return self.df(SQL_LABELS, (sae,))
 
     def feature_map(self, sae: str) -> pd.DataFrame:
         return self.df(SQL_MAP, (sae, sae))
+
+    def close(self) -> None:
+        self.con.close()
+
+
+# ---- the per-workspace cache of LLM replies (backend/index/explain.py) ------------------------------------
+SQL_CACHE_CREATE = """CREATE TABLE IF NOT EXISTS llm_cache (sae VARCHAR, latent INTEGER, prompt_hash VARCHAR,
+    model VARCHAR, kind VARCHAR, response VARCHAR, prompt_tokens INTEGER, completion_tokens INTEGER,
+    created TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (sae, latent, prompt_hash, model))"""
+SQL_CACHE_GET = "SELECT latent, prompt_hash, response FROM llm_cache WHERE sae = ? AND model = ?"
+SQL_CACHE_PUT = """INSERT OR REPLACE INTO llm_cache (sae, latent, prompt_hash, model, kind, response, prompt_tokens,
+    completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+class LabelCache:
+    """LLM replies of one workspace (``<ws>/label_cache.duckdb``), keyed by (SAE, latent, prompt hash, model):
+    a re-run asks the endpoint nothing it has already answered. Written by one thread (the caller's)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.con = duckdb.connect(str(self.path))
+            self.con.execute(SQL_CACHE_CREATE)
+        except duckdb.Error as e:
+            raise IndexUnreadable(
+                f"the label cache {self.path} cannot be used ({_first_line(e)}): delete it (it only saves LLM calls) "
+                "and run again"
+            ) from None
+
+    def get(self, sae: str, model: str) -> dict[tuple[int, str], str]:
+        """{(latent, prompt hash): reply} of every cached call of ``model`` about ``sae``."""
+        rows = self.con.execute(SQL_CACHE_GET, [sae, model]).fetchall()
+        return {(int(latent), h): r for latent, h, r in rows}
+
+    def put(
+        self,
+        sae: str,
+        latent: int,
+        prompt_hash: str,
+        model: str,
+        kind: str,
+        reply: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self.con.execute(
+            SQL_CACHE_PUT,
+            [sae, int(latent), prompt_hash, model, kind, reply, int(prompt_tokens), int(completion_tokens)],
+        )
 
     def close(self) -> None:
         self.con.close()

@@ -77,6 +77,14 @@ class FeatureView:
     domain_rates: dict[str, float]
     top_tokens: list[tuple[str, float]] = field(default_factory=list)
     concepts: list[dict[str, Any]] = field(default_factory=list)  # concept matches (protein, recommender)
+    method: str = "statistical"  # who wrote the label: statistical | concept | llm | local
+    scorer: str = "rule"  # who scored it: rule (held-out tokens) | concept | llm:<model> | local:<model>
+    fuzz: float | None = None  # fuzzing balanced accuracy of the label (None: not scored)
+    explanations: list[dict[str, Any]] = field(default_factory=list)  # every explanation, best detection first
+    top_domain: str = ""  # the domain with the highest firing rate, and its share of the rates
+    domain_share: float = 0.0
+    top_corpus: str = ""  # the corpus (source) with the highest firing rate, and its share
+    corpus_share: float = 0.0
 
 
 @dataclass
@@ -113,6 +121,11 @@ def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
     for w, v in sorted((m.get("matryoshka_fvu") or {}).items(), key=lambda kv: int(kv[0])):
         row[f"matryoshka_fvu_{int(w)}"] = v
     return row
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """A row with NaN as None (JSON-safe)."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
 
 
 def _context(r: dict[str, Any]) -> Context:
@@ -387,10 +400,18 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
             logits_bottom=[(t, float(v)) for t, v in json.loads(row["logit_bottom"])],
             domain_rates=json.loads(row["domain_rates"]),
             top_tokens=[(t, float(s)) for t, s in zip(toks, scores)],
-            concepts=[
-                {k: (None if isinstance(v, float) and v != v else v) for k, v in c.items() if k != "sae"}
-                for c in self.index.concepts(sae, i)
+            concepts=[_plain({k: v for k, v in c.items() if k != "sae"}) for c in self.index.concepts(sae, i)],
+            method=row.get("method") or "statistical",  # an index written before explanations had methods
+            scorer=row.get("scorer") or "rule",
+            fuzz=_plain({"f": row.get("fuzz")})["f"],
+            explanations=[
+                _plain({k: v for k, v in e.items() if k not in ("sae", "latent")})
+                for e in self.index.explanations(sae, i).to_dict("records")
             ],
+            top_domain=row.get("top_domain") or "",
+            domain_share=float(row.get("domain_share") or 0.0),
+            top_corpus=row.get("top_corpus") or "",
+            corpus_share=float(row.get("corpus_share") or 0.0),
         )
 
     def example_input(self, n: int = 20) -> str:

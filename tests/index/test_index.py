@@ -71,7 +71,19 @@ def test_statistics_and_contexts_match_a_dense_encode(synth_acts, synth_ws):
     assert np.allclose(stats["mean_act"], lat[train].sum(0) / np.maximum(fires, 1), rtol=1e-5)
     assert [sum(h) for h in stats["hist_counts"]] == fires.tolist()
     ctx = pd.DataFrame(r.rows("SELECT * FROM contexts WHERE sae = 'a'"))
+    held_ctx, ctx = ctx[ctx["kind"].isin(["hpos", "hneg"])], ctx[~ctx["kind"].isin(["hpos", "hneg"])]
     assert not synth_acts.heldout[np.isin(synth_acts.window, ctx["window_row"])].any()  # held-out windows unused
+    # the scoring contexts come from held-out windows only: centred on a firing (hpos) or a silent token (hneg)
+    assert synth_acts.heldout[np.isin(synth_acts.window, held_ctx["window_row"])].all()
+    for c in held_ctx.itertuples():
+        w0 = c.window_row * 25
+        assert np.allclose(c.acts, lat[w0 + c.win_offset : w0 + c.win_offset + len(c.acts), c.latent], rtol=1e-6)
+        assert (c.acts[c.focus] > 0) == (c.kind == "hpos")
+    n_pos = held_ctx[held_ctx["kind"] == "hpos"].groupby("latent").size()
+    held_fires = (lat[synth_acts.heldout] > 0).sum(0)
+    assert (n_pos <= np.minimum(held_fires[n_pos.index], cfg.heldout_contexts + cfg.n_quantiles)).all()
+    assert set(n_pos.index) == set(np.nonzero(held_fires)[0])
+    assert (held_ctx[held_ctx["kind"] == "hneg"].groupby("latent").size() <= cfg.heldout_contexts).all()
     for j in range(D_SAE):
         top = ctx[(ctx["latent"] == j) & (ctx["kind"] == "top")].sort_values("rank")
         fired = lat[train, j][lat[train, j] > 0]  # a latent that fired fewer than k times keeps only those

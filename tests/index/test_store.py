@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from backend.index.store import TABLES, IndexReader, IndexWriter
+from backend.index.store import TABLES, IndexReader, IndexUnreadable, IndexWriter, LabelCache, rewrite_labels
 
 
 def _latents(labels: list[str], sae: str = "s") -> pd.DataFrame:
@@ -128,4 +128,83 @@ def test_a_cursor_per_thread(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    assert set(TABLES) == {"saes", "latents", "contexts", "map", "concepts"}
+    assert set(TABLES) == {"saes", "latents", "contexts", "map", "concepts", "explanations"}
+
+
+def _explanation(latent: int, label: str, method: str = "statistical", scorer: str = "rule", det: float = 0.5):
+    return {"sae": "s", "latent": latent, "method": method, "model": "", "label": label, "scorer": scorer}, det
+
+
+def _expl_frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{**r, "detection": d, "precision": d, "recall": d, "fuzz": 0.5} for r, d in rows],
+        columns=TABLES["explanations"],
+    )
+
+
+def test_relabelling_replaces_some_labels_and_their_explanations_atomically(tmp_path):
+    path = tmp_path / "index.duckdb"
+    with IndexWriter(path) as w:
+        w.add("latents", _latents(["a", "b", "c"]))  # an index written before the method/fuzz columns
+        w.add("contexts", _contexts(1, 3))
+        w.add("explanations", _expl_frame([_explanation(i, x) for i, x in enumerate("abc")]))
+    old = IndexReader(path)
+    labels = pd.DataFrame(
+        {
+            "sae": ["s"],
+            "latent": [1],
+            "label": ["cats"],
+            "confidence": [0.9],
+            "precision": [0.8],
+            "recall": [1.0],
+            "fuzz": [0.75],
+            "method": ["llm"],
+            "scorer": ["llm:m"],
+        }
+    )
+    expl = _expl_frame([_explanation(1, "b", scorer="llm:m", det=0.4), _explanation(1, "cats", "llm", "llm:m", 0.9)])
+    rewrite_labels(path, labels, expl)
+    r = IndexReader(path)
+    row = r.latent("s", 1)
+    assert (row["label"], row["confidence"], row["fuzz"], row["method"], row["scorer"]) == (
+        "cats",
+        0.9,
+        0.75,
+        "llm",
+        "llm:m",
+    )
+    assert [r.latent("s", i)["label"] for i in (0, 2)] == ["a", "c"] and r.latent("s", 0)["method"] is None
+    assert r.explanations("s", 1)["label"].tolist() == ["cats", "b"]  # best detection first; the old row replaced
+    assert r.explanations("s", 0)["label"].tolist() == ["a"] and len(r.contexts("s", 1)) == 3
+    assert old.latent("s", 1)["label"] == "b"  # a reader opened before keeps the old file
+
+
+def test_a_domain_is_a_field_a_word_search_matches_not_words_of_the_label(tmp_path):
+    path = tmp_path / "index.duckdb"
+    lat = _latents(["' the'", "' the'", "legal notice", "' of'"]).assign(
+        top_domain=["legal", "legal", "general", "code"],
+        domain_share=[0.9, 0.3, 0.4, 0.8],
+        top_corpus=["spdx", "spdx", "news", "python_stdlib"],
+        corpus_share=[0.9, 0.3, 0.4, 0.7],
+    )
+    with IndexWriter(path) as w:
+        w.add("latents", lat)
+    r = IndexReader(path)
+    assert sorted(r.search_labels("legal", "", 10)["latent"]) == [0, 2]  # specific to legal, or "legal" in the label
+    assert sorted(r.search_labels("LEGAL", "s", 10)["latent"]) == [0, 2]
+    assert r.search_labels("python_stdlib", "", 10)["latent"].tolist() == [3]  # a corpus too
+    assert r.search_labels("the", "", 10)["latent"].tolist() == [1, 0]  # label words, most confident first
+
+
+def test_the_label_cache_keeps_replies_by_sae_latent_prompt_and_model(tmp_path):
+    c = LabelCache(tmp_path / "label_cache.duckdb")
+    c.put("s", 3, "h1", "llm:m", "explain", "cats", 100, 5)
+    c.put("s", 3, "h1", "llm:other", "explain", "dogs", 100, 5)
+    c.put("s", 3, "h1", "llm:m", "explain", "cats!", 100, 6)  # the same key: replaced
+    c.close()
+    again = LabelCache(tmp_path / "label_cache.duckdb")
+    assert again.get("s", "llm:m") == {(3, "h1"): "cats!"} and again.get("t", "llm:m") == {}
+    again.close()
+    (tmp_path / "bad.duckdb").write_text("not a database")
+    with pytest.raises(IndexUnreadable, match=r"the label cache .*bad.duckdb cannot be used .*: delete it"):
+        LabelCache(tmp_path / "bad.duckdb")
