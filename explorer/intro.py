@@ -36,7 +36,8 @@ def intro_html(workspace: str, model: str, caps: dict[str, Any], n_saes: int) ->
     on = f" of <b>{e(model)}</b>" if model else ""
     return (
         '<details class="intro" open><summary>Start here: what this is, and what to try first</summary>'
-        f"<p>Workspace <b>{e(workspace)}</b> holds {n_saes} sparse autoencoder{'s' if n_saes != 1 else ''} (SAEs) "
+        # no count here: the page is built once, while a staged build keeps adding SAEs (the header counts them)
+        f"<p>Workspace <b>{e(workspace)}</b> holds sparse autoencoders (SAEs) "
         f"trained on the activations{on}: each <i>latent</i> is a direction an SAE learned, shown with an "
         "explanation and the contexts where it fires.</p><ol>"
         "<li><b>Browse</b>: select a latent in the list (or type its id) to open its dashboard.</li>"

@@ -353,7 +353,7 @@ def test_the_motif_field_shows_only_where_the_model_can_use_it(motif):
 
 def test_intro_says_what_to_do_first():
     text = intro.intro_html("w<s>", "smol<lm>", FakeBackend.capabilities, 3)
-    assert "w&lt;s&gt;" in text and "smol&lt;lm&gt;" in text and "3 sparse autoencoders" in text
+    assert "w&lt;s&gt;" in text and "smol&lt;lm&gt;" in text and "holds sparse autoencoders (SAEs)" in text
     assert all(t in text for t in ("Browse", "Search", "Compare", "Steer with this latent"))
     assert '<details class="intro" open>' in text and "localStorage" in intro.INTRO_JS
     rec = {**FakeBackend.capabilities, "input_label": "a user's history: item ids", "generates_text": False}
