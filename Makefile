@@ -8,7 +8,7 @@ CONFIG ?=
 
 .PHONY: demo test test-fast lint format install test-install assets test-assets chromium tiny bench bench-train \
 	bench-activations bench-index bench-beyond bench-compare bench-steering bench-steer-fairness bench-subdomain \
-	bench-concept-steering bench-fidelity bench-demo clean-workspaces help
+	bench-concept-steering bench-fidelity bench-demo bench-search clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
@@ -89,6 +89,11 @@ bench-fidelity: test-install assets
 bench-demo: test-install assets
 	$(BIN)/python -m backend build configs/demo.yaml
 	$(BIN)/python bench/bench_demo.py
+
+# Search by meaning against explanation word search: hits@5 / hits@1 on 32 concept queries (needs a built workspace).
+bench-search: test-install assets
+	$(BIN)/python -m backend meaning --workspace $(or $(WORKSPACE),workspaces/demo)
+	$(BIN)/python bench/bench_search.py --workspace $(or $(WORKSPACE),workspaces/demo)
 
 bench-compare: test-install assets
 	$(BIN)/python bench/bench_compare.py
