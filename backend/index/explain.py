@@ -186,7 +186,10 @@ def explain_examples(contexts: list[dict[str, Any]], n: int) -> list[Shown]:
 
 
 QUESTION = "What do the marked tokens have in common? End with [EXPLANATION]: <description>"
-EXPLAIN_DEMO = [  # one worked example (delphi shows a few): small models copy the answer's form
+# A worked example (delphi can show a few) is NOT shown to the explainer: SmolLM2-135M copied its answer on 8 of 8
+# latents (without it, it restates the instructions: no better, but no copy). EXPLAIN_DEMO is kept for models that
+# need one (``explain_prompt(..., demo=True)``); a reply that copies it is no explanation (``parse_explanation``).
+EXPLAIN_DEMO = [
     {
         "role": "user",
         "content": "Example 1: You may <<not>> use the software\nExample 2: It does <<not>> work\n"
@@ -196,14 +199,14 @@ EXPLAIN_DEMO = [  # one worked example (delphi shows a few): small models copy t
 ]
 
 
-def explain_prompt(examples: list[Shown]) -> list[dict[str, str]]:
+def explain_prompt(examples: list[Shown], demo: bool = False) -> list[dict[str, str]]:
     lines = []
     for i, ex in enumerate(examples):
         top = max(ex.acts, default=0.0)
         marked = [j for j, a in enumerate(ex.acts) if top > 0 and a >= MARK_SHARE * top]
         lines.append(f"Example {i + 1}: {marked_text(ex.tokens, marked)}")
     user = {"role": "user", "content": "\n".join(lines) + f"\n\n{QUESTION}"}
-    return [{"role": "system", "content": EXPLAIN_SYSTEM}, *EXPLAIN_DEMO, user]
+    return [{"role": "system", "content": EXPLAIN_SYSTEM}, *(EXPLAIN_DEMO if demo else []), user]
 
 
 def _clean(line: str) -> str:

@@ -270,35 +270,38 @@ def test_llm_labels_over_http_scored_by_one_scorer_then_from_the_cache(tiny_copy
     assert main([*argv, "--saes", "topk", "--limit", "1", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
     sent = llm_server.requests[n0:]
-    # 1 explanation + (detection + fuzzing) for each of the 2 explanations (statistical and llm)
-    assert len(sent) == 5 and f"cost: 5 calls to llm:{MODEL} (0 answered from the cache)" in out
     assert "prompt + " in out and "completion tokens" in out and "[label] topk: 1 latents relabelled" in out
     explain = [s for s in sent if "[EXPLANATION]" in s["messages"][0]["content"]]
     assert len(explain) == 1 and explain[0]["model"] == MODEL and explain[0]["max_tokens"] == 16
-    msgs = explain[0]["messages"]  # system, a worked example (user, assistant), the latent's examples
-    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    msgs = explain[0]["messages"]  # the instructions, then the latent's examples
+    assert [m["role"] for m in msgs] == ["system", "user"] and "[EXPLANATION]: <description>" in msgs[0]["content"]
     user = msgs[-1]["content"]
     assert user.count("Example ") == 4 and user.count("<<") >= 4 and user.count(">>") == user.count("<<")
 
     lat = _latents(tiny_copy.index_path)
     first = int(lat[lat["scorer"] == f"llm:{MODEL}"]["latent"].iat[0])  # the one latent relabelled
     ex = _explanations(tiny_copy.index_path, "topk", first)
+    # a 135M model's reply is often no explanation (a copy of the worked example): then only the statistical one
+    # is scored; either way 1 explanation request + (detection + fuzzing) per explanation scored
+    wrote = int((ex["method"] == "llm").any())
+    assert len(sent) == 3 + 2 * wrote and f"cost: {len(sent)} calls to llm:{MODEL} (0 answered from the cache)" in out
     assert set(zip(ex["method"], ex["scorer"])) == {
         ("statistical", "rule"),  # the index build's
         ("statistical", f"llm:{MODEL}"),
-        ("llm", f"llm:{MODEL}"),
+        *([("llm", f"llm:{MODEL}")] if wrote else []),
     }
     stat = ex[ex["method"] == "statistical"]["label"].unique()
     assert len(stat) == 1 and any(f"Explanation: {stat[0]}" in s["messages"][-1]["content"] for s in sent)
     assert any("<<" in s["messages"][-1]["content"] and "marked" in s["messages"][0]["content"] for s in sent[1:])
-    scored = ex[ex["scorer"] == f"llm:{MODEL}"].sort_values(["detection", "fuzz"], ascending=False)
-    row = lat[lat["latent"] == first].iloc[0]
-    assert (row["label"], row["method"]) == (scored["label"].iat[0], scored["method"].iat[0])  # the best is THE label
+    scored = ex[ex["scorer"] == f"llm:{MODEL}"]
+    row, top = lat[lat["latent"] == first].iloc[0], scored["detection"].max()
+    assert row["confidence"] == top and row["label"] in set(scored[scored["detection"] == top]["label"])  # the best
+    assert top > 0 or row["method"] == "statistical"  # a scorer that saw nothing leaves the statistical label
     assert (
         (scored["detection"] >= 0) & (scored["detection"] <= 1) & (scored["fuzz"] >= 0) & (scored["fuzz"] <= 1)
     ).all()
     fv = Backend(tiny_copy.path).feature("topk", first)
-    assert fv.scorer == f"llm:{MODEL}" and fv.method == row["method"] and len(fv.explanations) == 3
+    assert fv.scorer == f"llm:{MODEL}" and fv.method == row["method"] and len(fv.explanations) == 2 + wrote
 
     # the second run asks the server nothing: every reply is in the workspace's cache
     n1 = llm_server.calls
@@ -317,12 +320,14 @@ def test_the_local_model_explains_in_process(tiny_copy, smollm2):
     summaries, cost = label_workspace(
         tiny_copy, "local", cfg, saes=["topk"], limit=1, progress=False, chat=LocalChat(smollm2, "smollm2")
     )
-    assert summaries[0].explained == 1 and summaries[0].scorer == "local:smollm2" and "5 calls to local:smollm2" in cost
+    wrote = summaries[0].explained  # 0 when the reply was no explanation (see above)
+    assert summaries[0].scorer == "local:smollm2" and f"{3 + 2 * wrote} calls to local:smollm2" in cost
     lat = _latents(tiny_copy.index_path)
     first = int(lat[lat["scorer"] == "local:smollm2"]["latent"].iat[0])
     ex = _explanations(tiny_copy.index_path, "topk", first)
     local = ex[ex["method"] == "local"]
-    assert len(local) == 1 and local["model"].iat[0] == "smollm2" and local["label"].iat[0].strip()
+    assert len(local) == wrote and (local["model"] == "smollm2").all() and local["label"].str.strip().all()
+    assert set(ex[ex["scorer"] == "local:smollm2"]["method"]) == {"statistical", *(["local"] if wrote else [])}
 
 
 # ---- the statistical labels on the tiny index -----------------------------------------------------------
