@@ -243,8 +243,8 @@ def test_coverage_tab_draws_and_a_unique_latent_opens_in_browse(page):
     page.get_by_role("tab", name="Coverage").click()
     panel = page.locator("#tab-coverage")
     panel.locator(".js-plotly-plot").first.wait_for(state="visible")
-    page.get_by_label("latents only this SAE has").click()
-    page.get_by_role("option", name="boost_bio").click()  # on the tiny workspace only boost_bio has unique latents
+    page.get_by_label("dark-matter latents of").click()
+    page.get_by_role("option", name="ssae_bio").click()  # hundreds of dark-matter latents on the tiny workspace
     rows = page.locator(".block:has-text('select a row to open its dashboard') .body-cell")
     rows.first.wait_for(state="visible")
     latent = rows.first.inner_text().strip()
