@@ -1,36 +1,16 @@
 """Issue 15's Compare tab in a headless Chromium against the real tiny workspace: the comparison runs on the Compare
 button (ticking boxes only updates the hint, with no warning), the best-match cosine histogram is drawn, the best value
-of a metric row is starred and bold in both themes, and a new comparison clears the old match cards. Helpers come from
-test_browser.py (Debian's Chromium, the app as a subprocess) and test_browser_ui.py (the page, text contrast).
+of a metric row is starred and bold in both themes, and a new comparison clears the old match cards. The app and the
+browser are tests/explorer/conftest.py's (one of each per module); the page and text contrast test_browser_ui.py's.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.explorer.test_browser import launch_browser, serve
 from tests.explorer.test_browser_ui import CONTRAST_JS, opened
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def url(tiny_ws, tmp_path_factory):
-    try:
-        with serve(tiny_ws.path, tmp_path_factory.mktemp("app_compare") / "app.log") as (u, _):
-            yield u
-    except RuntimeError as e:
-        pytest.fail(str(e))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
 
 
 def headers(page) -> list[str]:

@@ -70,25 +70,6 @@ BROKEN_CELLS_JS = r"""
 """
 
 
-@pytest.fixture(scope="module")
-def url(tiny_ws, tmp_path_factory):
-    try:
-        with serve(tiny_ws.path, tmp_path_factory.mktemp("app_ui") / "app.log") as (u, _):
-            yield u
-    except RuntimeError as e:
-        pytest.fail(str(e))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
-
-
 @contextlib.contextmanager
 def opened(browser, url: str, width: int = 1280, height: int = 900, query: str = ""):
     """A fresh page (its own storage) of ``width`` x ``height`` on ``url`` + ``query``, the first latent open."""
