@@ -101,19 +101,25 @@ def train_one(
     """Train one SAE of the config (``s``, its SaeConfig) unless it is trained; returns whether it trained.
     ``watch(n)`` is called with each batch's token count (and may raise to stop the training); ``twin=False``
     leaves its stability twin for later (``train_twin``)."""
-    from backend.sae.model import load_sae
-    from backend.sae.train import train_sae
-
     out = ws.sae_dir(s.name)
     if (out / "cfg.json").exists() and not force:
         return False
-    base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
-    source = ws.activation_source(s.data)
     if verbose:
         print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
+    _train(ws, s, ws.config.train, out, watch, verbose, twin)
+    return True
+
+
+def _train(ws: Workspace, s, tcfg, out: Path, watch: Callable[[int], None] | None, verbose: bool, twin: bool) -> None:
+    """``train_sae`` of one config entry on its data (its boost base loaded), into ``out``."""
+    from backend.sae.model import load_sae
+    from backend.sae.train import train_sae
+
+    base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
+    source = ws.activation_source(s.data)
     train_sae(
         s,
-        ws.config.train,
+        tcfg,
         _Watched(source, watch) if watch else source,
         out,
         base=base,
@@ -122,17 +128,14 @@ def train_one(
         progress=verbose,
         twin=twin,
     )
-    return True
 
 
 def train_twin(ws: Workspace, s, verbose: bool = True, watch: Callable[[int], None] | None = None) -> bool:
     """Train the stability twin of a trained SAE (``s.stability_twin``) unless it exists, then record the SAE's
     seed stability against it in its metrics.json; returns whether it trained."""
-    import dataclasses
-
     from backend.sae.evaluate import stability
     from backend.sae.model import load_sae, twin_dir, write_metrics
-    from backend.sae.train import TWIN_SEED_OFFSET, train_sae
+    from backend.sae.train import TWIN_SEED_OFFSET, twin_configs
 
     d = ws.sae_dir(s.name)
     out = twin_dir(d)
@@ -140,20 +143,9 @@ def train_twin(ws: Workspace, s, verbose: bool = True, watch: Callable[[int], No
         return False
     trained = not (out / "cfg.json").exists()
     if trained:
-        base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
-        source = ws.activation_source(s.data)
         if verbose:
             print(f"[train] {s.name}@twin: the stability twin (seed + {TWIN_SEED_OFFSET})", flush=True)
-        train_sae(
-            dataclasses.replace(s, name=f"{s.name}@twin", stability_twin=False),
-            dataclasses.replace(ws.config.train, seed=ws.config.train.seed + TWIN_SEED_OFFSET),
-            _Watched(source, watch) if watch else source,
-            out,
-            base=base,
-            hook_name=ws.config.activations.site,
-            model_name=ws.config.model.id,
-            progress=verbose,
-        )
+        _train(ws, *twin_configs(s, ws.config.train), out, watch, verbose, twin=False)
     write_metrics(d, stability(load_sae(d).W_dec.detach(), load_sae(out).W_dec.detach()))
     return trained
 

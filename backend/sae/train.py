@@ -505,6 +505,14 @@ class Trainer:
         self.sparsity_integral = float(s.get("sparsity_integral", 0.0))
 
 
+def twin_configs(cfg: SaeConfig, tcfg: TrainConfig) -> tuple[SaeConfig, TrainConfig]:
+    """The stability twin's configs: the same SAE named ``<name>@twin``, trained with seed + ``TWIN_SEED_OFFSET``."""
+    return (
+        dataclasses.replace(cfg, name=f"{cfg.name}@twin", stability_twin=False),
+        dataclasses.replace(tcfg, seed=tcfg.seed + TWIN_SEED_OFFSET),
+    )
+
+
 def train_sae(
     cfg: SaeConfig,
     tcfg: TrainConfig,
@@ -525,10 +533,8 @@ def train_sae(
     finds its twin. The staged build passes ``twin=False`` and trains twins once every SAE is served."""
     out_dir = Path(out_dir)
     if twin and cfg.stability_twin and not (twin_dir(out_dir) / "cfg.json").exists():
-        twin = dataclasses.replace(cfg, name=f"{cfg.name}@twin", stability_twin=False)
         train_sae(
-            twin,
-            dataclasses.replace(tcfg, seed=tcfg.seed + TWIN_SEED_OFFSET),
+            *twin_configs(cfg, tcfg),
             source,
             twin_dir(out_dir),
             base=base,
