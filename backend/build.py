@@ -34,7 +34,7 @@ from typing import Any
 from backend.workspace import Workspace, create_workspace, workspace_lock
 
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
-SAE_STATES = ("waiting", "training", "evaluating", "indexing", "ready", "failed")
+SAE_STATES = ("waiting", "importing", "training", "evaluating", "indexing", "ready", "failed")
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +54,10 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
     t0 = time.time()
     say = print if verbose else (lambda *a, **k: None)
     say(f"[build] workspace {ws.config.name} in {ws.path}", flush=True)
+    if "train" in want:
+        from backend.sae.pretrained import preflight
+
+        preflight(ws)  # a pretrained SAE that cannot be read fails now, before any work
     if "windows" in want:
         ws.build_windows(force=force, verbose=verbose)
     if "activations" in want:
@@ -102,10 +106,18 @@ def train_one(
     ``watch(n)`` is called with each batch's token count (and may raise to stop the training); ``twin=False``
     leaves its stability twin for later (``train_twin``)."""
     out = ws.sae_dir(s.name)
+    if s.pretrained:  # loaded, not trained; then its site's activations (for evaluation and the index)
+        from backend.sae.pretrained import import_pretrained
+
+        done = import_pretrained(ws, s, force=force, verbose=verbose)
+        ws.build_activations(verbose=verbose, site=ws.site_of(s.name))
+        return done
     if (out / "cfg.json").exists() and not force:
         return False
     if verbose:
         print(f"[train] {s.name}: {s.architecture} d_sae={s.d_sae}", flush=True)
+    if s.site:
+        ws.build_activations(verbose=verbose, site=s.site)
     _train(ws, s, ws.config.train, out, watch, verbose, twin)
     return True
 
@@ -116,14 +128,14 @@ def _train(ws: Workspace, s, tcfg, out: Path, watch: Callable[[int], None] | Non
     from backend.sae.train import train_sae
 
     base = load_sae(ws.sae_dir(s.boost_base)) if s.boost_base else None
-    source = ws.activation_source(s.data)
+    source = ws.activation_source(s.data, site=s.site)
     train_sae(
         s,
         tcfg,
         _Watched(source, watch) if watch else source,
         out,
         base=base,
-        hook_name=ws.config.activations.site,
+        hook_name=ws.site_of(s.name),
         model_name=ws.config.model.id,
         progress=verbose,
         twin=twin,
@@ -254,7 +266,7 @@ class WorkspaceProgress:
         elif step == "waiting":
             line = f"waiting: builds after the workspaces before it ({count})"
         else:
-            doing = next((s for s in saes if s["state"] in ("training", "evaluating", "indexing")), None)
+            doing = next((s for s in saes if s["state"] in ("importing", "training", "evaluating", "indexing")), None)
             what = STEP_TEXT.get(step, step).format(detail=detail)
             if doing is not None:
                 what = f"{doing['state']} {doing['name']}" + (f" ({doing['detail']})" if doing["detail"] else "")
@@ -412,6 +424,9 @@ class StagedBuilder:
         ws, p, t0 = sw.ws, sw.progress, time.time()
         assert ws is not None
         self._say(f"[build] workspace {ws.config.name} in {ws.path}, SAE by SAE")
+        from backend.sae.pretrained import preflight
+
+        preflight(ws)  # a pretrained SAE that cannot be read fails the workspace now, before any work
         clock = BuildClock(ws.path, self.t0)
         for name in indexed_saes(ws.index_path):  # a restart: these are served already
             if name in p.saes:
@@ -434,7 +449,7 @@ class StagedBuilder:
                 if s.data in subdomains:
                     p.set_sae(s.name, "training", f"retrieving its {s.data} windows")
                     build_subdomain(ws, subdomains[s.data], verbose=self.verbose)
-                p.set_sae(s.name, "training")
+                p.set_sae(s.name, "importing" if s.pretrained else "training")
                 train_one(ws, s, verbose=self.verbose, watch=self._watcher(ws, s, p), twin=False)
                 self._check_stop()
                 p.set_sae(s.name, "evaluating")

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ RELU_L1_COEF = 5.0
 """l1_coef of a relu SAE when the config leaves it unset."""
 JUMPRELU_L0_COEF = 0.002
 """l0_coef of a jumprelu SAE when the config leaves it unset."""
+
+
+SAE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@twin)?")
+"""A valid SAE name (the folder saes/<name>); the suffix '@twin' is the trainer's, for stability twins only."""
 
 
 class ConfigError(ValueError):
@@ -147,8 +152,35 @@ class SaeConfig:
     """Training tokens for this SAE (overrides train.tokens; epochs repeat over a small cache)."""
     stability_twin: bool = False
     """Also train a twin with another seed (saes/<name>@twin) and record seed stability in metrics.json."""
+    site: str | None = field(default=None, metadata={"written_if_set": True})
+    """The SAE's hook site (default: activations.site; a pretrained SAE's default is the site its files name).
+    Activations are captured and cached per site."""
+    path: str | None = field(default=None, metadata={"written_if_set": True})
+    """Pretrained: load this SAE instead of training one: a SAELens, sparsify, dictionary_learning (ae.pt +
+    config.json) or Gemma Scope (params.npz) folder or file. Its architecture and width come from its files."""
+    release: str | None = field(default=None, metadata={"written_if_set": True})
+    """Pretrained: a SAELens release name (with sae_id), downloaded when a model hub is reachable (needs sae-lens)."""
+    sae_id: str | None = field(default=None, metadata={"written_if_set": True})
+    """Pretrained: the SAE's id within its SAELens release."""
+    hf: str | None = field(default=None, metadata={"written_if_set": True})
+    """Pretrained: a Hugging Face repo and folder ('owner/repo/sub/folder'), downloaded when the hub is reachable."""
+    hookpoint: str | None = field(default=None, metadata={"written_if_set": True})
+    """Pretrained sparsify run with several layers: the layer folder to load (e.g. 'layers.6')."""
+
+    @property
+    def pretrained(self) -> bool:
+        """Loaded from outside (path, release or hf), not trained here."""
+        return bool(self.path or self.release or self.hf)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not SAE_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"SAE name {self.name!r}: use letters, digits, '.', '_' and '-' (it names the folder saes/<name>), "
+                "starting with a letter or digit, at most 64 characters"
+            )
+        if self.pretrained or self.sae_id or self.hookpoint:
+            self._check_pretrained()
+            return
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"saes[{self.name}].architecture {self.architecture!r} is unknown: use one of {', '.join(ARCHITECTURES)}"
@@ -176,6 +208,19 @@ class SaeConfig:
             if w[-1] != self.d_sae:
                 w.append(self.d_sae)
             self.matryoshka_widths = w
+
+    def _check_pretrained(self) -> None:
+        where = f"saes[{self.name}]"
+        given = [k for k in ("path", "release", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError(
+                f"{where}: a pretrained SAE names exactly one source: path, release (+ sae_id) or hf; got "
+                f"{', '.join(given) or 'only ' + ', '.join(k for k in ('sae_id', 'hookpoint') if getattr(self, k))}"
+            )
+        if bool(self.release) != bool(self.sae_id):
+            raise ConfigError(f"{where}: release and sae_id go together (SAELens names a pretrained SAE by both)")
+        if self.hf and len(self.hf.strip("/").split("/")) < 2:
+            raise ConfigError(f"{where}.hf {self.hf!r}: write 'owner/repo' or 'owner/repo/folder/of/the/sae'")
 
 
 @dataclass
@@ -326,7 +371,7 @@ class WorkspaceConfig:
     activations: ActivationConfig = field(default_factory=ActivationConfig)
     """Where and how much to read activations."""
     saes: list[SaeConfig] = field(default_factory=list)
-    """SAEs to train, in order (a boosted SAE comes after its base)."""
+    """SAEs to train or load (pretrained: path, release or hf), in order (a boosted SAE comes after its base)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Trainer settings shared by all SAEs."""
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -342,6 +387,8 @@ class WorkspaceConfig:
         if not self.corpora:
             raise ConfigError("a workspace needs at least one corpus under 'corpora:'")
         names = [s.name for s in self.saes]
+        if twins := [n for n in names if "@" in n]:
+            raise ConfigError(f"SAE name(s) {twins}: '@' is reserved for stability twins (saes/<name>@twin)")
         if len(set(names)) != len(names):
             raise ConfigError(f"SAE names must be unique, got {names}")
         corpora = {c.name for c in self.corpora}
@@ -356,6 +403,8 @@ class WorkspaceConfig:
                 raise ConfigError(f"saes[{s.name}].boost_base {s.boost_base!r} must name an SAE listed before it")
             if s.data != "general" and s.data not in subs:
                 raise ConfigError(f"saes[{s.name}].data {s.data!r}: use 'general' or a subdomain name {sorted(subs)}")
+            if s.site and s.data != "general":
+                raise ConfigError(f"saes[{s.name}]: subdomain data is cached at activations.site; remove site")
 
     # ---- (de)serialization -------------------------------------------------------
     @classmethod
@@ -383,6 +432,8 @@ class WorkspaceConfig:
 
 
 def _prune(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(obj, SaeConfig) and obj.pretrained:  # its training fields are not its own: write only what was given
+        return {k: v for k, v in d.items() if k in PRETRAINED_KEYS and v is not None}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -390,7 +441,13 @@ def _prune(obj: Any, d: dict[str, Any]) -> dict[str, Any]:
             d.pop(f.name)
         elif dataclasses.is_dataclass(value):
             _prune(value, d[f.name])
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            d[f.name] = [_prune(v, dv) for v, dv in zip(value, d[f.name])]
     return d
+
+
+PRETRAINED_KEYS = ("name", "path", "release", "sae_id", "hf", "hookpoint", "site")
+"""The keys of a pretrained SAE entry: no training field applies to an SAE loaded from outside."""
 
 
 @functools.cache
@@ -429,6 +486,12 @@ def _build(cls: type, d: Any, where: str) -> Any:
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    if cls is SaeConfig and any(d.get(k) for k in ("path", "release", "hf")):
+        if training := sorted(set(d) - set(PRETRAINED_KEYS)):
+            raise ConfigError(
+                f"{where} ({d.get('name')}): a pretrained SAE (path, release or hf) takes no training fields; remove "
+                f"{training}: its architecture and width come from its files (allowed: {', '.join(PRETRAINED_KEYS)})"
+            )
     kw = {}
     for k, v in d.items():
         if cls is WorkspaceConfig and k in _NESTED:

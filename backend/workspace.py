@@ -52,10 +52,31 @@ class Workspace:
     def windows_path(self) -> Path:
         return self.path / "corpora" / "windows.parquet"
 
-    def cache_dir(self, data: str = "general") -> Path:
-        """Shard cache folder of the general activations or of a subdomain's (``<site>@<name>``)."""
-        base = self.config.activations.site.replace("/", "_")
+    def cache_dir(self, data: str = "general", site: str | None = None) -> Path:
+        """Shard cache folder of the general activations at ``site`` (default activations.site) or of a
+        subdomain's (``<site>@<name>``)."""
+        base = (site or self.config.activations.site).replace("/", "_")
         return self.path / "activations" / (base if data == "general" else f"{base}@{data}")
+
+    def site_of(self, name: str) -> str:
+        """The hook site of the workspace's SAE ``name``: its entry's ``site``, else the one a pretrained SAE's
+        files name (recorded when it was imported), else activations.site."""
+        s = next((s for s in self.config.saes if s.name == name), None)
+        if s is not None and s.site:
+            return s.site
+        if s is not None and s.pretrained:
+            from backend.sae.pretrained import imported_site
+
+            return imported_site(self.sae_dir(name)) or self.config.activations.site
+        return self.config.activations.site
+
+    def sites(self) -> list[str]:
+        """Every site some SAE reads, activations.site first (each gets its own activation cache)."""
+        out = [self.config.activations.site]
+        for s in self.config.saes:
+            if (site := self.site_of(s.name)) not in out:
+                out.append(site)
+        return out
 
     @property
     def index_path(self) -> Path:
@@ -78,10 +99,11 @@ class Workspace:
     def windows(self) -> pd.DataFrame:
         return pd.read_parquet(self.windows_path)
 
-    def activation_source(self, data: str = "general") -> ShardCache:
-        """The shard cache of the general activations, or of a subdomain's retrieved windows, serving normal tokens
-        only: the attention-sink rule of ``activations`` is decided on each cache once (recorded in its meta.json)."""
-        cache = ShardCache(self.cache_dir(data))
+    def activation_source(self, data: str = "general", site: str | None = None) -> ShardCache:
+        """The shard cache of the general activations (at ``site``, default activations.site), or of a subdomain's
+        retrieved windows, serving normal tokens only: the attention-sink rule of ``activations`` is decided on
+        each cache once (recorded in its meta.json)."""
+        cache = ShardCache(self.cache_dir(data, site))
         ac = self.config.activations
         cache.ensure_exclusion(ac.exclude_first_positions, ac.sink_norm_factor)
         return cache
@@ -109,18 +131,23 @@ class Workspace:
         atomic_write_parquet(df, self.windows_path)
         return df
 
-    def build_activations(self, force: bool = False, verbose: bool = True) -> ShardCache:
-        if (self.cache_dir() / "meta.json").exists() and not force:
-            return self.activation_source()
+    def build_activations(self, force: bool = False, verbose: bool = True, site: str | None = None) -> ShardCache:
+        """The activation cache at ``site`` (default activations.site), captured unless it exists."""
+        site = site or self.config.activations.site
+        if (self.cache_dir(site=site) / "meta.json").exists() and not force:
+            return self.activation_source(site=site)
         a, ac = self.adapter(verbose), self.config.activations
+        from backend.adapters.base import Site
+
+        Site.parse(site, a.n_layers)
         w = self.windows()
         # Train on a shuffled order of windows so every corpus is represented within the budget.
         w = w.sample(frac=1.0, random_state=self.config.train.seed)
         return ShardCache.build(
             a,
             w,
-            ac.site,
-            self.cache_dir(),
+            site,
+            self.cache_dir(site=site),
             batch_size=ac.batch_size,
             max_tokens=ac.max_tokens,
             shard_tokens=ac.shard_tokens,

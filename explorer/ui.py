@@ -30,7 +30,15 @@ from .tabs import map as feature_map
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style.css"
 TITLE = "SAE Explorer"
 BUILD_POLL_S = 5.0
-STATE_MARK = {"waiting": "·", "training": "…", "evaluating": "…", "indexing": "…", "ready": "✓", "failed": "✗"}
+STATE_MARK = {
+    "waiting": "·",
+    "importing": "…",
+    "training": "…",
+    "evaluating": "…",
+    "indexing": "…",
+    "ready": "✓",
+    "failed": "✗",
+}
 Workspaces = list[tuple[str, str, str]] | Callable[[], list[tuple[str, str, str]]] | None
 
 
@@ -58,7 +66,7 @@ def header_html(
     """The title bar: workspace name, model and its kind (as shown: 'text', 'protein LM', ...), its SAEs (with
     width and architecture), corpus domains, and the switcher to the other workspaces this app serves."""
     chips = "".join(
-        f'<span class="chip" title="{html.escape(str(r.get("architecture", "")), quote=True)}">'
+        f'<span class="chip" title="{html.escape(_chip_title(r), quote=True)}">'
         f"{html.escape(str(r['name']))} <small>{html.escape(str(r.get('architecture', '')))}"
         f" · {int(r['d_sae']):,}</small></span>"
         for r in saes.to_dict("records")
@@ -75,6 +83,11 @@ def header_html(
         + "</div>"
         f'<div class="chips">{chips}</div></div>'
     )
+
+
+def _chip_title(r: dict) -> str:
+    """An SAE chip's tooltip: its architecture, site and where it came from."""
+    return " · ".join(str(r[k]) for k in ("architecture", "site", "source") if r.get(k))
 
 
 def status_html(status: dict) -> str:

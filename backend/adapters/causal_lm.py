@@ -74,7 +74,7 @@ def _embedded_cache(model_id: str, verbose: bool) -> Path:
     return out
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Fail fast offline instead of letting huggingface_hub retry for half a minute."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
@@ -98,7 +98,7 @@ def load_causal_lm(cfg: ModelConfig, verbose: bool = True) -> CausalLMAdapter:
         display = EMBEDDED[cfg.id][2]
     else:
         src, display = cfg.id, cfg.id
-        if not Path(cfg.id).exists() and not _hub_reachable():
+        if not Path(cfg.id).exists() and not hub_reachable():
             raise ModelLoadError(
                 f"cannot load model {cfg.id!r}: it is not an embedded model ({', '.join(EMBEDDED)}) nor a local folder, "
                 "and the Hugging Face hub is unreachable (offline). Use model.id: smollm2, or a local checkpoint path."

@@ -54,7 +54,9 @@ def _shift(args: argparse.Namespace) -> None:
 
 def default_shift_saes(ws: Workspace) -> list[str]:
     """The general SAE and the SAEs trained on the politics subdomain when there is one."""
-    general = [s.name for s in ws.config.saes if s.data == "general" and not s.boost_base][:1]
+    general = [s.name for s in ws.config.saes if s.data == "general" and not (s.boost_base or s.pretrained or s.site)][
+        :1
+    ]
     return general + [s.name for s in ws.config.saes if s.data == "politics"]
 
 

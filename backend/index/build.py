@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ class IndexActs:
     tokstr: np.ndarray  # (max id + 1,) object: rendered strings of the ids that occur
     source: np.ndarray  # (n_windows,) object: source of every windows-table row
     corpus: np.ndarray | None = None  # (n_windows,) object: corpus name of every windows-table row
+    selected: pd.Index | None = None  # the indexing windows (rows of the windows table), for other sites
 
     def offsets(self) -> np.ndarray:
         """(n,) each row's offset among its window's kept tokens (rows of a window are contiguous, in order)."""
@@ -144,16 +145,16 @@ def index_windows(
     return ordered[keep].sort_index()
 
 
-def _cached_windows(ws, adapter, windows: pd.DataFrame) -> tuple[ShardCache | None, np.ndarray]:
-    """The workspace's activation cache (if it was made by this model at this site) and the windows it
+def _cached_windows(ws, adapter, windows: pd.DataFrame, site: str) -> tuple[ShardCache | None, np.ndarray]:
+    """The workspace's activation cache at ``site`` (if it was made by this model there) and the windows it
     holds completely: their cached token ids equal windows.token_ids (this also rejects the window cut by
     the cache's token budget, windows with special tokens, and a cache older than windows.parquet)."""
     try:
-        cache = ws.activation_source()
+        cache = ws.activation_source(site=site)
     except FileNotFoundError:
         return None, np.zeros(0, np.int64)
     made_by = (cache.site, cache.meta.get("model"), cache.d_in)
-    if made_by != (ws.config.activations.site, adapter.model_id, adapter.d_model):
+    if made_by != (site, adapter.model_id, adapter.d_model):
         return None, np.zeros(0, np.int64)
     tok, win = [], []
     for path in cache.shards:  # only the small id tensors, not the activations
@@ -169,13 +170,18 @@ def _cached_windows(ws, adapter, windows: pd.DataFrame) -> tuple[ShardCache | No
     return cache, u[ok]
 
 
-def collect(ws, progress: bool = True) -> IndexActs:
-    """Activations of the indexing windows: read from the workspace's activation cache where it holds
-    them, the rest from one model pass (stream_activations); see the module doc."""
-    adapter, site = ws.adapter(verbose=progress), ws.config.activations.site
+def collect(ws, progress: bool = True, site: str | None = None, windows: pd.Index | None = None) -> IndexActs:
+    """Activations at ``site`` (default activations.site) of the indexing windows: read from the workspace's
+    activation cache there where it holds them, the rest from one model pass (stream_activations); see the module
+    doc. ``windows``: the indexing windows chosen for another site (``IndexActs.selected``), so that every site
+    indexes the same tokens."""
+    adapter, site = ws.adapter(verbose=progress), site or ws.config.activations.site
     allw = ws.windows()
-    cache, cached = _cached_windows(ws, adapter, allw)
-    w = index_windows(allw, ws.config.index.max_tokens, ws.config.train.seed, prefer=cached)
+    cache, cached = _cached_windows(ws, adapter, allw, site)
+    if windows is None:
+        w = index_windows(allw, ws.config.index.max_tokens, ws.config.train.seed, prefer=cached)
+    else:
+        w = allw.loc[windows]
     hit = w.index.isin(cached)
     chunks = list(
         stream_activations(
@@ -208,6 +214,7 @@ def collect(ws, progress: bool = True) -> IndexActs:
         tokstr,
         allw["source"].to_numpy(),
         allw["corpus"].to_numpy(),
+        selected=w.index,
     )
 
 
@@ -653,7 +660,12 @@ def _check_saes(ws, names: list[str] | None = None) -> None:
         )
 
 
-def _arch(s) -> str:
+def _arch(s, sae) -> str:
+    """The architecture shown: a pretrained SAE's comes from its files (and its format), a trained one's from its
+    config entry."""
+    if s.pretrained:
+        fmt = (sae.cfg.meta.get("source") or {}).get("format", "pretrained")
+        return f"{sae.cfg.architecture} ({fmt})"
     return f"{s.architecture} (boosted on {s.boost_base})" if s.boost_base else s.architecture
 
 
@@ -673,13 +685,15 @@ def write_index(
     keep: Iterable[tuple[str, np.ndarray]] = (),
     order: list[str] | None = None,
     joint_method: str | None = None,
+    ia_of: Callable[[str], IndexActs] | None = None,
 ) -> dict[str, float]:
     """Index (name, architecture, sae) triples (a lazy iterable: one SAE in memory at a time) over ``ia``
     and write the whole index to ``out`` atomically. Returns seconds per SAE and for the maps.
 
     ``keep`` (name, W_dec) pairs: SAEs whose rows are copied unchanged from the index at ``keep_from`` (their
     per-SAE map too); the joint map is laid out over them and the new SAEs together, in ``order`` (default:
-    kept, then new), with ``joint_method`` (default: the config's, umap or pca)."""
+    kept, then new), with ``joint_method`` (default: the config's, umap or pca). ``ia_of(name)``: the activations of
+    an SAE that reads another site than ``ia``'s (the same tokens)."""
     timings: dict[str, float] = {}
     mats: dict[str, np.ndarray] = dict(keep)
     method = "umap" if cfg.umap else "pca"
@@ -687,8 +701,9 @@ def write_index(
         kept_xy = writer.copy_from(keep_from, list(mats)) if mats and keep_from is not None else pd.DataFrame()
         for name, arch, sae in saes:
             t = time.perf_counter()
+            acts = ia_of(name) if ia_of is not None else ia
             for table, frame in index_sae(
-                name, arch, sae, ia, cfg, unembed, token_strings, seed, device, concepts=concepts
+                name, arch, sae, acts, cfg, unembed, token_strings, seed, device, concepts=concepts
             ).items():
                 writer.add(table, frame)
             mats[name] = sae.W_dec.detach().float().cpu().numpy()
@@ -751,6 +766,19 @@ class IndexInputs:
     token_strings: Callable[[list[int]], list[str]]
     device: torch.device | str
     seconds: float  # time spent collecting the activations
+    other_sites: dict[str, IndexActs] = field(default_factory=dict)  # SAEs at their own site: the same tokens there
+
+    def at(self, ws, site: str, progress: bool = False) -> IndexActs:
+        """The indexing activations at ``site``: ``ia`` at activations.site, else collected once for the same
+        windows (so every SAE's contexts and statistics are over the same tokens)."""
+        if site == ws.config.activations.site:
+            return self.ia
+        if site not in self.other_sites:
+            other = collect(ws, progress, site=site, windows=self.ia.selected)
+            if not np.array_equal(other.token, self.ia.token):
+                raise RuntimeError(f"the indexing tokens at {site} differ from those at {ws.config.activations.site}")
+            self.other_sites[site] = other
+        return self.other_sites[site]
 
 
 def index_inputs(ws, progress: bool = True) -> IndexInputs:
@@ -765,13 +793,13 @@ def index_inputs(ws, progress: bool = True) -> IndexInputs:
 
 
 def _load_saes(ws, names: list[str], device) -> Iterator[tuple[str, str, Any]]:
-    """(name, architecture as shown, sae) of the named SAEs, loaded one at a time and checked against the site."""
+    """(name, architecture as shown, sae) of the named SAEs, loaded one at a time and checked against their site."""
     adapter = ws.adapter(verbose=False)
     specs = {s.name: s for s in ws.config.saes}
     for name in names:
         sae = load_sae(ws.sae_dir(name), device=device)
-        check_site(sae, adapter.d_model, ws.config.activations.site)
-        yield name, _arch(specs[name]), sae
+        check_site(sae, adapter.d_model, ws.site_of(name))
+        yield name, _arch(specs[name], sae), sae
 
 
 def _write(ws, inp: IndexInputs, names: list[str], out: Path, keep: list[str], progress: bool) -> dict[str, float]:
@@ -791,6 +819,7 @@ def _write(ws, inp: IndexInputs, names: list[str], out: Path, keep: list[str], p
         seed=ws.config.train.seed,
         device=inp.device,
         progress=progress,
+        ia_of=lambda name: inp.at(ws, ws.site_of(name), progress),
         concepts=inp.concepts,
         keep_from=out if keep else None,
         keep=kept,

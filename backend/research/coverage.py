@@ -176,13 +176,15 @@ def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> 
     from backend.sae.model import load_sae
 
     written = []
-    general = [s.name for s in ws.config.saes if s.data == "general" and not s.boost_base]
+    # SAEs trained here at the workspace's site (coverage captures activations there)
+    general = [s.name for s in ws.config.saes if s.data == "general" and not s.boost_base and not _elsewhere(s)]
     for sd in ws.config.subdomains:
         path = ws.path / "coverage" / f"{sd.name}.json"
         if path.exists() and not force:
             continue
         # the reference, any general-data SAE trained with a TERM tilt (its claim is tail recall), the subdomain's own
         tilted = [s.name for s in ws.config.saes if s.data == "general" and s.term_tilt > 0 and not s.boost_base]
+        tilted = [n for n in tilted if n in general]
         names = general[:1] + [n for n in tilted if n not in general[:1]]
         names += [s.name for s in ws.config.saes if s.data == sd.name]
         if len(names) < 2:
@@ -195,3 +197,8 @@ def build_coverage(ws: Workspace, force: bool = False, verbose: bool = True) -> 
             print(f"[coverage] {sd.name}: token recall {summary}", flush=True)
         written.append(path)
     return written
+
+
+def _elsewhere(s) -> bool:
+    """A pretrained SAE, or one at its own site: not a reference for coverage at activations.site."""
+    return s.pretrained or bool(s.site)

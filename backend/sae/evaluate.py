@@ -23,6 +23,7 @@ import json
 import math
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -270,19 +271,21 @@ def exclusion_record(cache) -> dict:
 HELDOUT_SEED = 1234  # which uncached windows the held-out evaluation tokens come from
 
 
-def heldout_tokens(ws, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def heldout_tokens(
+    ws, n_tokens: int, site: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(acts (n, d) float32, token ids (n,), window rows (n,)): up to ``n_tokens`` normal tokens (the cache's attention-sink rule) of
     windows that are not in the activation cache, shuffled with a fixed seed, so that reconstruction metrics are
     measured on text the SAEs never trained on. Captured once and kept beside the cache
     (``heldout_<n>.safetensors``, written atomically). None when every window is cached (small workspaces): the
-    metrics then fall back to cached tokens and say so."""
+    metrics then fall back to cached tokens and say so. ``site``: default activations.site."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from backend.atomic import atomic_write
     from backend.data.activations import stream_activations
 
-    cache = ws.activation_source()
+    cache = ws.activation_source(site=site)
     path = Path(cache.path) / f"heldout_{n_tokens}.safetensors"
     if path.exists():
         t = load_file(str(path))
@@ -301,7 +304,7 @@ def heldout_tokens(ws, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch
     acts, ids, wins = [], [], []
     ex = cache.exclusion
     for c in stream_activations(
-        ws.adapter(verbose=False), free, ws.config.activations.site, ws.config.activations.batch_size, progress=False
+        ws.adapter(verbose=False), free, cache.site, ws.config.activations.batch_size, progress=False
     ):
         keep = ex.normal(c.acts, c.pos) if ex is not None else torch.ones(len(c.acts), dtype=torch.bool)
         acts.append(c.acts[keep].half())
@@ -320,19 +323,24 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
     ce_windows, n_tokens = ws.config.eval.ce_windows, ws.config.eval.n_tokens
     from backend.sae.model import load_sae, twin_dir
 
-    adapter, site, kind = ws.adapter(verbose=False), ws.config.activations.site, ws.kind  # kind: backend/modalities
-    cache = ws.activation_source()
-    held = heldout_tokens(ws, n_tokens)  # normal tokens of windows no SAE trained on
-    x, tok = held[:2] if held is not None else cache.all_acts(n_tokens, with_ids=True)  # else cached normal tokens
-    measured_on = "held-out windows" if held is not None else "cached (training) tokens"
+    adapter, kind = ws.adapter(verbose=False), ws.kind  # kind: backend/modalities
     w = ws.windows()
     sample = w.groupby("domain").head(max(1, ce_windows // w["domain"].nunique()))
-    refs = None
+    refs: dict[str, Any] = {}  # per site: the reference passes of CE / KL
+    tokens: dict[str, tuple] = {}  # per site: the evaluation tokens
+
     for s in ws.config.saes:
         d = ws.sae_dir(s.name)
         mp = d / "metrics.json"
         if mp.exists() and "fvu" in json.loads(mp.read_text()) and not force:
             continue
+        site = ws.site_of(s.name)
+        if site not in tokens:
+            cache = ws.activation_source(site=site)
+            held = heldout_tokens(ws, n_tokens, site)  # normal tokens of windows no SAE trained on
+            x, tok = held[:2] if held is not None else cache.all_acts(n_tokens, with_ids=True)  # else cached tokens
+            tokens[site] = (cache, x, tok, "held-out windows" if held is not None else "cached (training) tokens")
+        cache, x, tok, measured_on = tokens[site]
         sae = load_sae(d)
         src = cache if s.data == "general" else ws.activation_source(s.data)
         xs = x if s.data == "general" else src.all_acts(n_tokens)
@@ -344,8 +352,8 @@ def evaluate_workspace(ws, force: bool = False, progress: bool = True) -> None:
         if s.stability_twin and (twin / "cfg.json").exists():
             m.update(stability(sae.W_dec.detach(), load_sae(twin).W_dec.detach()))
         if kind.eval_next_token_ce:  # next-token / next-item CE with the SAE spliced in
-            refs = refs or reference_passes(adapter, site, sample)
-            m.update(ce_metrics(adapter, sae, site, refs=refs))
+            refs[site] = refs.get(site) or reference_passes(adapter, site, sample)
+            m.update(ce_metrics(adapter, sae, site, refs=refs[site]))
         elif kind.eval_classifier and getattr(adapter, "head", "") == "classifier":
             m.update(classifier_metrics(adapter, sae, site, sample))
         if kind.eval_absorption:  # the first-letter task needs words

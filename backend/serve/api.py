@@ -42,7 +42,8 @@ class BackendAPI(Protocol):
 
     # ---- browse ----
     def saes(self) -> pd.DataFrame:
-        """One row per SAE: name, architecture, d_sae, k, l0, fvu, ce_recovered, dead_frac, n_latents_indexed."""
+        """One row per SAE: name, architecture, d_sae, k, site, source ('trained here' or where a pretrained one came from),
+        l0, fvu, ce_recovered, dead_frac, n_latents_indexed."""
         ...
 
     def domains(self) -> list[str]:

@@ -123,6 +123,29 @@ def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def source_line(src: dict[str, Any]) -> str:
+    """Where an SAE came from, in one line: 'trained here', or a pretrained SAE's format, origin (path, SAELens
+    release or hub folder) and what its own config says about it (model, hook, a few training settings)."""
+    if not src:
+        return "trained here"
+    entry = src.get("entry") or {}
+    origin = (
+        f"SAELens release {entry['release']} / {entry.get('sae_id')}"
+        if entry.get("release")
+        else f"hf {entry['hf']}"
+        if entry.get("hf")
+        else src.get("path", "")
+    )
+    facts = [f"{k} {src[k]}" for k in ("model_name", "hook_name", "hookpoint") if src.get(k)]
+    cfg = src.get("cfg") or {}
+    facts += [f"{k} {cfg[k]}" for k in SOURCE_FACTS if k in cfg and not isinstance(cfg[k], (dict, list))][:6]
+    return f"{src.get('format', 'pretrained')} from {origin}" + (f" ({'; '.join(facts)})" if facts else "")
+
+
+SOURCE_FACTS = ("k", "l1_coefficient", "lr", "training_tokens", "context_size", "dataset_path", "expansion_factor")
+"""Fields of a pretrained SAE's own config shown in its one-line source (when present)."""
+
+
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """A row with NaN as None (JSON-safe)."""
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}
@@ -221,6 +244,7 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
             sig = _file_sig(self.ws.index_path)
             if sig is None or sig == self._index_sig:
                 return False
+            self._reload_config()  # `add-sae` lists its SAE in workspace.yaml before it renames the new index
             reader = IndexReader(self.ws.index_path)
             try:
                 state = self._read_index(reader)
@@ -237,6 +261,19 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
             self._serve(state)
             self._index_sig = sig
             return True
+
+    def _reload_config(self) -> None:
+        """Read workspace.yaml again when it changed (an SAE added to the built workspace); a config that does
+        not load keeps the one in use."""
+        from backend.config import ConfigError, WorkspaceConfig
+        from backend.workspace import CONFIG_NAME
+
+        try:
+            cfg = WorkspaceConfig.load(self.ws.path / CONFIG_NAME)
+        except (ConfigError, OSError):
+            return
+        if cfg != self.ws.config:
+            self.ws.config = cfg
 
     def build_status(self) -> dict:
         """The staged build of this workspace in this process (backend/build.py), after a ``refresh`` so that the
@@ -318,13 +355,15 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
         for name in names:
             m = self._metrics(name)
             cfg_p = self.ws.sae_dir(name) / "cfg.json"
-            k = json.loads(cfg_p.read_text()).get("k") if cfg_p.exists() else None
+            cfg = json.loads(cfg_p.read_text()) if cfg_p.exists() else {}
             rows.append(
                 {
                     "name": name,
                     "architecture": self._arch[name],
                     "d_sae": self._d_sae[name],
-                    "k": k,
+                    "k": cfg.get("k"),
+                    "site": self.ws.site_of(name),
+                    "source": source_line((cfg.get("saex") or {}).get("source") or {}),
                     "l0": m.get("l0"),
                     "fvu": m.get("fvu"),
                     "ce_recovered": m.get("ce_recovered"),
@@ -445,7 +484,7 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
         n_all, n_kept = len(adapter.encode_ids(text)), int(batch.keep_mask.sum())
         notice = f"the text was cut: searched {n_kept:,} of its {n_all:,} tokens" if n_kept < n_all else ""
         with torch.inference_mode():
-            acts = adapter.capture(batch, self.ws.config.activations.site)[batch.keep_mask.to(adapter.device)]
+            acts = adapter.capture(batch, self.ws.site_of(sae))[batch.keep_mask.to(adapter.device)]
             lat = model.encode(acts.float().to(model.W_dec.device)).cpu()  # (n, d_sae)
         if len(lat) == 0:
             raise BackendError("the text has no tokens the model reads (only special tokens?): type some words")

@@ -192,10 +192,14 @@ class SteeringViews:
         checked = validate_edits(rows, int(model.W_dec.shape[0]))
         adapter = self.adapter()
         prompt, cut = fit_prompt(adapter, prompt)
-        return self._steer_updates(adapter, model, checked, prompt, _join(cut, notice), n_new, temp, seed_i, bool(chat))
+        site = self.ws.site_of(_sae_name(sae))  # the SAE's own site: steering hooks where it reads
+        return self._steer_updates(
+            adapter, model, site, checked, prompt, _join(cut, notice), n_new, temp, seed_i, bool(chat)
+        )
 
-    def _steer_updates(self, adapter, model, checked, prompt, notice, n_new, temp, seed, chat) -> Iterator[SteerUpdate]:
-        site = self.ws.config.activations.site
+    def _steer_updates(
+        self, adapter, model, site, checked, prompt, notice, n_new, temp, seed, chat
+    ) -> Iterator[SteerUpdate]:
         turns = _turns(self)
         limit = steering.STEER_TIME_LIMIT_S
         deadline = time.monotonic() + limit
@@ -269,7 +273,7 @@ def _outcome(host, sae, inputs, edits, k, motif, n_iters, seed) -> dict:
     return kind.steer_outcome(
         OutcomeRequest(
             adapter=adapter,
-            site=host.ws.config.activations.site,
+            site=host.ws.site_of(_sae_name(sae)),
             inputs=inputs,
             k=k,
             motif=motif,

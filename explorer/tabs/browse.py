@@ -9,6 +9,7 @@ browser history entry, so Back returns to the previous latent and the address is
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,25 @@ def list_latents(
         if len(df)
         else f"no latents of SAE **{sae}** match these filters (page {page_i})"
     )
-    return table, status
+    return table, status + about_sae(backend, sae)
+
+
+def about_sae(backend: Any, sae: str) -> str:
+    """A second status line: the SAE's architecture, width, site and where it came from (trained here, or a
+    pretrained SAE's format, origin and own metadata)."""
+    rows = backend.saes()
+    row = rows[rows["name"] == sae].to_dict("records")
+    if not row:
+        return ""
+    r = row[0]
+    site = f" at `{r['site']}`" if r.get("site") else ""
+    source = f" · {_plain_md(str(r['source']))}" if r.get("source") else ""
+    return f"  \n{_plain_md(str(r.get('architecture', '')))}, {int(r['d_sae']):,} latents{site}{source}"
+
+
+def _plain_md(text: str) -> str:
+    """Text shown literally in Markdown (paths and config keys hold _ and *)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
 
 
 def show_feature(backend: Any, sae: str, latent: float | None) -> tuple:

@@ -248,7 +248,7 @@ def test_outcome_steering_resamples_towards_a_motif_with_a_masked_lm(tiny_mlm):
         modality="protein",
         adapter=lambda: tiny_mlm,
         sae=lambda name: sae,
-        ws=SimpleNamespace(config=SimpleNamespace(activations=SimpleNamespace(site=site))),
+        ws=SimpleNamespace(site_of=lambda name: site),
     )
     r = SteeringViews.steer_outcome(
         host, "topk", MELITTIN, [[0, "clamp", float(v.norm()) * 3]], motif="C.{2,4}C", n_iters=60, seed=1
