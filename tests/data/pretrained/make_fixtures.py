@@ -26,13 +26,24 @@ Run it in a throwaway venv, never the project's (the packages pull in transforme
     /tmp/fixvenv/bin/pip uninstall -y torchvision   # the PyPI build does not match torch+cpu and breaks transformers
     /tmp/fixvenv/bin/python tests/data/pretrained/make_fixtures.py
 
-The versions used are recorded in VERSIONS.md next to this script (rewritten on every run).
+SAELens 5 writes a different cfg.json (activation_fn_str, hook_name at the top level); its folders (saelens_v5_*)
+come from a second venv, where this script writes only those:
+
+    python -m venv /tmp/fixvenv5
+    /tmp/fixvenv5/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+    /tmp/fixvenv5/bin/pip install sae-lens==5.11.0 torch==2.13.0 "pyarrow<20"  # 5.x pins numpy<2
+    /tmp/fixvenv5/bin/pip uninstall -y torchvision
+    /tmp/fixvenv5/bin/python tests/data/pretrained/make_fixtures.py
+
+The versions used are recorded in VERSIONS.md next to this script (each run rewrites its own section). Both runs
+are deterministic: run again, they write byte-identical files.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -108,6 +119,66 @@ def saelens() -> None:
         with torch.no_grad():
             z = back.encode(torch.from_numpy(X))
             expected(folder, z, back.decode(z))
+
+
+def saelens_v5() -> None:
+    """SAELens 5 (one SAE class; cfg.json with activation_fn_str, hook_name at the top level): standard with a
+    finetuning scaling factor, topk as architecture "standard" + activation_fn_str "topk", jumprelu without
+    b_dec subtracted from the input."""
+    from sae_lens import SAE, SAEConfig
+
+    def cfg(arch: str, layer: int, **kw) -> SAEConfig:
+        base = {"activation_fn_str": "relu", "apply_b_dec_to_input": True, "finetuning_scaling_factor": False}
+        return SAEConfig(
+            **{
+                "architecture": arch,
+                "d_in": D_IN,
+                "d_sae": D_SAE,
+                "context_size": 128,
+                "model_name": "gpt2",
+                "hook_name": f"blocks.{layer}.hook_resid_pre",
+                "hook_layer": layer,
+                "hook_head_index": None,
+                "prepend_bos": True,
+                "dataset_path": "",
+                "dataset_trust_remote_code": False,
+                "normalize_activations": "none",
+                "dtype": "float32",
+                "device": "cpu",
+                "sae_lens_training_version": None,
+                **base,
+                **kw,
+            }
+        )
+
+    cases = {
+        "saelens_v5_standard": cfg("standard", 1, finetuning_scaling_factor=True),
+        "saelens_v5_topk": cfg("standard", 2, activation_fn_str="topk", activation_fn_kwargs={"k": 5}),
+        "saelens_v5_jumprelu": cfg("jumprelu", 3, apply_b_dec_to_input=False),
+    }
+    for i, (name, c) in enumerate(cases.items()):
+        g = torch.Generator().manual_seed(150 + i)
+        sae = SAE(c)
+        with torch.no_grad():
+            sae.W_enc.copy_(rand(g, D_IN, D_SAE, scale=0.5))
+            sae.W_dec.copy_(rand(g, D_SAE, D_IN, scale=0.5))
+            sae.b_enc.copy_(rand(g, D_SAE, scale=0.3))
+            sae.b_dec.copy_(rand(g, D_IN, scale=0.5))
+            if hasattr(sae, "threshold"):
+                sae.threshold.copy_(rand(g, D_SAE, scale=0.4))
+            if c.finetuning_scaling_factor:
+                sae.finetuning_scaling_factor.copy_(0.5 + torch.rand(D_SAE, generator=g))
+        folder = fresh(name)
+        sae.save_model(folder)
+        with torch.no_grad():
+            z = sae.encode(torch.from_numpy(X))
+            expected(folder, z, sae.decode(z))
+            # 5.11 writes the tensor as "finetuning_scaling_factor" but its load_from_disk only knows the older
+            # "scaling_factor" (RuntimeError: unexpected key): that folder's expected outputs come from the SAE
+            # that saved it; the others are also re-loaded by the package and must agree
+            if not c.finetuning_scaling_factor:
+                back = SAE.load_from_disk(folder)
+                assert torch.allclose(back.decode(back.encode(torch.from_numpy(X))), sae.decode(z))
 
 
 # ---- sparsify --------------------------------------------------------------------------------------------------
@@ -246,25 +317,27 @@ def gemma_scope() -> None:
     )
 
 
-def versions() -> None:
-    lines = [
-        "# Package versions that wrote these fixtures",
-        "",
-        "Written by `make_fixtures.py` (see its docstring for how to run it); Python " + sys.version.split()[0] + ".",
-        "",
-        *(f"- {p} {md.version(p)}" for p in PACKAGES),
-        "",
-        "gemma_scope/ is written with numpy in Gemma Scope's published params.npz layout (no package exists).",
-        "",
-    ]
-    (HERE / "VERSIONS.md").write_text("\n".join(lines))
+def versions(section: str, packages: tuple[str, ...]) -> None:
+    """Rewrite this run's section of VERSIONS.md, keeping the other run's."""
+    p = HERE / "VERSIONS.md"
+    head = "# Package versions that wrote these fixtures\n\nWritten by `make_fixtures.py` (see its docstring).\n"
+    parts = dict(re.findall(r"(?ms)^## (.+?)\n(.*?)(?=^## |\Z)", p.read_text())) if p.exists() else {}
+    parts[section] = "".join(f"- {name} {md.version(name)}\n" for name in packages)
+    parts[section] += f"- Python {sys.version.split()[0]}\n\n"
+    (HERE / "VERSIONS.md").write_text(
+        head + "".join(f"\n## {k}\n{v}" for k, v in sorted(parts.items())).rstrip() + "\n"
+    )
 
 
 if __name__ == "__main__":
-    saelens()
-    sparsify()
-    dictionary_learning()
-    gemma_scope()
-    versions()
+    if md.version("sae-lens").startswith("5."):  # the second venv: only the SAELens 5 folders
+        saelens_v5()
+        versions("saelens_v5_*", ("sae-lens", "torch", "numpy"))
+    else:
+        saelens()
+        sparsify()
+        dictionary_learning()
+        gemma_scope()
+        versions("all other folders (gemma_scope/: numpy in the published params.npz layout)", PACKAGES)
     sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in HERE.iterdir() if p.is_dir()}
     print(json.dumps(sizes, indent=1), "total", sum(sizes.values()))
