@@ -12,7 +12,8 @@ Hazards: decode() adds b_dec, so decode(0) = b_dec, not 0; steer with W_dec rows
 after training), never W_enc columns. A boosted residual SAE has b_dec fixed to 0.
 
 Format: the SAELens layout (cfg.json + sae_weights.safetensors); sparsify's (cfg.json +
-sae.safetensors) loads too. Weights are read with safetensors only; nothing is unpickled.
+sae.safetensors) loads too. Weights are read with safetensors only; nothing is unpickled. Other outside
+formats (dictionary_learning, Gemma Scope, sparsify run folders) are read by formats.load_pretrained.
 """
 
 from __future__ import annotations
@@ -165,6 +166,30 @@ def _read_json(p: Path) -> dict:
     return d
 
 
+def _dims(src: str | Path, w: dict, shapes: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Bind named dims (d_in, d_sae, ...) from the tensors' shapes, in the order given; one SaeError naming the
+    tensor whose shape disagrees. ``shapes`` maps a tensor name to its dim names (``()`` = a scalar); tensors
+    absent from ``w`` are skipped (their absence is reported by the caller)."""
+    dims: dict[str, int] = {}
+    first: dict[str, str] = {}  # dim name -> the tensor that fixed it
+    for name, names in shapes.items():
+        if name not in w:
+            continue
+        got = tuple(w[name].shape)
+        if len(got) != len(names) or any(dims.get(n, g) != g for n, g in zip(names, got)):
+            need = [dims.get(n, n) for n in names]
+            refs = sorted({first[n] for n in names if n in first})
+            fit = f" to fit {', '.join(f'{r} {list(w[r].shape)}' for r in refs)}" if refs else ""
+            raise SaeError(
+                f"{src}: {name} has shape {list(got)} but needs [{', '.join(map(str, need))}] "
+                f"({', '.join(names) or 'a scalar'}){fit}: the file is corrupt or not in this format; re-export it"
+            )
+        for n, g in zip(names, got):
+            first.setdefault(n, name)
+            dims[n] = g
+    return dims
+
+
 def _weights(p: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(p))
@@ -209,13 +234,20 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
     """SAELens 6 (``architecture``, hooks under ``metadata``) and pre-6 (``activation_fn_str``, ``hook_point``)
     folders. Inference-time conventions are folded into the weights so that our encode/decode reproduce
     SAELens' exactly: ``rescale_acts_by_decoder_norm`` (TopK: latents = topk(pre * |W_dec_i|), decoded
-    divided by |W_dec_i|) and a pre-6 finetuning ``scaling_factor`` (multiplies latents before decoding)."""
+    divided by |W_dec_i|), a pre-6 finetuning ``scaling_factor`` (multiplies latents before decoding; 5.x's
+    save_model names it ``finetuning_scaling_factor``), and, for
+    folders not written by this project (no "saex" key): ``apply_b_dec_to_input`` false (SAELens encodes
+    x @ W_enc + b_enc: folded as b_enc + b_dec @ W_enc) and JumpReLU's relu(pre) * (pre > threshold) (equal to
+    ours with the threshold clamped at 0; our own jumprelu keeps its threshold as saved)."""
     arch_raw = d.get("architecture") or d.get("activation_fn_str") or "standard"
     if arch_raw == "relu" and "architecture" not in d:  # SAELens v5: activation_fn_str relu = standard
         arch_raw = "standard"
     if arch_raw not in _SAELENS_ARCH:
         raise SaeError(f"{path}/cfg.json: unknown architecture {arch_raw!r}; known: {', '.join(sorted(_SAELENS_ARCH))}")
     arch = _SAELENS_ARCH[arch_raw]
+    act = d.get("activation_fn_str")  # SAELens 5: the activation, whatever the architecture
+    if act not in (None, "relu", "topk"):
+        raise SaeError(f"{path}/cfg.json: activation_fn_str {act!r} is not supported; known: relu, topk")
     if d.get("activation_fn_str") == "topk" or (d.get("activation_fn_kwargs") or {}).get("k"):
         arch = "topk" if arch_raw in ("standard", "topk") else arch
     norm = d.get("normalize_activations") or "none"
@@ -227,6 +259,8 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
     missing = [k for k in ("W_enc", "W_dec", "b_enc", "b_dec") if k not in w]
     if missing:
         raise SaeError(f"{path}: weights lack {missing}")
+    shapes = {"W_enc": ("d_in", "d_sae"), "W_dec": ("d_sae", "d_in"), "b_enc": ("d_sae",), "b_dec": ("d_in",)}
+    _dims(path / "sae_weights.safetensors", w, shapes)
     d_in, d_sae = w["W_enc"].shape
     if d.get("d_sae") is not None and int(d["d_sae"]) != d_sae:
         raise SaeError(
@@ -234,6 +268,8 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
             "sae_weights.safetensors do not belong together"
         )
     meta = d.get("metadata") or {}
+    ours = "saex" in d
+    apply_b_dec = bool(d.get("apply_b_dec_to_input", True))
     k = int(d.get("k") or (d.get("activation_fn_kwargs") or {}).get("k") or 32)
     if arch == "topk" and not 1 <= k <= d_sae:
         raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
@@ -244,13 +280,16 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
         k=min(k, d_sae),
         hook_name=d.get("hook_name") or meta.get("hook_name") or d.get("hook_point") or "",
         model_name=d.get("model_name") or meta.get("model_name", ""),
-        apply_b_dec=bool(d.get("apply_b_dec_to_input", True)),
+        apply_b_dec=apply_b_dec or not ours,  # an outside SAE's b_dec is folded into b_enc below
         meta=d.get("saex", {}),
     )
     sae = Sae(cfg)
     W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
-    if "scaling_factor" in w:  # z * s decoded by W_dec == z decoded by s * W_dec
-        W_dec = W_dec * w["scaling_factor"].float()[:, None]
+    if not apply_b_dec and not ours:  # SAELens: x @ W_enc + b_enc == (x - b_dec) @ W_enc + (b_enc + b_dec @ W_enc)
+        b_enc = b_enc + w["b_dec"].float() @ W_enc
+    scale = w.get("scaling_factor", w.get("finetuning_scaling_factor"))  # 5.x save_model writes the latter name
+    if scale is not None:  # z * s decoded by W_dec == z decoded by s * W_dec
+        W_dec = W_dec * scale.float()[:, None]
     if arch == "topk" and d.get("rescale_acts_by_decoder_norm"):
         n = W_dec.norm(dim=1).clamp_min(1e-12)  # pre * n = x @ (W_enc * n) + b_enc * n; decode z / n
         W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
@@ -263,23 +302,34 @@ def _load_saelens(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
             theta = w["threshold"] if "threshold" in w else w["log_threshold"].exp() if "log_threshold" in w else None
             if theta is None:
                 raise SaeError(f"{path}: a jumprelu SAE needs a 'threshold' tensor")
-            sae.threshold.copy_(theta.float().expand(d_sae))
+            if theta.numel() not in (1, d_sae):
+                raise SaeError(f"{path}: threshold has {theta.numel()} values but the SAE has d_sae={d_sae} latents")
+            theta = theta.float().reshape(-1).expand(d_sae)
+            sae.threshold.copy_(theta if ours else theta.clamp_min(0))  # SAELens: relu(pre) * (pre > threshold)
     return sae
 
 
 def _load_sparsify(d: dict, w: dict[str, torch.Tensor], path: Path) -> Sae:
-    """EleutherAI sparsify: encoder.weight (d_sae, d_in), encoder.bias, W_dec, b_dec; TopK of relu(pre)."""
-    odd = [f for f in ("transcode", "skip_connection", "multi_topk") if d.get(f)]
+    """EleutherAI sparsify: encoder.weight (d_sae, d_in), encoder.bias, W_dec, b_dec; TopK of relu(pre).
+    multi_topk is a training loss only (inference keeps the top k), so it loads; transcoders, skip connections
+    and groupmax do not map onto one Sae."""
+    odd = [f for f in ("transcode", "skip_connection") if d.get(f)]
     if d.get("activation", "topk") != "topk" or odd:
         raise SaeError(
-            f"{path}: only sparsify TopK SAEs load (activation 'topk', no transcode / skip_connection / "
-            f"multi_topk); this one has activation {d.get('activation')!r}{', ' + ', '.join(odd) if odd else ''}"
+            f"{path}: only sparsify TopK SAEs load (activation 'topk', no transcode / skip_connection); "
+            f"this one has activation {d.get('activation')!r}{', ' + ', '.join(odd) if odd else ''}"
         )
     missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in w]
     if missing:
         raise SaeError(f"{path}: sparsify weights lack {missing}")
+    shapes = {"encoder.weight": ("d_sae", "d_in"), "encoder.bias": ("d_sae",), "W_dec": ("d_sae", "d_in")}
+    _dims(path / "sae.safetensors", w, {**shapes, "b_dec": ("d_in",)})
     enc = w["encoder.weight"]
     d_sae, d_in = enc.shape
+    if d.get("d_in") is not None and int(d["d_in"]) != d_in:
+        raise SaeError(
+            f"{path}/cfg.json d_in={d['d_in']} but sae.safetensors has d_in={d_in}: the two files do not belong together"
+        )
     k = int(d.get("k", 32))
     if not 1 <= k <= d_sae:
         raise SaeError(f"{path}/cfg.json: k={k} must be between 1 and d_sae={d_sae}")
