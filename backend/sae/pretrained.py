@@ -143,6 +143,8 @@ def import_pretrained(ws, s, force: bool = False, verbose: bool = True) -> bool:
     src = _local(s)
     sae, prov = load_pretrained(src, hookpoint=s.hookpoint)
     named = prov.get("hook_name") or prov.get("hookpoint") or ""
+    if not named and site_from_hook(str(src)):  # Gemma Scope's files name no hook; its folders do (layer_12/...)
+        named = str(src)
     site = s.site or site_from_hook(named) or ws.config.activations.site
     adapter = ws.adapter(verbose=False)
     try:
