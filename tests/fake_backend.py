@@ -23,7 +23,7 @@ from backend.serve.service import (
     FeatureView,
     TextSearchResult,
 )
-from backend.serve.steer import SteerUpdate, parse_edits
+from backend.serve.steer import MAX_INPUT_CHARS, MAX_MOVERS, SteerUpdate, parse_edits
 
 MAX_TEXT = 20_000
 DOMAINS = ["general", "code", "legal"]
@@ -342,3 +342,47 @@ class FakeBackend:
         self, sae: str, inputs: str, edits, *, k: int = 10, motif: str = "", n_iters: int = 50, seed: int = 0
     ) -> dict:
         raise BackendError("this is a text workspace: steer it by generation (the Steer tab, /steer)")
+
+    def classifier_movers(self, sae: str, sequence: str, limit: int = 8) -> dict:
+        """The real argument checks, in the real order; then, where the capabilities offer movers (a subclass
+        flips them), ``limit`` deterministic rows over the SAE's first latents; else the real refusal."""
+        if not self.capabilities.get("classifier_movers"):
+            raise BackendError(
+                f"this is a {self.modality} workspace: it has no classifier to move; "
+                "finding movers needs a protein workspace whose model has a classifier head"
+            )
+        lat = self._check(sae)
+        n = check.whole("limit", limit, 1, MAX_MOVERS)
+        seq = check.text("sequence", sequence, MAX_INPUT_CHARS)
+        if not seq.strip():
+            raise BackendError("the sequence is empty: paste a protein sequence (one-letter amino-acid codes)")
+        bad = sorted({c for c in "".join(seq.split()).upper() if c not in "ACDEFGHIKLMNPQRSTVWYXBZUO"})
+        if bad:
+            raise BackendError(f"protein sequence has letter(s) outside the amino-acid alphabet: {bad}")
+        rows = []
+        for i in range(n):
+            measured = round((-1) ** i * 0.3 / (i + 1), 4)
+            delta = [-measured, measured]
+            rows.append(
+                {
+                    "latent": i,
+                    "label": str(lat["label"].iloc[i]),
+                    "direction": "raise" if measured > 0 else "lower",
+                    "value": round(2 * float(lat["max_act"].iloc[i]), 2),
+                    "max_act": float(lat["max_act"].iloc[i]),
+                    "predicted": round(measured * 0.8, 4),
+                    "measured": measured,
+                    "delta": delta,
+                }
+            )
+        return {
+            "classes": ["non-hemolytic", "hemolytic"],
+            "predicted": "hemolytic",
+            "before": [0.4, 0.6],
+            "factor": 2.0,
+            "n_ranked": self.D_SAE,
+            "rows": rows,
+            "largest": max(abs(r["measured"]) for r in rows),
+            "sign_agreement": [n, n],
+            "notice": None,
+        }

@@ -273,6 +273,28 @@ class ProteinAdapter:
             raise ValueError(f"model {self.model_id!r} has no classification head (head: {self.head})")
         return torch.softmax(self.logits(batch), dim=-1)
 
+    def class_prob_grad(self, batch: TokenBatch, site: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probs (B, n_classes), x (B, T, d) activations at ``site``, grad (B, T, d)) in one forward and one
+        backward pass: grad[b] = d p[b, c_b] / d x[b], c_b the class predicted for sequence b.
+
+        The site's output is replaced by a leaf tensor (same values) so that only x gets a gradient; the
+        weights get none. Hazard: p saturates (its gradient is p(1 - p) times the log-odds gradient), so a
+        confident prediction has small gradients everywhere; and a gradient is a first-order estimate only."""
+        if self.head != "classifier":
+            raise ValueError(f"model {self.model_id!r} has no classification head (head: {self.head})")
+        b, box = batch.to(self.device), {}
+
+        def leaf(x: torch.Tensor) -> torch.Tensor:
+            box["x"] = x.detach().float().requires_grad_(True)
+            return box["x"].to(x.dtype)
+
+        with torch.inference_mode(False), torch.enable_grad(), self.intervene(site, leaf):
+            logits = self.model(input_ids=b.input_ids, attention_mask=b.attention_mask.long()).logits.float()
+            probs = torch.softmax(logits, dim=-1)  # (B, n_classes)
+            top = probs.gather(1, probs.argmax(-1, keepdim=True)).sum()  # sequences are independent: one backward
+            (grad,) = torch.autograd.grad(top, box["x"])
+        return probs.detach(), box["x"].detach(), grad
+
     def intervene(self, site: str, fn: Intervention):
         return scoped_hook(self._module(site), fn)
 
@@ -286,7 +308,7 @@ class ProteinAdapter:
         hint = (
             "use steer_masked_resample to edit a sequence under steering"
             if self.head == "mlm"
-            else "steer the classifier's prediction instead (proteins.classifier_shift)"
+            else "steer the classifier's prediction instead (protein_steer.classifier_shift)"
         )
         raise ValueError(f"protein model {self.model_id!r} does not generate text left to right: {hint}")
 

@@ -56,6 +56,28 @@ class OutcomeRequest:
 
 
 @dataclass(frozen=True)
+class MoversRequest:
+    """One /classifier_movers request whose common arguments backend/serve/steer.py has checked."""
+
+    adapter: Any
+    """The workspace's model adapter."""
+    sae: Any
+    """The loaded SAE."""
+    site: str
+    """The SAE's hook site (where the clamps act)."""
+    inputs: str
+    """The raw input (a protein sequence), checked for length only."""
+    limit: int
+    """How many candidates to verify by clamping (checked against MAX_MOVERS)."""
+    max_acts: np.ndarray
+    """(d_sae,) each latent's largest activation in the index (0 where it never fired): clamps are multiples of it."""
+    labels: Callable[[int], str]
+    """latent -> its explanation in the index ('' when it has none)."""
+    turn: Callable[[], AbstractContextManager]
+    """One model turn (the facade's TurnLock): hold it around every forward pass."""
+
+
+@dataclass(frozen=True)
 class Modality:
     """One model kind: its adapter, corpora, windows, concepts, outcome steering, evaluation and UI."""
 
@@ -94,6 +116,12 @@ class Modality:
     it (e.g. a motif needs a masked-LM head); None: ``outcome_params`` for every model of the kind."""
     outcome_help: str = ""
     """Markdown under the outcome Steer tab's edits table."""
+    classifier_movers: Callable[[MoversRequest], dict] | None = None
+    """The latents whose clamp moves the model's classifier most on one input, ranked by gradient and verified by
+    clamping; None: the kind has no classifier to move."""
+    model_has_classifier: Callable[[ModelConfig], bool] | None = None
+    """(model config) -> whether this particular model has a classifier head, read from its files without loading
+    it; None: every model of the kind has one when ``classifier_movers`` is set."""
     outcome_genre_mix: bool = False
     """The outcome has genre mixes before/after (the UI shows their table)."""
     input_label: str = "text"
@@ -130,6 +158,8 @@ class Modality:
             "search_meaning": self.search_meaning,
             "outcome_params": {p: p in params for p in OUTCOME_PARAMS},
             "outcome_help": self.outcome_help,
+            "classifier_movers": self.classifier_movers is not None
+            and (model is None or self.model_has_classifier is None or self.model_has_classifier(model)),
             "outcome_genre_mix": self.outcome_genre_mix,
         }
 

@@ -1,5 +1,6 @@
 """Protein workspaces (ESM-2, residues are tokens): real corpora with per-residue annotations, windows, residue
-concepts and annotation spans, classifier steering, and the kind's registry record (``MODALITY``, at the end).
+concepts and annotation spans, and the kind's registry record (``MODALITY``, at the end); classifier steering and
+the search for latents that move the classifier live in protein_steer.py.
 
 Every reader returns ``(docs, annotations)``:
 - docs: ``corpora.Doc(doc_id=protein id, source, domain, text=sequence)`` with domain 'pfam', 'sumo'
@@ -36,20 +37,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from backend.adapters.protein import (
-    ProteinAdapter,
-    SequenceError,
-    check_sequence,
-    compile_motif,
-    esm_head,
-    load_protein,
-    residue_mask_fn,
-)
+from backend.adapters.protein import ProteinAdapter, SequenceError, check_sequence, esm_head, load_protein
 from backend.atomic import atomic_dir, atomic_write_parquet
 from backend.config import CorpusConfig
 from backend.data.assets import AssetError, asset_path, cache_root
 from backend.data.corpora import CorpusError, Doc
-from backend.modalities.base import Modality, OutcomeRequest, join_notices
+from backend.modalities.base import Modality
+from backend.modalities.protein_steer import movers, steer_outcome
 
 if TYPE_CHECKING:
     from backend.workspace import Workspace
@@ -475,82 +469,6 @@ def example_input(host: Any, n: int = 20) -> str:
     return "".join(adapter.token_strings(ids))
 
 
-# ---- steering the classifier ------------------------------------------------------------
-def fit_sequence(adapter: ProteinAdapter, text: str) -> tuple[str, str | None]:
-    """(residues the model reads, notice): the sequence normalised (SequenceError on bad letters), cut to
-    its first ``context_limit - 2`` residues (room for <cls> and <eos>); the notice says so when cut."""
-    seq = check_sequence(text, adapter.allowed)
-    room = adapter.context_limit - 2
-    if len(seq) <= room:
-        return seq, None
-    return seq[:room], (
-        f"The sequence has {len(seq):,} residues; only its first {room:,} were used (the model's length limit)."
-    )
-
-
-@torch.inference_mode()
-def classifier_shift(adapter: ProteinAdapter, sae, site: str, seq: str, edits, residues_only: bool = True) -> dict:
-    """Class probabilities of one sequence before and after latent edits at ``site``.
-
-    The edit uses steering.make_intervention (error kept: x' = x + decode(z') - decode(z)),
-    applied at residue positions only by default (the SAE never saw <cls>/<eos>). Hazard: the
-    classifier reads <cls> after the last layer, so residue edits at the last block cannot reach
-    it; steer an earlier block (or pass residues_only=False)."""
-    from backend.sae.steering import make_intervention, validate_edits
-
-    edits = validate_edits(edits, int(sae.W_dec.shape[0]))
-    batch = adapter.tokenize([seq], adapter.context_limit)
-    before = adapter.class_probs(batch)[0]
-    fn = make_intervention(sae, edits)
-    if residues_only:
-        fn = residue_mask_fn(fn, batch.keep_mask)
-    with adapter.intervene(site, fn):
-        after = adapter.class_probs(batch)[0]
-    return {
-        "classes": adapter.class_names,
-        "before": before.tolist(),
-        "after": after.tolist(),
-        "delta": (after - before).tolist(),
-    }
-
-
-def steer_outcome(req: OutcomeRequest) -> dict:
-    """/steer_outcome of a protein model: class probabilities of the sequence before and after the edits at the
-    residues (``classifier_shift``); with a masked-LM head and a motif, masked resampling with and without the
-    edits, same seed (``ProteinAdapter.steer_masked_resample``)."""
-    from backend.sae.steering import make_intervention
-
-    adapter = req.adapter
-    seq, cut = fit_sequence(adapter, req.inputs)
-    rows, blank = req.parse_edits()
-    matcher = compile_motif(req.motif) if req.motif else None
-    model, checked = req.load_sae(rows)
-    if matcher is not None and getattr(adapter, "head", "") == "mlm":
-        runs = {}
-        for name, fn in (("before", None), ("after", make_intervention(model, checked))):
-            with req.turn():
-                runs[name] = adapter.steer_masked_resample(
-                    seq, req.site, fn, matcher, n_iters=req.n_iters, seed=req.seed
-                )
-        return {
-            "kind": "resample",
-            **{
-                n: {"final": r.final, "matched_at": r.matched_at, "changes": len(r.trajectory)} for n, r in runs.items()
-            },
-            "start": runs["before"].start,
-            "motif": req.motif,
-            "notice": join_notices(cut, blank),
-        }
-    ignored = (
-        "This model has no masked-LM head, so the motif was ignored: the classifier's probabilities are shown."
-        if req.motif
-        else None
-    )
-    with req.turn():
-        out = classifier_shift(adapter, model, req.site, seq, checked)
-    return {"kind": "classifier", **out, "notice": join_notices(cut, blank, ignored)}
-
-
 MODALITY = Modality(
     name="protein",
     kind="protein",
@@ -563,6 +481,8 @@ MODALITY = Modality(
     token_concepts=token_concepts,
     context_spans=context_spans,
     steer_outcome=steer_outcome,
+    classifier_movers=movers,
+    model_has_classifier=lambda model: esm_head(model) == "classifier",
     outcome_input="sequence",
     outcome_params=("motif",),
     model_outcome_params=lambda model: ("motif",) if esm_head(model) == "mlm" else (),

@@ -126,6 +126,13 @@ class BackendAPI(Protocol):
         """The model's output before and after latent edits (protein and recommender workspaces)."""
         ...
 
+    def classifier_movers(self, sae: str, sequence: str, limit: int = 8) -> dict:
+        """The latents whose clamp (2 x max activation, at the residues) moves the classifier most on a sequence:
+        ranked by gradient, the ``limit`` best (1..10) verified by clamping (protein classifier workspaces only,
+        ``capabilities['classifier_movers']``): classes, predicted, before, factor, n_ranked, rows (latent,
+        label, direction, value, max_act, predicted, measured, delta), largest, sign_agreement, notice."""
+        ...
+
     # ---- the staged build (app.py builds workspaces SAE by SAE while serving them) ----
     def build_status(self) -> dict:
         """Progress of this workspace's build in the serving process: workspace, active (still building), step,

@@ -1,15 +1,16 @@
 """Steering views of the Backend facade (mixed into backend.serve.service.Backend).
 
 Plain Python values out; torch stays inside the backend. Needs from the host class:
-``self.ws`` (the Workspace), ``self.modality``, ``self.adapter()`` (the model adapter, loaded lazily)
-and ``self.sae(name)`` (a loaded SAE, cached; raises BackendError for unknown names).
+``self.ws`` (the Workspace), ``self.modality``, ``self.capabilities``, ``self.adapter()`` (the model adapter,
+loaded lazily), ``self.sae(name)`` (a loaded SAE, cached; raises BackendError for unknown names) and
+``self.index`` (the IndexReader: the latents' explanations and max activations for /classifier_movers).
 
 Every argument is checked before any model work, and a bad one is one ValueError line (SteeringError
 or BackendError). Caps (see backend/sae/steering.py for the generation caps): ``MAX_EDITS`` edits,
 ``MAX_INPUT_CHARS`` characters of outcome input, ``MAX_K`` recommendations, ``MAX_N_ITERS`` resampling
-iterations, ``MAX_MOTIF_CHARS`` motif characters. Input the model cannot read whole (a long prompt, a
-protein longer than the model's context, a history longer than the recommender's window) is cut, and
-the answer's ``notice`` says what was used.
+iterations, ``MAX_MOTIF_CHARS`` motif characters, ``MAX_MOVERS`` candidates clamped per /classifier_movers
+request. Input the model cannot read whole (a long prompt, a protein longer than the model's context, a history
+longer than the recommender's window) is cut, and the answer's ``notice`` says what was used.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from backend.errors import BackendError, number, shown, text, whole
 from backend.modalities import OutcomeRequest, get_modality
+from backend.modalities.base import MoversRequest
 from backend.modalities.base import join_notices as _join
 from backend.sae import steering
 from backend.sae.steering import (
@@ -44,6 +48,7 @@ MAX_INPUT_CHARS = 20_000  # /steer_outcome: raw characters of a protein sequence
 MAX_K = 100  # recommendations per request (and at most the catalogue's size)
 MAX_N_ITERS = 200  # masked-resampling iterations per run (two runs per request)
 MAX_MOTIF_CHARS = 100
+MAX_MOVERS = 10  # /classifier_movers: candidates verified by clamping (one forward pass each)
 _FIELDS = ("latent", "mode", "value")
 
 
@@ -253,6 +258,58 @@ class SteeringViews:
             raise
         except ValueError as e:  # bad sequence letters, unknown item ids, bad edits, no head...
             raise BackendError(str(e)) from None
+
+    def classifier_movers(self, sae: str, sequence: str, limit: int = 8) -> dict:
+        """The latents whose clamp moves the classifier most on ``sequence`` (protein workspaces with a classifier
+        head): every latent ranked by a first-order (gradient) estimate of the change of the predicted class's
+        probability when clamped at 2 x its max activation on the residues, the ``limit`` best (both directions)
+        then clamped for real. Returns classes, predicted, before, factor, n_ranked, rows (latent, label,
+        direction, value, max_act, predicted, measured, delta; largest |measured| first), largest,
+        sign_agreement and notice (backend/modalities/protein_steer.py)."""
+        kind = get_modality(self.modality)
+        if kind.classifier_movers is None:
+            raise BackendError(
+                f"this is a {self.modality} workspace: it has no classifier to move; "
+                "finding movers needs a protein workspace whose model has a classifier head"
+            )
+        if not self.capabilities.get("classifier_movers"):
+            raise BackendError(
+                f"model {self.ws.config.model.id!r} has no classifier head: there is no class probability to move; "
+                "steer it with the edits table instead"
+            )
+        try:
+            return _movers(self, sae, sequence, limit)
+        except BackendError:
+            raise
+        except ValueError as e:  # bad sequence letters, an empty sequence, no head
+            raise BackendError(str(e)) from None
+
+
+def _movers(host, sae, sequence, limit) -> dict:
+    """classifier_movers' body (a function: tests drive it with a stand-in host): the SAE name, the limit and the
+    sequence's length are checked here, in that order, before any model work; its letters by the kind."""
+    name = _sae_name(sae)
+    model = host.sae(name)
+    limit = whole("limit", limit, 1, MAX_MOVERS)
+    seq = text("sequence", sequence, MAX_INPUT_CHARS)
+    if not seq.strip():
+        raise BackendError("the sequence is empty: paste a protein sequence (one-letter amino-acid codes)")
+    info = host.index.labels(name)
+    max_acts = np.zeros(int(model.W_dec.shape[0]), dtype=np.float32)
+    max_acts[info["latent"].to_numpy()] = info["max_act"].fillna(0.0).to_numpy()
+    labels = dict(zip(info["latent"].astype(int), info["label"].fillna("").astype(str)))
+    return get_modality(host.modality).classifier_movers(
+        MoversRequest(
+            adapter=host.adapter(),
+            sae=model,
+            site=host.ws.site_of(name),
+            inputs=seq,
+            limit=limit,
+            max_acts=max_acts,
+            labels=lambda i: labels.get(int(i), ""),
+            turn=_turns(host).turn,
+        )
+    )
 
 
 def _outcome(host, sae, inputs, edits, k, motif, n_iters, seed) -> dict:

@@ -1,7 +1,12 @@
 """Steer tab for models that do not generate text: clamp, scale or ablate latents and compare the
 model's output before and after (protein: the classifier's class probabilities, or masked resampling
 towards a motif when the model has a masked-LM head; recommender: the top-k next items and their genre mix).
-Its controls, help and labels come from ``backend.capabilities``."""
+Its controls, help and labels come from ``backend.capabilities``.
+
+A model with a classifier head also gets "Find latents that move the classifier"
+(``capabilities['classifier_movers']``): the backend ranks every latent by a gradient estimate of what a clamp at 2x
+its max activation does to the predicted class's probability and clamps the best candidates for real; selecting a
+row of the table adds that latent, at the clamp value measured, to the edits table."""
 
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ import pandas as pd
 
 from ..api import BAD_INPUT, json_endpoint
 from ..render import message_html
-from .steer import CONCURRENCY, add_latent_controls, edit_rows, edits_table
+from .steer import CONCURRENCY, add_edit, add_latent_controls, edit_rows, edits_table, latent_max_act
+
+MOVER_COLUMNS = ["latent", "explanation", "clamp value", "estimated change", "measured change"]
+VISIBLE = 0.05  # a measured change of the predicted class's probability at least this large is called visible
 
 
 def outcome_html(r: dict) -> str:
@@ -94,6 +102,70 @@ def run_outcome(backend: Any, sae: str, inputs: str, edits: Any, k: float, motif
     return notice + outcome_html(r), genre_frame(r)
 
 
+def movers_frame(r: dict) -> pd.DataFrame:
+    """The rows of a ``Backend.classifier_movers`` result: latent, explanation, clamp value, estimated (first-order)
+    and measured change of the predicted class's probability, largest measured first."""
+    rows = [
+        (int(x["latent"]), x.get("label", ""), x["value"], round(x["predicted"], 3), round(x["measured"], 3))
+        for x in r.get("rows", [])
+    ]
+    return pd.DataFrame(rows, columns=MOVER_COLUMNS)
+
+
+def movers_summary(r: dict) -> str:
+    """One paragraph over the movers table: the prediction, the largest measured change and how often the
+    gradient estimate had its sign; when no candidate reaches ``VISIBLE``, why a clamp may not reach the head."""
+    rows = r.get("rows", [])
+    if not rows:
+        return message_html("No latent could be ranked (none fired in the index).", "info")
+    p = dict(zip(r["classes"], r["before"]))[r["predicted"]]
+    best = rows[0]
+    agree, n = r["sign_agreement"]
+    text = (
+        f"Predicted: {r['predicted']} (p = {p:.3f}). Clamped each of {n} candidates at {r['factor']:g}x its max "
+        f"activation on every residue: the largest measured change of p is {best['measured']:+.3f} (latent "
+        f"{best['latent']}). The gradient estimate had the measured sign for {agree} of {n}."
+    )
+    if r["largest"] < VISIBLE:
+        text += (
+            f" No candidate moves p by {VISIBLE:g} or more on this sequence: the classifier reads only <cls> after "
+            "the last block, so a clamp at the residues of the SAE's block reaches it only through the attention "
+            "of the blocks after it."
+        )
+    else:
+        text += " Select a row to add that latent, at its clamp value, to the edits table."
+    notice = message_html(r["notice"], "info") if r.get("notice") else ""
+    return notice + message_html(text, "info")
+
+
+def find_movers(backend: Any, sae: str, inputs: str) -> tuple:
+    """Handler of "Find latents that move the classifier": (table, summary HTML, the SAE it was found for). The
+    values go to the backend unconverted (any client can call it); a bad one is a warning and a message."""
+    try:
+        r = backend.classifier_movers(sae, inputs)
+    except BAD_INPUT as e:
+        gr.Warning(str(e))
+        return movers_frame({}), message_html(str(e)), None
+    return movers_frame(r), movers_summary(r), sae
+
+
+def add_mover(backend: Any, edits: pd.DataFrame | None, found_for: str | None, evt: gr.SelectData) -> tuple:
+    """A selected row of the movers table added to the edits table at its clamp value (the SAE picker follows
+    the SAE the table was found for): (edits, sae)."""
+    row = list(evt.row_value or [])
+    try:
+        latent, value = int(row[0]), float(row[2])
+    except (IndexError, *BAD_INPUT):
+        raise gr.Error("That row has no latent to add.") from None
+    max_act = latent_max_act(backend, found_for, latent) if found_for else None
+    return add_edit(edits, latent, value=value, max_act=max_act), found_for or gr.skip()
+
+
+@json_endpoint
+def classifier_movers_api(backend: Any, sae: str, sequence: str, limit: int = 8) -> dict:
+    return backend.classifier_movers(sae, sequence, limit)
+
+
 @json_endpoint
 def steer_outcome_api(
     backend: Any, sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0, n_iters: int = 50
@@ -130,6 +202,8 @@ def build(backend: Any, sae_names: list[str]) -> dict:
         concurrency_limit=CONCURRENCY,
         concurrency_id="steer",
     )
+    if caps.get("classifier_movers"):  # a classifier to move (not a recommender, not a masked LM)
+        movers_panel(backend, sae, inputs, edits)
 
     def steer_outcome(
         sae: str, inputs: str, edits: list, k: int = 10, motif: str = "", seed: int = 0, n_iters: int = 50
@@ -140,4 +214,42 @@ def build(backend: Any, sae_names: list[str]) -> dict:
         return steer_outcome_api(backend, sae, inputs, edits, k, motif, seed, n_iters)
 
     gr.api(steer_outcome, api_name="steer_outcome", concurrency_limit=CONCURRENCY, concurrency_id="steer")
+
+    def classifier_movers(sae: str, sequence: str, limit: int = 8) -> dict:
+        """The latents whose clamp at 2x their max activation (at the residues) moves the classifier most on the
+        sequence: ranked by a gradient estimate, the ``limit`` (1..10) best clamped for real; rows with latent,
+        label, value, predicted and measured change of the predicted class's probability (protein classifiers;
+        elsewhere one error line)."""
+        return classifier_movers_api(backend, sae, sequence, limit)
+
+    gr.api(classifier_movers, api_name="classifier_movers", concurrency_limit=CONCURRENCY, concurrency_id="steer")
     return {"edits": edits, "sae": sae}
+
+
+def movers_panel(backend: Any, sae: gr.Dropdown, inputs: gr.Textbox, edits: gr.Dataframe) -> None:
+    """The "Find latents that move the classifier" button, its summary and its table (select a row: add it)."""
+    gr.Markdown("#### Latents that move the classifier")
+    find_btn = gr.Button("Find latents that move the classifier", elem_id="find-movers")
+    summary = gr.HTML(elem_id="movers-summary")
+    table = gr.Dataframe(
+        movers_frame({}),
+        interactive=False,
+        wrap=True,
+        column_widths=["10%", "48%", "14%", "14%", "14%"],
+        elem_id="movers",
+        show_label=False,
+    )
+    found_for = gr.State(None)  # the SAE the table's latents belong to
+    find_btn.click(
+        lambda s, i: find_movers(backend, s, i),
+        [sae, inputs],
+        [table, summary, found_for],
+        api_visibility="private",
+        concurrency_limit=CONCURRENCY,
+        concurrency_id="steer",
+    )
+
+    def on_pick(edits_now: pd.DataFrame, found: str | None, evt: gr.SelectData) -> tuple:  # Gradio reads the hint
+        return add_mover(backend, edits_now, found, evt)
+
+    table.select(on_pick, [edits, found_for], [edits, sae], api_visibility="private")

@@ -79,8 +79,29 @@ def test_protein_steer_tab_shows_classifier_probabilities(page, url):
     assert page.locator("#outcome tr").count() >= 3  # header + one row per class
 
 
+def test_protein_steer_tab_finds_latents_that_move_the_classifier(page, url):
+    """The button fills the movers table (gradient-ranked, clamped for real); a selected row joins the edits."""
+    page.goto(url + "protein_tiny/", wait_until="domcontentloaded")
+    page.wait_for_selector("#top-contexts .ctx")
+    page.get_by_role("tab", name="Steer").click()
+    page.get_by_role("button", name="Find latents that move the classifier").click()
+    page.wait_for_function(
+        "document.querySelector('#movers-summary').innerText.includes('largest measured change')", timeout=60_000
+    )
+    cells = page.locator("#movers .body-cell")
+    assert cells.count() == 8 * 5  # 8 candidates x (latent, explanation, clamp value, estimated, measured)
+    latent = cells.first.inner_text().strip()
+    assert latent.isdigit()
+    cells.nth(1).click()
+    page.wait_for_function(
+        "id => [...document.querySelectorAll('#steer-edits .body-cell')].some(c => c.innerText.trim() === id)",
+        arg=latent,
+    )
+
+
 def test_recsys_steer_tab_shows_lists_before_and_after(page, url):
     steer_first_latent(page, url + "recsys_tiny/")
+    assert page.get_by_role("button", name="Find latents that move the classifier").count() == 0  # no classifier
     page.wait_for_selector("#outcome ol li")
     assert page.locator("#outcome ol").count() == 2 and page.locator("#outcome ol").first.locator("li").count() == 10
     assert "genre-mix change" in page.locator("#outcome").inner_text()

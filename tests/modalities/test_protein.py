@@ -154,7 +154,7 @@ def test_concept_association_on_a_hand_made_case():
 
 
 def test_clamping_a_latent_changes_the_hemolysis_probability(esm):
-    from backend.modalities.protein import classifier_shift
+    from backend.modalities.protein_steer import classifier_shift
 
     sae = ReluSae(320, 64, seed=0)
     out = classifier_shift(esm, sae, "blocks.2.hook_resid_post", MELITTIN, [Edit(3, "clamp", 20.0)])
