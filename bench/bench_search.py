@@ -113,7 +113,26 @@ def main() -> None:
         f"chance hits@{args.k} with latents drawn at random: {chance:.0%}; median /search_meaning latency "
         f"{sorted(t_meaning)[len(t_meaning) // 2] * 1000:.0f} ms (first query loads MiniLM: {t_meaning[0]:.1f} s)"
     )
+    label_quality(lat, b.sae_names)
     b.close()
+
+
+def label_quality(lat: list, names: list[str]) -> None:
+    """Per SAE: the share of firing latents (density > 0) whose label reaches detection F1 >= 0.5 on held-out
+    tokens (``confidence``: the score of the label, by its rule or by a model), and the median F1."""
+    import pandas as pd
+
+    print("\nlabel quality (firing latents; detection F1 of the label on held-out tokens)")
+    allf = []
+    for name, df in zip(names, lat):
+        f = df[df["density"] > 0]
+        allf.append(f)
+        print(
+            f"  {name:14} {len(f):>5} firing  F1>=0.5: {(f['confidence'] >= 0.5).mean():.1%}  "
+            f"median F1 {f['confidence'].median():.3f}"
+        )
+    f = pd.concat(allf)
+    print(f"  {'all':14} {len(f):>5} firing  F1>=0.5: {(f['confidence'] >= 0.5).mean():.1%}")
 
 
 def _with_domain(b, df):

@@ -3,7 +3,13 @@
 Each latent is placed by its unit decoder row w_i = W_dec[i] / |W_dec[i]|, so two latents land near
 each other when their output directions have a high cosine. UMAP (cosine metric) runs on the rows
 projected onto their top ``PROJ_DIM`` right singular vectors (uncentred, so inner products are kept
-as well as a rank-64 subspace can keep them): the neighbour search is then ~10x cheaper than in 576-d.
+as well as a rank-256 subspace can keep them), with ``N_NEIGHBORS`` 10 and ``MIN_DIST`` 0.
+
+The settings are measured (bench/bench_maps.py, the demo's `general` SAE, 1,152 latents at d=576): the share of each
+latent's 10 nearest decoder directions that are among its 10 nearest map points is 0.198 with these settings, 0.107
+with the earlier ones (64 dimensions, n_neighbors 15, min_dist 0.1), 0.207 in the full space (no projection) and
+0.043 for a random decoder (a structureless disc). 256 dimensions keep nearly all of the full space's neighbours at
+three quarters of its time; min_dist 0 lets neighbours sit together instead of being spread evenly.
 
 Hazards:
 - umap-learn's numba JIT costs ~35 s the first time in a process (the demo index timings in bench/RESULTS.md
@@ -22,7 +28,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 MIN_UMAP = 10
-PROJ_DIM = 64
+PROJ_DIM = 256
+N_NEIGHBORS = 10
+MIN_DIST = 0.0
 
 
 def unit_rows(W: np.ndarray) -> np.ndarray:
@@ -48,7 +56,7 @@ def pca_2d(W_dec: np.ndarray) -> np.ndarray:
     return (centred @ _top_axes(centred, 2)).astype(np.float32)
 
 
-def layout(W_dec: np.ndarray, seed: int = 0, n_neighbors: int = 15, method: str = "umap") -> np.ndarray:
+def layout(W_dec: np.ndarray, seed: int = 0, n_neighbors: int = N_NEIGHBORS, method: str = "umap") -> np.ndarray:
     """(n, 2) coordinates for decoder rows (n, d): UMAP with the cosine metric, or PCA (see module doc)."""
     if method not in ("umap", "pca"):
         raise ValueError(f"map method {method!r}: use 'umap' or 'pca'")
@@ -61,7 +69,7 @@ def layout(W_dec: np.ndarray, seed: int = 0, n_neighbors: int = 15, method: str 
         W = W @ _top_axes(W, PROJ_DIM)
     reducer = umap.UMAP(
         n_neighbors=min(n_neighbors, len(W) - 1),
-        min_dist=0.1,
+        min_dist=MIN_DIST,
         metric="cosine",
         random_state=seed,
         n_epochs=200,
