@@ -130,7 +130,8 @@ def workspace_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
     """Hold the workspace's write lock for the block; ``WorkspaceBusy`` when another process has it
     (at once by default; ``wait_s`` > 0 polls that long first, e.g. for test sessions sharing a workspace).
 
-    Re-entrant within one process (a build step inside ``build`` takes it again for free). Taking it
+    Re-entrant within one process (a build step inside ``build`` takes it again for free). Under torchrun only
+    rank 0 takes it, for the whole group (``follow_group_leader``). Taking it
     first removes the temporaries left by killed writers (``remove_stale_files``). The ``.lock`` file stays
     after release (unlinking a lock file races with the next taker); only its holder record is cleared.
     """

@@ -67,6 +67,7 @@ def group() -> Iterator[None]:
     atomic.follow_group_leader(td.get_rank() != 0)
     try:
         yield
+        barrier()  # every rank done before any leaves the group
     finally:
         atomic.follow_group_leader(False)
         _state["ctrl"] = None

@@ -64,6 +64,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         res = {name: _train(name) for name in VARIANTS}
         if rank == 0:
             torch.save(res, out)
+        td.barrier()
     finally:
         td.destroy_process_group()
 
