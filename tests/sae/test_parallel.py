@@ -1,17 +1,20 @@
 """Data-parallel training (sae/parallel.py): two gloo ranks, each on its slice of the same global batches, end
 with the single-process trainer's state (weights, Adam moments, dead-latent counters, BatchTopK threshold,
-target-L0 controller, logged stats) for every architecture and loss term, within float32 summation order."""
+target-L0 controller, logged stats) for every architecture and loss term, within float32 summation order; and a
+failing rank-0 step (backend/dist.py) stops both ranks."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
 
+from backend import dist
 from backend.config import SaeConfig, TrainConfig
 from backend.sae.parallel import SplitBatch, WholeBatch, batch_reducer
 from backend.sae.train import Trainer
@@ -56,14 +59,24 @@ def _train(name: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _fail() -> None:
+    raise ValueError("the index could not be written")
+
+
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         assert isinstance(batch_reducer(), SplitBatch)
         res = {name: _train(name) for name in VARIANTS}
+        try:  # a rank-0 step that fails fails every rank, none left waiting
+            dist.on_rank0(_fail)
+        except Exception as e:
+            res["failure"] = f"{type(e).__name__}: {e}"
         if rank == 0:
             torch.save(res, out)
+        else:
+            Path(out).with_suffix(".rank1").write_text(res["failure"])
         td.barrier()
     finally:
         td.destroy_process_group()
@@ -74,11 +87,18 @@ def two_ranks(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     d = tmp_path_factory.mktemp("ddp")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     mp.spawn(_worker, args=(2, str(d / "init"), str(d / "out.pt")), nprocs=2, join=True)
-    return torch.load(d / "out.pt")
+    res = torch.load(d / "out.pt")
+    res["failure@1"] = (d / "out.rank1").read_text()
+    return res
 
 
 def test_one_process_gets_the_whole_batch():
     assert type(batch_reducer()) is WholeBatch
+
+
+def test_a_failed_rank0_step_stops_every_rank(two_ranks):
+    assert two_ranks["failure"] == "ValueError: the index could not be written"
+    assert two_ranks["failure@1"].startswith("RankFailed: rank 0 failed, so rank 1 stops too: ValueError: the index")
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
