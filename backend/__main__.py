@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from backend.data import assets
@@ -27,9 +28,11 @@ def _corpora(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
+    from backend import dist
     from backend.build import build_workspace
 
-    build_workspace(args.config, args.workspace, force=args.force, steps=args.steps)
+    with dist.group():  # under torchrun: one rank of the group (README: running on several GPUs or machines)
+        build_workspace(args.config, args.workspace, force=args.force, steps=args.steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
 
     args = p.parse_args(argv)
+    if args.cmd != "build" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        print(f"error: only `build` runs under torchrun; run `python -m backend {args.cmd}` once", file=sys.stderr)
+        return 2
     try:
         args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as e:

@@ -81,6 +81,14 @@ def atomic_write_parquet(df: pd.DataFrame, path: str | Path) -> None:
 # ---- the workspace lock -----------------------------------------------------------------------------
 _held: dict[Path, list[int]] = {}  # resolved workspace -> [fd, depth]: re-entrant within this process
 _held_guard = threading.Lock()
+_follower = [False]  # a torchrun rank other than 0 (backend/dist.py): rank 0 holds the locks for the group
+
+
+def follow_group_leader(on: bool) -> None:
+    """Mark this process as a torchrun rank other than 0 (``on``) or not. A follower's ``workspace_lock`` takes
+    nothing and removes nothing: rank 0 holds the lock for the whole group, and the group's temporaries are
+    rank 0's (named with its pid)."""
+    _follower[0] = on
 
 
 def _command() -> str:
@@ -122,11 +130,15 @@ def workspace_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
     """Hold the workspace's write lock for the block; ``WorkspaceBusy`` when another process has it
     (at once by default; ``wait_s`` > 0 polls that long first, e.g. for test sessions sharing a workspace).
 
-    Re-entrant within one process (a build step inside ``build`` takes it again for free). Taking it
+    Re-entrant within one process (a build step inside ``build`` takes it again for free). Under torchrun only
+    rank 0 takes it, for the whole group (``follow_group_leader``). Taking it
     first removes the temporaries left by killed writers (``remove_stale_files``). The ``.lock`` file stays
     after release (unlinking a lock file races with the next taker); only its holder record is cleared.
     """
     ws = Path(path)
+    if _follower[0]:
+        yield ws
+        return
     key = ws.resolve()
     first = False
     with _held_guard:

@@ -9,6 +9,9 @@ The whole build holds the workspace lock (atomic.workspace_lock): a second build
 fails at once with WorkspaceBusy naming the first, and the temporaries of a killed build are removed
 when the next one takes the lock.
 
+Under torchrun (backend/dist.py) activations and train run on every rank (the cache's shards split between
+them, training data parallel); the other steps run on rank 0 while the others wait.
+
 Staged build (``StagedBuilder``, what ``python app.py`` runs): the same steps, SAE by SAE. After windows
 and activations, each SAE of the config in turn is trained, evaluated and added to the index
 (index/build.py ``add_to_index``), so an app can serve a workspace as soon as its first SAE is indexed
@@ -31,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from backend import dist
 from backend.workspace import Workspace, create_workspace, workspace_lock
 
 STEPS = ("windows", "activations", "subdomains", "train", "eval", "index", "coverage")
@@ -42,47 +46,46 @@ def build_workspace(
     config: str | Path, path: str | Path | None = None, *, force: bool = False, steps: str = "all", verbose: bool = True
 ) -> Workspace:
     want = STEPS if steps == "all" else tuple(s.strip() for s in steps.split(","))
-    bad = [s for s in want if s not in STEPS]
-    if bad:
+    if bad := [s for s in want if s not in STEPS]:
         raise ValueError(f"unknown build step(s) {bad}; steps are {', '.join(STEPS)}")
-    ws = create_workspace(config, path)
-    with workspace_lock(ws.path):
-        return _build(ws, want, force, verbose)
+    ws = dist.rank0_first(create_workspace, config, path)  # under torchrun rank 0 writes workspace.yaml
+    with workspace_lock(ws.path):  # under torchrun rank 0 holds it for the group
+        return _build(ws, want, force, verbose and dist.is_leader())
 
 
 def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> Workspace:
-    t0 = time.time()
-    say = print if verbose else (lambda *a, **k: None)
+    t0, say = time.time(), print if verbose else (lambda *a, **k: None)
     say(f"[build] workspace {ws.config.name} in {ws.path}", flush=True)
     if "train" in want:
         from backend.sae.pretrained import preflight
 
-        preflight(ws)  # a pretrained SAE that cannot be read fails now, before any work
+        dist.on_rank0(preflight, ws)  # a pretrained SAE that cannot be read fails now, before any work
     if "windows" in want:
-        ws.build_windows(force=force, verbose=verbose)
+        dist.on_rank0(ws.build_windows, force=force, verbose=verbose)
     if "activations" in want:
-        cache = ws.build_activations(force=force, verbose=verbose)
+        cache = ws.build_activations(force=force, verbose=verbose)  # every rank captures its share
         say(f"[build] activations: {cache.n_tokens:,} tokens at {cache.site}", flush=True)
     if "subdomains" in want:
         from backend.research.subdomain import build_subdomain
 
         for sd in ws.config.subdomains:
-            build_subdomain(ws, sd, force=force, verbose=verbose)
+            dist.on_rank0(build_subdomain, ws, sd, force=force, verbose=verbose)
     if "train" in want and ws.config.saes:
-        train_all(ws, force=force, verbose=verbose)
+        train_all(ws, force=force, verbose=verbose)  # data parallel across the ranks
     if "eval" in want and ws.config.saes:
-        eval_all(ws, force=force, verbose=verbose)
+        dist.on_rank0(eval_all, ws, force=force, verbose=verbose)
     if "index" in want and ws.config.saes:
         from backend.index.build import add_to_index, build_index, indexed_saes
 
-        if force or not ws.index_path.exists():
-            build_index(ws, progress=verbose)
-        elif missing := [s.name for s in ws.config.saes if s.name not in indexed_saes(ws.index_path)]:
-            add_to_index(ws, missing, progress=verbose)  # a staged build stopped part-way: add what it lacks
+        with dist.rank0_step() as mine:
+            if mine and (force or not ws.index_path.exists()):
+                build_index(ws, progress=verbose)
+            elif mine and (missing := [s.name for s in ws.config.saes if s.name not in indexed_saes(ws.index_path)]):
+                add_to_index(ws, missing, progress=verbose)  # a staged build stopped part-way: add what it lacks
     if "coverage" in want and ws.config.subdomains:
         from backend.research.coverage import build_coverage
 
-        build_coverage(ws, force=force, verbose=verbose)
+        dist.on_rank0(build_coverage, ws, force=force, verbose=verbose)
     say(f"[build] done in {time.time() - t0:.0f} s", flush=True)
     return ws
 
@@ -109,7 +112,7 @@ def train_one(
     if s.pretrained:  # loaded, not trained; then its site's activations (for evaluation and the index)
         from backend.sae.pretrained import import_pretrained
 
-        done = import_pretrained(ws, s, force=force, verbose=verbose)
+        done = bool(dist.on_rank0(import_pretrained, ws, s, force=force, verbose=verbose))
         ws.build_activations(verbose=verbose, site=ws.site_of(s.name))
         return done
     if (out / "cfg.json").exists() and not force:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from backend import dist
 from backend.atomic import WorkspaceBusy, atomic_write_parquet, atomic_write_text, workspace_lock  # noqa: F401
 from backend.config import WorkspaceConfig
 from backend.data.activations import ShardCache
@@ -102,11 +103,15 @@ class Workspace:
     def activation_source(self, data: str = "general", site: str | None = None) -> ShardCache:
         """The shard cache of the general activations (at ``site``, default activations.site), or of a subdomain's
         retrieved windows, serving normal tokens only: the attention-sink rule of ``activations`` is decided on
-        each cache once (recorded in its meta.json)."""
-        cache = ShardCache(self.cache_dir(data, site))
+        each cache once (recorded in its meta.json; under torchrun by rank 0, before the other ranks open it)."""
         ac = self.config.activations
-        cache.ensure_exclusion(ac.exclude_first_positions, ac.sink_norm_factor)
-        return cache
+
+        def open_cache() -> ShardCache:
+            cache = ShardCache(self.cache_dir(data, site))
+            cache.ensure_exclusion(ac.exclude_first_positions, ac.sink_norm_factor)
+            return cache
+
+        return dist.rank0_first(open_cache)
 
     # ---- build steps ------------------------------------------------------------------
     def build_windows(self, force: bool = False, verbose: bool = True) -> pd.DataFrame:
@@ -132,7 +137,8 @@ class Workspace:
         return df
 
     def build_activations(self, force: bool = False, verbose: bool = True, site: str | None = None) -> ShardCache:
-        """The activation cache at ``site`` (default activations.site), captured unless it exists."""
+        """The activation cache at ``site`` (default activations.site), captured unless it exists (under torchrun
+        by every rank, each its share of the shards: ShardCache.build)."""
         site = site or self.config.activations.site
         if (self.cache_dir(site=site) / "meta.json").exists() and not force:
             return self.activation_source(site=site)

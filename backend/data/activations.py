@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from backend import dist
 from backend.adapters.base import ModelAdapter
 from backend.atomic import atomic_dir, atomic_write_text
 
@@ -176,45 +177,16 @@ class ShardCache:
         dtype: str = "float16",
         progress: bool = True,
     ) -> ShardCache:
+        """Capture the kept tokens of ``windows`` (in row order, the first ``max_tokens``) into a cache at ``out``,
+        a new shard whenever ``shard_tokens`` are buffered. Under torchrun (backend/dist.py) every rank captures
+        its run of the same shards (``_build_split``)."""
         out = Path(out)
+        if dist.active():
+            return _build_split(adapter, windows, site, out, batch_size, max_tokens, shard_tokens, dtype, progress)
         with atomic_dir(out) as tmp:
-            names, buf, n_buf, total = [], [], 0, 0
-
-            def flush() -> None:
-                nonlocal buf, n_buf
-                if not buf:
-                    return
-                name = f"shard_{len(names):05d}.safetensors"
-                save_file(
-                    {
-                        "acts": torch.cat([c.acts for c in buf]).to(_DT[dtype]).contiguous(),
-                        "token_ids": torch.cat([c.token_ids for c in buf]).int(),
-                        "window": torch.cat([c.window for c in buf]).int(),
-                        "pos": torch.cat([c.pos for c in buf]).int(),
-                    },
-                    str(tmp / name),
-                )
-                names.append(name)
-                buf, n_buf = [], 0
-
-            for chunk in stream_activations(
-                adapter, windows, site, batch_size, max_tokens, progress, desc=f"cache {site}"
-            ):
-                buf.append(chunk)
-                n_buf += len(chunk.acts)
-                total += len(chunk.acts)
-                if n_buf >= shard_tokens:
-                    flush()
-            flush()
-            meta = {
-                "site": site,
-                "model": adapter.model_id,
-                "d_in": adapter.d_model,
-                "n_tokens": total,
-                "dtype": dtype,
-                "shards": names,
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            chunks = stream_activations(adapter, windows, site, batch_size, max_tokens, progress, desc=f"cache {site}")
+            names, total = _write_shards(chunks, tmp, 0, shard_tokens, dtype)
+            _write_meta(tmp, adapter, site, dtype, names, total)
         return ShardCache(out)
 
     def load_shard(self, i: int) -> dict[str, torch.Tensor]:
@@ -261,3 +233,120 @@ class ShardCache:
             carry = pool[n_full:]
         if len(carry):
             yield carry
+
+
+# ---- writing a cache, in one process or split across the ranks of a torchrun group ---------------------
+def _write_shards(
+    chunks: Iterator[ActChunk], folder: Path, first: int, shard_tokens: int, dtype: str
+) -> tuple[list[str], int]:
+    """Write ``chunks`` as shard_NNNNN.safetensors files (numbered from ``first``), a new one whenever
+    ``shard_tokens`` are buffered; returns (the file names, the tokens written)."""
+    names: list[str] = []
+    buf: list[ActChunk] = []
+    n_buf = total = 0
+
+    def flush() -> None:
+        nonlocal buf, n_buf
+        if not buf:
+            return
+        name = f"shard_{first + len(names):05d}.safetensors"
+        save_file(
+            {
+                "acts": torch.cat([c.acts for c in buf]).to(_DT[dtype]).contiguous(),
+                "token_ids": torch.cat([c.token_ids for c in buf]).int(),
+                "window": torch.cat([c.window for c in buf]).int(),
+                "pos": torch.cat([c.pos for c in buf]).int(),
+            },
+            str(folder / name),
+        )
+        names.append(name)
+        buf, n_buf = [], 0
+
+    for chunk in chunks:
+        buf.append(chunk)
+        n_buf += len(chunk.acts)
+        total += len(chunk.acts)
+        if n_buf >= shard_tokens:
+            flush()
+    flush()
+    return names, total
+
+
+def _write_meta(folder: Path, adapter: ModelAdapter, site: str, dtype: str, names: list[str], total: int) -> None:
+    meta = {"site": site, "model": adapter.model_id, "d_in": adapter.d_model, "n_tokens": total, "dtype": dtype}
+    (folder / "meta.json").write_text(json.dumps({**meta, "shards": names}, indent=1))
+
+
+def plan_shards(
+    adapter: ModelAdapter, windows: pd.DataFrame, batch_size: int, max_tokens: int | None, shard_tokens: int
+) -> list[tuple[int, int, int]]:
+    """The shards a one-process ``ShardCache.build`` writes, as (first window row, end row, tokens), from each
+    forward batch's kept-token count (``batch_from_ids``' keep_mask: no forward pass), cut where it cuts them:
+    after the batch that brings the buffer to ``shard_tokens``, and at ``max_tokens`` (within a batch)."""
+    shards: list[tuple[int, int, int]] = []
+    seen = n_buf = start = end = 0
+    for s in range(0, len(windows), batch_size):
+        rows = windows.iloc[s : s + batch_size]
+        c = int(adapter.batch_from_ids(list(rows["token_ids"])).keep_mask.sum())
+        c = min(c, max_tokens - seen) if max_tokens else c
+        seen, n_buf, end = seen + c, n_buf + c, s + len(rows)
+        if n_buf >= shard_tokens:
+            shards.append((start, end, n_buf))
+            start, n_buf = end, 0
+        if max_tokens and seen >= max_tokens:
+            break
+    if end > start:
+        shards.append((start, end, n_buf))
+    return shards
+
+
+def _build_split(
+    adapter: ModelAdapter,
+    windows: pd.DataFrame,
+    site: str,
+    out: Path,
+    batch_size: int,
+    max_tokens: int | None,
+    shard_tokens: int,
+    dtype: str,
+    progress: bool,
+) -> ShardCache:
+    """``ShardCache.build`` by the ranks of a torchrun group: the same shards (same windows, same forward
+    batches, same cuts: ``plan_shards``), rank r of W writing shards [r S / W, (r+1) S / W) of the S planned.
+    Rank 0 makes the temporary folder (atomic_dir) and names it to the others; once every rank has written its
+    shards it writes meta.json listing them all and renames the folder into place. A rank's failure is raised
+    on every rank (nothing is renamed)."""
+    plan = plan_shards(adapter, windows, batch_size, max_tokens, shard_tokens)
+    r, W = dist.rank(), dist.size()
+    lo, hi = len(plan) * r // W, len(plan) * (r + 1) // W
+
+    def capture(tmp: Path) -> tuple[list[str], int, str | None]:
+        if lo == hi:
+            return [], 0, None
+        try:  # the global budget cuts only the last shard's last batch
+            budget = sum(t for *_, t in plan[lo:hi]) if max_tokens and hi == len(plan) else None
+            mine = windows.iloc[plan[lo][0] : plan[hi - 1][1]]
+            desc = f"cache {site} (rank 0 of {W})"
+            chunks = stream_activations(adapter, mine, site, batch_size, budget, progress and r == 0, desc=desc)
+            return (*_write_shards(chunks, tmp, lo, shard_tokens, dtype), None)
+        except Exception as e:
+            return [], 0, f"rank {r}: {type(e).__name__}: {e}"
+
+    def check(parts: list[tuple[list[str], int, str | None]]) -> None:
+        if errors := [e for *_, e in parts if e]:
+            raise RuntimeError(f"capturing activations at {site} failed on {'; '.join(errors)}")
+        names, total = [n for ns, *_ in parts for n in ns], sum(t for _, t, _ in parts)
+        if names != [f"shard_{i:05d}.safetensors" for i in range(len(plan))] or total != sum(t for *_, t in plan):
+            raise RuntimeError(
+                f"the ranks' shards at {site} do not match the plan ({len(names)} shards, {total} tokens)"
+            )
+
+    if r == 0:
+        with atomic_dir(out) as tmp:
+            parts = dist.gather(capture(Path(dist.broadcast(str(tmp)))))
+            check(parts)
+            _write_meta(tmp, adapter, site, dtype, [n for ns, *_ in parts for n in ns], sum(t for _, t, _ in parts))
+    else:
+        check(dist.gather(capture(Path(dist.broadcast(None)))))
+    dist.barrier()  # rank 0 has renamed the folder into place
+    return ShardCache(out)

@@ -3,11 +3,15 @@
 Notation: x (N, d_in) inputs, recons (N, d_in), latents (N, d_sae), W_dec (d_sae, d_in).
 Reconstruction losses are normalized by the batch's total variance, so the main term *is* the
 fraction of variance unexplained (FVU) and every coefficient is independent of activation scale.
+
+Terms that average over tokens take the average as an argument (``mean``, ``var``, ``reduce``; the plain
+one by default): a data-parallel rank (sae/parallel.py) passes its share of the global batch's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +50,13 @@ def tilted(losses: torch.Tensor, t: float) -> torch.Tensor:
     return r.to(losses.dtype)
 
 
-def l1(latents: torch.Tensor, W_dec: torch.Tensor, d_in: int) -> torch.Tensor:
+def l1(latents: torch.Tensor, W_dec: torch.Tensor, d_in: int, mean: Callable = torch.mean) -> torch.Tensor:
     """Decoder-norm-weighted L1 (Anthropic, April 2024): mean_i sum_j |z_ij| ||W_dec_j|| / d_in.
 
     The 1/d_in matches Anthropic's convention (inputs at norm sqrt(d_in), unnormalized MSE) once
     the MSE is divided by the variance, so coefficients around 5 are typical.
     """
-    return (latents.abs() * W_dec.norm(dim=1)).sum(-1).mean() / d_in
+    return mean((latents.abs() * W_dec.norm(dim=1)).sum(-1)) / d_in
 
 
 class _Step(torch.autograd.Function):
@@ -94,21 +98,32 @@ def jumprelu(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.
     return _JumpReLU.apply(pre, theta, bandwidth)
 
 
-def l0_ste(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
+def l0_ste(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float, mean: Callable = torch.mean) -> torch.Tensor:
     """Mean number of active latents per token, differentiable in theta via the STE."""
-    return _Step.apply(pre, theta, bandwidth).sum(-1).mean()
+    return mean(_Step.apply(pre, theta, bandwidth).sum(-1))
 
 
-def auxk(residual: torch.Tensor, aux_recons: torch.Tensor) -> torch.Tensor:
+def auxk(
+    residual: torch.Tensor, aux_recons: torch.Tensor, var: torch.Tensor | None = None, mean: Callable = torch.mean
+) -> torch.Tensor:
     """AuxK (Gao et al.): reconstruct the main residual from the top dead latents, normalized by
-    the residual's variance; nan-safe when there is nothing to reconstruct."""
-    return (residual - aux_recons).pow(2).sum(-1).mean() / total_variance(residual)
+    the residual's variance (``var``, default total_variance(residual)); nan-safe when there is nothing to
+    reconstruct."""
+    var = total_variance(residual) if var is None else var
+    return mean((residual - aux_recons).pow(2).sum(-1)) / var
 
 
-def matryoshka(x: torch.Tensor, prefix_recons: list[torch.Tensor], t: float = 0.0) -> torch.Tensor:
-    """Sum over nested prefixes w of the (tilted) loss of latents[:, :w] @ W_dec[:w] + b_dec."""
-    var = total_variance(x)
-    return sum(tilted(per_token_loss(x, r, var), t) for r in prefix_recons)
+def matryoshka(
+    x: torch.Tensor,
+    prefix_recons: list[torch.Tensor],
+    t: float = 0.0,
+    var: torch.Tensor | None = None,
+    reduce: Callable = tilted,
+) -> torch.Tensor:
+    """Sum over nested prefixes w of the (tilted) loss of latents[:, :w] @ W_dec[:w] + b_dec (``var``: the FVU
+    denominator, default total_variance(x); ``reduce(per_token, t)``: the tilted mean)."""
+    var = total_variance(x) if var is None else var
+    return sum(reduce(per_token_loss(x, r, var), t) for r in prefix_recons)
 
 
 def orthogonality(W_dec: torch.Tensor, chunk: int, generator: torch.Generator | None = None) -> torch.Tensor:

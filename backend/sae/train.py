@@ -18,6 +18,9 @@ top k + 8 bfloat16 candidates are re-scored exactly in float32 (topk.pair_dots) 
 those exact values are kept, so the kept latents and their values match the float32 path (up to
 float32 summation order). AuxK's dead-latent values are read from the bfloat16 buffer (an auxiliary
 loss; its weight gradient does not depend on them).
+
+Under torchrun every quantity over the batch goes through ``self.red`` (sae/parallel.py): each rank trains on its
+slice of the same global batches, and the summed gradients are one process's (tests/sae/test_parallel.py).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from backend.config import SaeConfig, TrainConfig
 from backend.sae import losses
 from backend.sae.kernels import bucket_order, pair_dots
 from backend.sae.model import Sae, SaeError, SaeSpec, twin_dir, write_metrics
+from backend.sae.parallel import batch_reducer
 
 TWIN_SEED_OFFSET = 1_000  # the stability twin's seed (init and data order) is the SAE's + this
 
@@ -163,15 +167,8 @@ class Trainer:
     ):
         self.cfg, self.tcfg, self.base = cfg, tcfg, base
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        meta = {
-            "name": cfg.name,
-            "matryoshka_widths": cfg.matryoshka_widths,
-            "ortho_coef": cfg.ortho_coef,
-            "term_tilt": cfg.term_tilt,
-            "data": cfg.data,
-            "l1_coef": cfg.l1_coef,
-            "l0_coef": cfg.l0_coef,
-        }
+        keys = ("name", "matryoshka_widths", "ortho_coef", "term_tilt", "data", "l1_coef", "l0_coef")
+        meta = {k: getattr(cfg, k) for k in keys}  # recorded in cfg.json
         if cfg.boost_base:
             meta["boost_base"] = f"../{cfg.boost_base}"
         # Each SAE gets its own init (seed + a stable hash of its name), so that decoder matches
@@ -202,6 +199,7 @@ class Trainer:
         self.sparsity_mult = 1.0  # the L1 / L0 coefficient's multiplier, steered towards cfg.target_l0
         self.sparsity_integral = 0.0  # its controller's integral term (log units)
         self._pre_buf: torch.Tensor | None = None
+        self.red = batch_reducer()  # the batch's reductions: whole, or this rank's slice (sae/parallel.py)
 
     # ---- one step ---------------------------------------------------------------------------
     def _residual(self, x_raw: torch.Tensor) -> torch.Tensor:
@@ -219,8 +217,8 @@ class Trainer:
     def loss_and_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss for a (scaled) batch x and the logged stats."""
         cfg, sae = self.cfg, self.sae
-        N = len(x)
-        var = losses.total_variance(x)
+        N = self.red.rows(x)  # the global batch's rows (x holds this rank's slice under torchrun)
+        var = self.red.variance(x)
         terms: dict[str, torch.Tensor] = {}
         if cfg.architecture in ("topk", "batchtopk"):
             x_c = (x - sae.b_dec).detach()  # (N, d_in); the encoder's b_dec gradient is dropped (see _SelectedPre)
@@ -231,13 +229,13 @@ class Trainer:
             vals = _SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, pairs.vals, pairs)
             recons = _sparse_decode(vals, sae.W_dec, pairs) + sae.b_dec
             fired = pairs.col_offsets < torch.cat([pairs.col_offsets[1:], pairs.col_offsets.new_tensor([len(vals)])])
-            fired = fired.cpu()
+            fired = self.red.any(fired.cpu())
             l0 = len(vals) / N
             if cfg.matryoshka_widths:
                 prefix = [
                     _sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec for w in cfg.matryoshka_widths
                 ]
-                terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt)
+                terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt, var, self.red.tilted)
             dead = (self.since_fired >= self.dead_after).nonzero().squeeze(1)
             if cfg.auxk_coef > 0 and len(dead):
                 terms["auxk"] = cfg.auxk_coef * self._auxk(x, x_c, pre, recons, dead.to(x.device))
@@ -246,33 +244,29 @@ class Trainer:
             pre = torch.addmm(sae.b_enc, x_c, sae.W_enc)  # (N, d_sae)
             if cfg.architecture == "relu":
                 latents = torch.relu(pre)
-                terms["l1"] = cfg.l1_coef * self._sparsity() * losses.l1(latents, sae.W_dec, x.shape[1])
+                terms["l1"] = cfg.l1_coef * self._sparsity() * losses.l1(latents, sae.W_dec, x.shape[1], self.red.mean)
             else:  # jumprelu
                 latents = losses.jumprelu(pre, sae.threshold, cfg.jumprelu_bandwidth)
-                terms["l0"] = cfg.l0_coef * self._sparsity() * losses.l0_ste(pre, sae.threshold, cfg.jumprelu_bandwidth)
+                l0_term = losses.l0_ste(pre, sae.threshold, cfg.jumprelu_bandwidth, self.red.mean)
+                terms["l0"] = cfg.l0_coef * self._sparsity() * l0_term
             recons = latents @ sae.W_dec + sae.b_dec
             active = latents.detach() > 0
-            fired = active.any(0).cpu()
-            l0 = float(active.sum(-1).float().mean())
+            fired = self.red.any(active.any(0).cpu())
+            l0 = self.red.mean(active.sum(-1).float())
             if cfg.matryoshka_widths:
-                terms["matryoshka"] = losses.matryoshka(
-                    x, [latents[:, :w] @ sae.W_dec[:w] + sae.b_dec for w in cfg.matryoshka_widths], cfg.term_tilt
-                )
+                prefix = [latents[:, :w] @ sae.W_dec[:w] + sae.b_dec for w in cfg.matryoshka_widths]
+                terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt, var, self.red.tilted)
         per_tok = losses.per_token_loss(x, recons, var)
         if not cfg.matryoshka_widths:
-            terms["recons"] = losses.tilted(per_tok, cfg.term_tilt)
+            terms["recons"] = self.red.tilted(per_tok, cfg.term_tilt)
         if cfg.ortho_coef > 0:
-            terms["ortho"] = cfg.ortho_coef * losses.orthogonality(sae.W_dec, cfg.ortho_chunk, self.gen)
+            terms["ortho"] = self.red.once(cfg.ortho_coef * losses.orthogonality(sae.W_dec, cfg.ortho_chunk, self.gen))
         total = sum(terms.values())
         self.since_fired += N
         self.since_fired[fired] = 0
-        stats = {
-            "loss": float(total.detach()),
-            "fvu": float(per_tok.detach().mean()),
-            "l0": l0,
-            "dead": float((self.since_fired >= self.dead_after).float().mean()),
-        }
-        return total, stats
+        dead = float((self.since_fired >= self.dead_after).float().mean())
+        loss, fvu, l0 = self.red.total(total.detach(), self.red.mean(per_tok.detach()), l0)  # global values
+        return total, {"loss": loss, "fvu": fvu, "l0": l0, "dead": dead}
 
     def _pre_acts(self, x_c: torch.Tensor, W_t: torch.Tensor) -> torch.Tensor:
         """x_c @ W_enc + b_enc for selection, in train.dtype, into a reused buffer (a fresh (N, d_sae)
@@ -310,9 +304,9 @@ class Trainer:
         # batchtopk: the top k*N of the batch, in two stages (per-row top 4k, then global) unless a row overflows
         kk = min(4 * k, d_sae)
         cand, cand_c = pre.topk(kk, dim=-1, sorted=False)  # (N, kk)
-        v, flat = cand.reshape(-1).topk(k * N, sorted=False)
-        if kk < d_sae and bool((cand.min(1).values >= v.min()).any()):  # a row may hold more than kk: exact pass
-            v, flat = pre.reshape(-1).topk(k * N, sorted=False)
+        v, flat, thr = self.red.batch_topk(cand.reshape(-1), k * self.red.rows(pre))  # of the global batch
+        if kk < d_sae and self.red.flag(bool((cand.min(1).values >= thr).any())):  # a row may hold more than kk
+            v, flat, _ = self.red.batch_topk(pre.reshape(-1), k * self.red.rows(pre))  # the exact pass
             cand_c, kk = None, d_sae
         order, _ = bucket_order(flat // kk, N)  # rows ascend (a counting sort: torch's threaded argsort is slow)
         flat, v = flat[order], v[order]
@@ -322,8 +316,7 @@ class Trainer:
             v = pair_dots(rows, cols, x_c, W_t, b_enc)
         keep = v > 0
         rows, cols, v = rows[keep], cols[keep], v[keep]
-        if len(v):  # running min kept value (the exported threshold, before calibration)
-            t = float(v.min())
+        if (t := self.red.min(v)) is not None:  # running min kept value (the exported threshold, before calibration)
             self.bt_threshold = t if self.bt_threshold < 0 else 0.99 * self.bt_threshold + 0.01 * t
         P = _Pairs(rows, cols, N, d_sae)
         P.vals = v
@@ -337,12 +330,13 @@ class Trainer:
             keep = v > 0
             rows = torch.arange(len(x), device=x.device)[:, None].expand_as(j)[keep]
             cols, v = dead[j[keep]], v[keep].float()
-        if len(rows) == 0:
+        if not self.red.flag(len(rows) > 0):  # no dead latent is positive anywhere in the (global) batch
             return x.new_zeros(())
         pairs = _Pairs(rows, cols, len(x), self.cfg.d_sae)
         vals = _SelectedPre.apply(x_c, self.sae.W_enc, self.sae.b_enc, v, pairs)
         aux = _sparse_decode(vals, self.sae.W_dec, pairs)
-        return losses.auxk((x - recons).detach(), aux)
+        res = (x - recons).detach()
+        return losses.auxk(res, aux, self.red.variance(res), self.red.mean)
 
     def _warm(self) -> float:
         """L1 / L0 coefficient ramp from 0 over the first l1_warmup_frac of training."""
@@ -380,8 +374,8 @@ class Trainer:
         if not math.isfinite(float(x_raw.sum(dtype=torch.float64))):  # one pass; NaN/inf anywhere makes it non-finite
             raise FloatingPointError("non-finite activations in the input batch")
         if self.step == 0 and self.tokens == 0:
-            self._init_from(x_raw)
-        x = self._prepare(x_raw)
+            self._init_from(x_raw)  # the global batch (every rank has it)
+        x = self._prepare(self.red.split(x_raw))
         for g in self.opt.param_groups:
             g["lr"] = self.lr * self.lr_factor(self.step)
         loss, stats = self.loss_and_stats(x)
@@ -389,6 +383,7 @@ class Trainer:
             raise FloatingPointError("the loss became non-finite")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.red.reduce_grads(self.sae.parameters())  # under torchrun: the sum of the ranks' shares
         renorm = self.cfg.architecture != "relu"
         if renorm and self.sae.W_dec.grad is not None:
             with torch.no_grad():  # drop the gradient component parallel to each unit decoder row
@@ -462,6 +457,8 @@ class Trainer:
         return out.cpu().eval()
 
     def save_checkpoint(self, folder: Path) -> None:
+        if not self.red.leader:  # under torchrun every rank holds the same state; rank 0 writes it
+            return
         tensors = {f"p.{n}": p.detach().cpu().contiguous() for n, p in self.sae.named_parameters()}
         params = [p for p in self.sae.parameters() if p.requires_grad]
         adam_steps = []
@@ -555,7 +552,7 @@ def train_sae(
         initial=min(tr.tokens, total),
         desc=f"train {cfg.name}",
         unit="tok",
-        disable=not progress,
+        disable=not (progress and tr.red.leader),
         dynamic_ncols=True,
     )
     t0, stats, epoch = time.time(), {}, 0
@@ -594,7 +591,6 @@ def train_sae(
     if cfg.architecture == "batchtopk":
         tr.calibrate_threshold(source)
     sae = tr.export()
-    sae.save(out_dir)
     metrics = {
         "train": {
             "tokens": tr.tokens,
@@ -610,6 +606,9 @@ def train_sae(
     if cfg.architecture in ("relu", "jumprelu"):  # the sparsity coefficient it ended with (target_l0 steers it)
         coef = cfg.l1_coef if cfg.architecture == "relu" else cfg.l0_coef
         metrics["train"]["sparsity_coef"] = coef * tr.sparsity_mult
-    write_metrics(out_dir, metrics)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if tr.red.leader:  # under torchrun rank 0 writes; the others wait until it has
+        sae.save(out_dir)
+        write_metrics(out_dir, metrics)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    tr.red.barrier()
     return sae

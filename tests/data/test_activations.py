@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from backend.adapters.base import TokenBatch
 from backend.config import CorpusConfig
-from backend.data.activations import ShardCache, stream_activations
+from backend.data.activations import ShardCache, plan_shards, stream_activations
 from backend.data.corpora import load_docs, make_windows
 
 SITE = "blocks.4.hook_resid_post"
@@ -67,3 +70,45 @@ def test_shard_cache_round_trip_and_batches(smollm2, tmp_path):
 def test_empty_windows_table_gives_empty_stream(smollm2):
     empty = pd.DataFrame(columns=["corpus", "domain", "doc_id", "source", "start", "token_ids"])
     assert list(stream_activations(smollm2, empty, SITE, progress=False)) == []
+
+
+class _CountingAdapter:
+    """BOS + ids, right-padded; id 0 is special (not kept); the activation at a token is its id (4 dims)."""
+
+    model_id, d_model = "counting", 4
+
+    def batch_from_ids(self, seqs):
+        rows = [[1, *map(int, s)] for s in seqs]
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        att = torch.zeros_like(ids, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], att[i, : len(r)] = torch.tensor(r), True
+        keep = att & (ids != 0)
+        keep[:, 0] = False
+        return TokenBatch(ids, att, keep)
+
+    def capture(self, batch, site):
+        return batch.input_ids[..., None].float().expand(-1, -1, 4)
+
+
+@pytest.mark.parametrize(
+    "batch_size, max_tokens, shard_tokens", [(3, None, 40), (4, 97, 30), (2, 50, 1), (5, 1000, 64)]
+)
+def test_the_shard_plan_is_where_a_one_process_build_cuts(tmp_path, batch_size, max_tokens, shard_tokens):
+    """torchrun's ranks capture the shards that plan_shards predicts from the keep masks alone (no forward pass):
+    they must be the shards, windows and tokens the one-process build writes."""
+    g = np.random.default_rng(0)
+    w = pd.DataFrame({"token_ids": [list(g.integers(0, 9, g.integers(1, 12))) for _ in range(40)]})
+    w = w.sample(frac=1.0, random_state=3)  # a shuffled index, as the workspace's windows are
+    ad = _CountingAdapter()
+    cache = ShardCache.build(
+        ad, w, "s", tmp_path / "c", batch_size=batch_size, max_tokens=max_tokens, shard_tokens=shard_tokens
+    )
+    plan = plan_shards(ad, w, batch_size, max_tokens, shard_tokens)
+    assert len(plan) == len(cache.shards) > 1 and sum(t for *_, t in plan) == cache.n_tokens
+    for i, (start, end, tokens) in enumerate(plan):
+        sh = cache.load_shard(i)
+        assert len(sh["acts"]) == tokens
+        assert set(sh["window"].tolist()) <= set(w.index[start:end])  # rows outside the plan's windows: none
+        part = list(stream_activations(ad, w.iloc[start:end], "s", batch_size, tokens if i == len(plan) - 1 else None))
+        assert torch.equal(torch.cat([c.window for c in part]).int(), sh["window"])
