@@ -57,9 +57,12 @@ def _rows_hash(index: Path, sae: str) -> str:
     con = duckdb.connect(str(index), read_only=True)
     try:
         h = hashlib.sha256()
-        for table, order in (("latents", "latent"), ("contexts", "latent, kind, rank")):
-            df = con.execute(f"SELECT * FROM {table} WHERE sae = ? ORDER BY {order}", [sae]).df()
-            h.update(df.to_csv(index=False).encode())
+        queries = (
+            "SELECT * FROM latents WHERE sae = ? ORDER BY latent",
+            "SELECT * FROM contexts WHERE sae = ? ORDER BY latent, kind, rank",
+        )
+        for sql in queries:
+            h.update(con.execute(sql, [sae]).df().to_csv(index=False).encode())
         return h.hexdigest()
     finally:
         con.close()

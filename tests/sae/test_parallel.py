@@ -87,7 +87,7 @@ def two_ranks(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     d = tmp_path_factory.mktemp("ddp")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     mp.spawn(_worker, args=(2, str(d / "init"), str(d / "out.pt")), nprocs=2, join=True)
-    res = torch.load(d / "out.pt")
+    res = torch.load(d / "out.pt", weights_only=True)
     res["failure@1"] = (d / "out.rank1").read_text()
     return res
 
