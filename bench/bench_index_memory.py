@@ -148,6 +148,37 @@ def child(n: int, d_in: int, source: Path, legacy: bool) -> dict:
         }
 
 
+def encode_vs_spill(n: int, d_in: int, source: Path) -> None:
+    """The choice of stats.py, measured: a second encode pass of the train rows against reading their spill back."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from backend.index.collect import encode_chunks
+    from backend.index.spill import FiringSpill
+    from backend.sae.model import Sae, SaeSpec
+
+    (ROOT / "bench" / "_data").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "_data") as tmp:
+        ia = synthetic_acts(n, d_in, source, tmp, False)
+        rows = np.flatnonzero(~ia.heldout)
+        for width in (d_in, 576):  # the bench's width, and the real one (random rows: the encode cost is the same)
+            sae = Sae(SaeSpec(d_in=width, d_sae=D_SAE, architecture="topk", k=K)).eval()
+            x, idx = (ia.acts, rows) if width == d_in else (torch.randn(len(rows), width).half(), np.arange(len(rows)))
+            spill, c0 = FiringSpill(D_SAE, tmp), _cpu()
+            for chunk, r, c, v, _ in encode_chunks(sae, x, idx):
+                spill.append(chunk[0], chunk[-1] + 1, r, c, v)
+            c1 = _cpu()
+            nnz = sum(len(r) for r, _, _ in spill.chunks())
+            c2 = _cpu()
+            print(
+                f"  d_in {width}: encoding {len(rows):,} train rows {c1 - c0:.1f} CPU s; reading their {nnz:,} firings "
+                f"back from the spill {c2 - c1:.3f} CPU s ({(c2 - c1) / (c1 - c0):.2%} of the encode)",
+                flush=True,
+            )
+            spill.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", default="250000,500000,1000000,2000000")
@@ -156,7 +187,13 @@ def main() -> None:
     ap.add_argument("--compare", default="", help="token counts at which to run the in-memory builder too")
     ap.add_argument("--child", type=int, default=0)
     ap.add_argument("--legacy", action="store_true")
+    ap.add_argument(
+        "--encode-vs-spill", type=int, default=0, help="only time a re-encode against a spill read, at N tokens"
+    )
     args = ap.parse_args()
+    if args.encode_vs_spill:
+        encode_vs_spill(args.encode_vs_spill, args.d_in, args.source)
+        return
     if args.child:
         print(json.dumps(child(args.child, args.d_in, args.source, args.legacy)), flush=True)
         return

@@ -177,7 +177,8 @@ class Labeller(Protocol):
     name: str
 
     def explain(self, ev: LatentEvidence) -> list[Explanation]:
-        """One explanation per latent, in latent order (detection scores are filled in later)."""
+        """One explanation per latent of ``ev``, in order (detection scores are filled in later). The index passes
+        one block of latents at a time: latent l of the block is row l of ``ev.train`` and ``ev.ngrams[l]``."""
         ...
 
 

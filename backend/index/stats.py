@@ -1,31 +1,33 @@
 """Every statistic of one SAE over the indexing corpus in bounded memory: one encode, then scans of spilled firings.
 
 The build of one SAE is split into functions of two kinds, so that a distributed build can run the first kind on
-each worker's slice of rows and merge (the ``merge`` methods; sums, maxima and top-k merges):
-"encode / scan a slice of rows -> a partial" and "merge partials". Per SAE:
+each worker's slice of rows (whole windows) and merge the results (the ``merge`` methods: sums, maxima, top-k
+merges, label files joined): "encode / scan a slice of rows -> a partial" and "merge partials". Per SAE:
 
 1. ``encode_train`` (the one encode of the train rows, collect.CHUNK rows at a time) -> ``TrainPartial``: firing
    counts, sums, maxima, per-domain and per-corpus counts, the streaming top-k rows per latent (the
    threshold-filtered merge of backend/sae/kernels.py), the bigram counts of the rows, and every firing
    spilled to disk (spill.FiringSpill, 12 bytes per firing on disk, none in memory).
-2. ``encode_heldout`` (the held-out rows, once; the train maxima are known by then) -> ``HeldPartial``: the
-   held-out firings spilled, their bigram counts, the held-out firings sampled over activation bands for the
-   scoring contexts (kind ``hpos``), and the held-out concept counts (protein, recommender).
-3. ``scan_train`` reads the train spill back chunk by chunk (no re-encode: reading 12 bytes per firing from the
-   page cache costs ~1% of encoding them) -> ``ScanPartial``: the histogram over ``N_BINS`` equal bins of
-   (0, max], ``n_quantiles`` bands of (0, max] with ``per_quantile`` uniform samples each (the same merge on
-   uniform random keys = reservoir sampling without replacement), the (latent, bigram) pairs of the label
-   counts partitioned by latent block on disk (spill.LabelBuckets), and the concept threshold counts.
+2. ``encode_heldout`` (the held-out rows, once; the train maxima are known by then: merge the train partials
+   first) -> ``HeldPartial``: the held-out firings spilled, their bigram counts, the held-out firings sampled over
+   activation bands for the scoring contexts (kind ``hpos``), and the held-out concept counts (protein, recommender).
+3. ``scan_train`` reads the train spill back chunk by chunk instead of encoding again -> ``ScanPartial``: the
+   histogram over ``N_BINS`` equal bins of (0, max], ``n_quantiles`` bands of (0, max] with ``per_quantile``
+   uniform samples each (the same merge on uniform random keys = reservoir sampling without replacement), the
+   (latent, bigram) pairs of the label counts partitioned by latent block on disk (spill.LabelBuckets), and the
+   concept threshold counts. ``held_buckets`` does the same for the held-out pairs.
 4. ``context_acts``: each chosen context's activations of its latent, by lookups in the spill, the contexts
-   taken in row order so that the spill is read about once.
+   taken in row order so that the spill is read about once (distributed: in the spill of the slice holding the
+   context's window; a context never leaves its window).
 
 Why spill rather than encode twice: the maxima are needed before binning, so the alternative is a second encode
-pass (pass 1 counts and maxima, pass 2 bins and samples). Encoding is the dominant cost of indexing (a 16,384-latent
-SAE encodes ~2.5-5k tokens/s on 2 CPU cores; bench/RESULTS.md) while reading the spill back is ~1 GB/s, so the
-spill keeps the build at one encode per row for 12 bytes of disk per firing (~0.8 GB at 2M tokens and L0 32).
-It also keeps the output identical to the in-memory builder: the random keys are drawn in the same order (the
-firings' row-major order), so the samples are the same for the same seed; a slice starting at firing ``offset``
-advances the generator by ``offset`` draws (PCG64 ``advance``), so a distributed build samples the same too.
+pass (pass 1 counts and maxima, pass 2 bins and samples). Encoding is the dominant cost of indexing, while reading
+the spill back costs 0.02-0.04% of an encode (bench/RESULTS.md, 16,384 latents: 57-94 CPU s against 0.02 s for 200k
+rows), so the spill keeps the build at one encode per row for ~20 bytes of disk per firing (firings and label
+pairs: 0.64 GB per million tokens at L0 32). It also keeps the output identical to the in-memory builder: the random
+keys are drawn in the same order (the firings' row-major order), so the samples are the same for the same seed; a
+slice starting at firing ``offset`` advances the generator by ``offset`` draws (``rng_offset``: PCG64 ``advance``),
+so a distributed build samples the same too.
 
 Memory: O(d_sae x (top_k + bands) + one chunk + one label block), independent of the number of tokens, except
 the few bytes per token of ``IndexActs`` (token ids, windows) and the distinct bigrams of the corpus.
