@@ -230,3 +230,24 @@ def test_tiny_workspace_equals_the_in_memory_builder(tiny_ws, tmp_path, monkeypa
         old = legacy_index.index_sae(name, "x", sae, old_ia, cfg, *args, seed=ws.config.train.seed)
         assert_same_tables(new, old)
     inp.close()
+
+
+@pytest.mark.parametrize("fixture", ["protein_ws", "recsys_ws"])
+def test_concept_workspaces_equal_the_in_memory_builder(fixture, request, tmp_path):
+    """Protein residues and recommender items, with their real token concepts: the same tables, concepts included."""
+    from pathlib import Path
+
+    from backend.index.build import index_inputs
+    from backend.sae.model import load_sae
+    from tests._index_fixtures import link_workspace
+
+    ws = link_workspace(Path(request.getfixturevalue(fixture).path), tmp_path / "ws")
+    inp = index_inputs(ws, progress=False)
+    old_ia = legacy_index.collect(ws, progress=False)
+    name, seed, args = ws.config.saes[0].name, ws.config.train.seed, (ws.config.index, inp.unembed, inp.token_strings)
+    sae = load_sae(ws.sae_dir(name))
+    new = index_sae(name, "x", sae, inp.ia, *args, seed=seed, concepts=inp.concepts, spill_dir=tmp_path)
+    old = legacy_index.index_sae(name, "x", sae, old_ia, *args, seed=seed, concepts=inp.concepts)
+    assert len(old["concepts"]) > 0
+    assert_same_tables(new, old)
+    inp.close()
