@@ -29,7 +29,8 @@ n_saes / 2 times the final joint map) and with the config's method once the last
 finished index holds the same rows as ``build_index``'s.
 
 Memory: bounded in the number of indexed tokens but for ~11 bytes per token (token ids, window rows, flags:
-backend/index/collect.py) and the corpus' distinct bigrams; the rest is O(d_sae x contexts per latent) plus one
+backend/index/collect.py; 8 more for the train / held-out row indices while an SAE is indexed) and the corpus'
+distinct bigrams; the rest is O(d_sae x contexts per latent) plus one
 encode chunk (CHUNK x d_sae float32: 268 MB at 16,384 latents) and one label block (spill.BLOCK_PAIRS).
 Disk (temporary, beside the index): n_tokens x d_in x 2 bytes of activations and ~20 bytes per firing of one
 SAE (2M tokens x 576 at L0 32: 2.3 GB + 1.3 GB). bench/bench_index_memory.py measures the curve.
