@@ -8,7 +8,7 @@ CONFIG ?=
 
 .PHONY: demo test test-fast lint format install test-install assets test-assets chromium tiny bench bench-train \
 	bench-activations bench-index bench-beyond bench-compare bench-steering bench-steer-fairness bench-subdomain \
-	bench-concept-steering bench-fidelity bench-demo bench-search clean-workspaces help
+	bench-concept-steering bench-fidelity bench-demo bench-search bench-index-memory bench-serve clean-workspaces help
 .DEFAULT_GOAL := help
 
 help:
@@ -76,6 +76,10 @@ bench-activations: test-install assets
 	$(BIN)/python bench/bench_activations.py
 bench-index: test-install assets
 	$(BIN)/python bench/bench_index.py
+bench-index-memory: test-install assets  # needs a built demo workspace (its activation cache)
+	$(BIN)/python bench/bench_index_memory.py --source $(or $(WORKSPACE),workspaces/demo) --compare 250000,500000
+bench-serve: test-install
+	$(BIN)/python bench/bench_serve.py
 bench-beyond: test-install test-assets
 	$(BIN)/python bench/bench_beyond_text.py
 # Seed stability and held-out FVU of the demo's general SAE under several training settings (needs the demo's cache).

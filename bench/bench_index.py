@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/bench_index.py [--workspace workspaces/demo --sae general] [--full]
 
-1. A synthetic index of the real size (18,432 latents x 40 contexts (20 top + 5 bands x 4) x 25
-   tokens = 737k context rows) is written through store.IndexWriter; Backend.feature() is timed on
-   300 random latents, alone and with 4 threads at once: p50 / p95 (goal p95 < 100 ms).
+1. A synthetic index of the real size (bench/synthetic_index.py: 18,432 latents x 60 contexts (20 top + 5 bands x 4
+   + 10 + 10 held-out scoring contexts) x 25 tokens = 1.1M context rows) is written through store.IndexWriter;
+   Backend.feature() is timed on 300 random latents, alone and with 4 threads at once: p50 / p95 (goal p95 < 100 ms).
+   bench/bench_serve.py does the same at 65,536 latents, and with several replica processes.
 2. With --workspace: the indexing activations are collected once; then for the named SAE and for a
    random 18,432-latent TopK SAE (k=32, the published shape) over the same activations, in the same
    run: encode only (the floor) against index_sae (encode + statistics + top-k + quantiles + contexts
@@ -16,88 +17,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from backend.index.store import IndexWriter
-from backend.serve.service import Backend
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
-D_SAE, TOP, BANDS, PER_BAND, WIDTH = 18_432, 20, 5, 4, 25
+from synthetic_index import KINDS, synthetic_workspace  # noqa: E402
 
+from backend.serve.service import Backend  # noqa: E402
 
-def _lists(flat: np.ndarray, n: int, width: int, type_: pa.DataType) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width), pa.array(flat, type=type_))
-
-
-def synthetic_workspace(folder: Path) -> None:
-    shutil.copy(ROOT / "configs" / "tiny.yaml", folder / "workspace.yaml")
-    rng = np.random.default_rng(0)
-    mx = rng.random(D_SAE) * 10
-    latents = pa.table(
-        {
-            "sae": ["big"] * D_SAE,
-            "latent": np.arange(D_SAE),
-            "density": rng.random(D_SAE) * 0.01,
-            "mean_act": rng.random(D_SAE),
-            "max_act": mx,
-            "hist_edges": _lists((np.linspace(0, 1, 21)[None] * mx[:, None]).ravel(), D_SAE, 21, pa.float64()),
-            "hist_counts": _lists(rng.integers(0, 50, D_SAE * 20), D_SAE, 20, pa.int64()),
-            "label": [f'"tok{i}" (bigram: "a tok{i}") [general 50%]' for i in range(D_SAE)],
-            "confidence": rng.random(D_SAE),
-            "precision": rng.random(D_SAE),
-            "recall": rng.random(D_SAE),
-            "top_domain": ["general"] * D_SAE,
-            "top_tokens": ['["a", "b"]'] * D_SAE,
-            "top_token_scores": ["[3.1, 2.0]"] * D_SAE,
-            "logit_top": ['[["a", 1.0]]'] * D_SAE,
-            "logit_bottom": ['[["b", -1.0]]'] * D_SAE,
-            "domain_rates": ['{"general": 0.01, "legal": 0.002}'] * D_SAE,
-        }
-    )
-    per = TOP + BANDS * PER_BAND
-    n = D_SAE * per
-    words = np.array([f" w{i}" for i in range(500)], dtype=object)
-    kinds = ["top"] * TOP + [f"q{b}" for b in range(BANDS) for _ in range(PER_BAND)]
-    ranks = list(range(TOP)) + list(range(PER_BAND)) * BANDS
-    contexts = pa.table(
-        {
-            "sae": pa.array(["big"] * n),
-            "latent": np.repeat(np.arange(D_SAE), per),
-            "kind": kinds * D_SAE,
-            "rank": ranks * D_SAE,
-            "window_row": rng.integers(0, 10_000, n),
-            "tokens": _lists(words[rng.integers(0, 500, n * WIDTH)], n, WIDTH, pa.string()),
-            "acts": _lists(rng.random(n * WIDTH, dtype=np.float32), n, WIDTH, pa.float32()),
-            "focus": np.full(n, 12),
-            "source": ["synthetic"] * n,
-            "domain": ["general"] * n,
-            "max_act": rng.random(n, dtype=np.float32),
-        }
-    )
-    saes = pa.table(
-        {
-            "sae": ["big"],
-            "architecture": ["topk"],
-            "d_in": [576],
-            "d_sae": [D_SAE],
-            "n_tokens": [1],
-            "n_heldout": [1],
-            "n_quantiles": [BANDS],
-        }
-    )
-    with IndexWriter(folder / "index.duckdb") as w:
-        w.add("saes", saes)
-        w.add("latents", latents)
-        w.add("contexts", contexts)
+D_SAE, TOP, BANDS = 18_432, 20, 5
 
 
 def _pcts(times: list[float]) -> str:
@@ -108,10 +44,10 @@ def _pcts(times: list[float]) -> str:
 def feature_latency() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        synthetic_workspace(Path(tmp))
+        synthetic_workspace(Path(tmp), D_SAE)
         size = (Path(tmp) / "index.duckdb").stat().st_size / 2**20
         print(
-            f"synthetic {D_SAE:,}-latent index ({D_SAE * (TOP + BANDS * PER_BAND):,} context rows, {size:.0f} MiB) "
+            f"synthetic {D_SAE:,}-latent index ({D_SAE * len(KINDS):,} context rows, {size:.0f} MiB) "
             f"written in {time.perf_counter() - t:.1f} s"
         )
         b = Backend(tmp)

@@ -79,11 +79,34 @@ class Explanation:
     fuzz: float = 0.0  # fuzzing balanced accuracy (score.py)
 
 
+class BigramTable:
+    """The rows of one split counted by bigram (prev, tok): key(p, t) = p * V + t, sorted distinct ``keys`` and their
+    row counts ``freq``; per token and per previous token the row counts (``tok_freq``, ``prev_freq``)."""
+
+    def __init__(self, keys: np.ndarray, freq: np.ndarray, V: int):
+        self.V, self.keys, self.freq = V, np.asarray(keys, np.int64), np.asarray(freq, np.float64)  # (n_bg,)
+        self.tok_freq = np.bincount(self.keys % V, weights=self.freq, minlength=V)
+        self.prev_freq = np.bincount(self.keys // V, weights=self.freq, minlength=V + 1)
+        self.n = float(self.freq.sum())
+
+    @classmethod
+    def of_rows(cls, prev: np.ndarray, tok: np.ndarray, V: int) -> BigramTable:
+        keys, freq = np.unique(prev.astype(np.int64) * V + tok, return_counts=True)
+        return cls(keys, freq, V)
+
+    def pair(self, key: int) -> float:
+        """Rows of the bigram ``key`` (0 when it does not occur)."""
+        i = int(np.searchsorted(self.keys, key))
+        return float(self.freq[i]) if i < len(self.keys) and self.keys[i] == key else 0.0
+
+
 class SplitStats:
     """Counts over the rows of one split (train or held-out): every row's bigram (prev, tok), and each latent's
     firings per bigram. ``prev`` is V for a row that starts its window.
 
-    key(p, t) = p * V + t identifies a bigram; ``fires`` is (d_sae, n_bigrams) over the split's distinct bigrams."""
+    key(p, t) = p * V + t identifies a bigram; ``fires`` is (n_latents, n_bigrams) over the split's distinct
+    bigrams. The index builds one per block of latents (``from_counts``, sharing one ``BigramTable``): latent
+    l of the block is row l of ``fires``."""
 
     def __init__(
         self,
@@ -94,20 +117,33 @@ class SplitStats:
         V: int,
     ):
         """prev, tok: (n,) of the split's rows; firings: (positions among those rows, latents) slices."""
-        self.V = V
-        keys, inv, freq = np.unique(prev.astype(np.int64) * V + tok, return_inverse=True, return_counts=True)
-        inv = inv.ravel()
-        self.keys, self.freq = keys, freq.astype(np.float64)  # (n_bg,)
-        self.tok_freq = np.bincount(keys % V, weights=self.freq, minlength=V)
-        self.prev_freq = np.bincount(keys // V, weights=self.freq, minlength=V + 1)
-        self._pair = dict(zip(keys.tolist(), self.freq.tolist()))
-        self.fires = sp.csr_matrix((d_sae, len(keys)), dtype=np.float64)
+        table = BigramTable.of_rows(prev, tok, V)
+        inv = np.searchsorted(table.keys, prev.astype(np.int64) * V + tok)
+        fires = sp.csr_matrix((d_sae, len(table.keys)), dtype=np.float64)
         for pos, lat in firings:  # slices keep the temporaries bounded
-            self.fires = self.fires + sp.csr_matrix(
-                (np.ones(len(pos), np.float64), (lat, inv[pos])), shape=(d_sae, len(keys))
-            )
+            fires = fires + sp.csr_matrix((np.ones(len(pos), np.float64), (lat, inv[pos])), shape=fires.shape)
+        self._set(table, fires)
+
+    @classmethod
+    def from_counts(
+        cls, table: BigramTable, latent: np.ndarray, key: np.ndarray, count: np.ndarray, n_latents: int
+    ) -> SplitStats:
+        """From firings already counted per (latent, bigram key): latent (m,) in [0, n_latents), key (m,) among
+        ``table.keys``, count (m,)."""
+        col = np.searchsorted(table.keys, key)
+        fires = sp.csr_matrix(
+            (np.asarray(count, np.float64), (latent, col)), shape=(n_latents, len(table.keys)), dtype=np.float64
+        )
+        out = cls.__new__(cls)
+        out._set(table, fires)
+        return out
+
+    def _set(self, table: BigramTable, fires: sp.csr_matrix) -> None:
+        self.table, self.V = table, table.V
+        self.keys, self.freq, self.n = table.keys, table.freq, table.n
+        self.tok_freq, self.prev_freq = table.tok_freq, table.prev_freq
+        self.fires = fires
         self.n_fired = np.asarray(self.fires.sum(1)).ravel()
-        self.n = float(self.freq.sum())
 
     def latent(self, l: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(keys, prev, tok, counts) of the bigrams latent l fires on."""
@@ -118,8 +154,8 @@ class SplitStats:
     def predicted(self, T: list[int], P: list[int], B: list[int]) -> float:
         """Rows covered by the rule: token in T, or previous token in P, or bigram key in B (inclusion-exclusion)."""
         n = self.tok_freq[T].sum() + self.prev_freq[P].sum()
-        n -= sum(self._pair.get(p * self.V + t, 0.0) for p in P for t in T)
-        n += sum(self._pair.get(b, 0.0) for b in B if b % self.V not in T and b // self.V not in P)
+        n -= sum(self.table.pair(p * self.V + t) for p in P for t in T)
+        n += sum(self.table.pair(b) for b in B if b % self.V not in T and b // self.V not in P)
         return float(n)
 
     def true_pos(self, l: int, T: list[int], P: list[int], B: list[int], fired=None) -> float:
@@ -141,7 +177,8 @@ class Labeller(Protocol):
     name: str
 
     def explain(self, ev: LatentEvidence) -> list[Explanation]:
-        """One explanation per latent, in latent order (detection scores are filled in later)."""
+        """One explanation per latent of ``ev``, in order (detection scores are filled in later). The index passes
+        one block of latents at a time: latent l of the block is row l of ``ev.train`` and ``ev.ngrams[l]``."""
         ...
 
 

@@ -12,7 +12,7 @@ Tables (schemas in ``SCHEMA``; small nested values are JSON text, token/activati
   and the latent's activation on each, the focus (max) position, source, domain;
 - ``map``: per-SAE (x, y) and joint (jx, jy) 2-D coordinates of the decoder directions;
 - ``concepts`` (protein and recommender workspaces): latent-concept matches with train F1 / enrichment
-  and held-out confidence (backend/index/build.py ``concept_matches``); empty for text workspaces.
+  and held-out confidence (backend/index/matches.py ``concept_matches``); empty for text workspaces.
 
 Writing: ``IndexWriter`` appends frames (pandas or Arrow, never executemany) to a private staging
 database as they come, so memory stays bounded by one SAE; on a clean exit it copies every table,
@@ -29,7 +29,9 @@ Adding SAEs to an existing index (``IndexWriter.copy_from``): the other SAEs' ro
 current file into the staging database (ATTACHed read-only there), then the whole file is written and
 renamed as above, so the swap stays atomic and untouched SAEs keep their rows exactly.
 
-Reading: ``IndexReader`` holds one read-only connection and hands each thread its own cursor.
+Reading: ``IndexReader`` holds one read-only connection and hands each thread its own cursor. Several processes
+may hold one index open at once (replicas behind a load balancer): a READ_ONLY attach takes a shared file lock, and
+nothing ever opens the served file for writing (tests/serve/test_replicas.py; bench/bench_serve.py times it).
 All SQL is constant text with ``?`` parameters; values are never formatted into SQL (table and
 column names come only from the constant whitelists below).
 """

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 
 from backend.data.activations import stream_activations
-from backend.index.build import encode_sparse
+from backend.index.collect import encode_sparse
 from backend.index.store import IndexReader
 from backend.sae.evaluate import ce_metrics, decoder_max_cos, reference_passes
 from backend.workspace import Workspace, atomic_write_text

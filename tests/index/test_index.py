@@ -13,6 +13,7 @@ import torch
 
 from backend.__main__ import main
 from backend.index import build as ix
+from backend.index import collect as collect_module
 from backend.index.build import index_windows
 from backend.index.store import IndexReader
 from backend.sae.kernels import StreamingTopK
@@ -165,7 +166,7 @@ def test_cached_and_computed_activations_agree(tiny_index, monkeypatch):
     shards = [cache.load_shard(i) for i in range(len(cache.shards))]
     c_win = np.concatenate([s["window"].numpy() for s in shards])
     c_acts = torch.cat([s["acts"] for s in shards]).float()
-    monkeypatch.setattr(ix, "_cached_windows", lambda *a: (None, np.zeros(0, np.int64)))
+    monkeypatch.setattr(collect_module, "_cached_windows", lambda *a: (None, np.zeros(0, np.int64)))
     monkeypatch.setattr(ws.config.index, "max_tokens", 400)
     computed = ix.collect(ws, progress=False)  # no cache: a model pass over ~400 tokens
     compared = 0
