@@ -9,8 +9,9 @@ The whole build holds the workspace lock (atomic.workspace_lock): a second build
 fails at once with WorkspaceBusy naming the first, and the temporaries of a killed build are removed
 when the next one takes the lock.
 
-Under torchrun (backend/dist.py) activations and train run on every rank (the cache's shards split between
-them, training data parallel); the other steps run on rank 0 while the others wait.
+Under torchrun (backend/dist.py) activations, train and index run on every rank (the cache's shards split between
+them, training data parallel, each SAE's index rows encoded by slices and merged on rank 0); the other steps run on
+rank 0 while the others wait.
 
 Staged build (``StagedBuilder``, what ``python app.py`` runs): the same steps, SAE by SAE. After windows
 and activations, each SAE of the config in turn is trained, evaluated and added to the index
@@ -77,11 +78,18 @@ def _build(ws: Workspace, want: tuple[str, ...], force: bool, verbose: bool) -> 
     if "index" in want and ws.config.saes:
         from backend.index.build import add_to_index, build_index, indexed_saes
 
-        with dist.rank0_step() as mine:
-            if mine and (force or not ws.index_path.exists()):
-                build_index(ws, progress=verbose)
-            elif mine and (missing := [s.name for s in ws.config.saes if s.name not in indexed_saes(ws.index_path)]):
-                add_to_index(ws, missing, progress=verbose)  # a staged build stopped part-way: add what it lacks
+        def plan() -> list[str] | None:
+            """The SAEs to index: None for all (a new index), [] for none."""
+            if force or not ws.index_path.exists():
+                return None
+            return [s.name for s in ws.config.saes if s.name not in indexed_saes(ws.index_path)]
+
+        todo = dist.broadcast(dist.on_rank0(plan))  # every rank encodes its slice of the rows; rank 0 writes
+        if todo is None:
+            build_index(ws, progress=verbose)
+        elif todo:
+            add_to_index(ws, todo, progress=verbose)  # a staged build stopped part-way: add what it lacks
+        dist.barrier()
     if "coverage" in want and ws.config.subdomains:
         from backend.research.coverage import build_coverage
 

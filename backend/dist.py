@@ -7,17 +7,19 @@ CPUs. Without WORLD_SIZE (a plain ``python -m backend build``), or with WORLD_SI
 every helper here is the single-process identity: rank 0 of 1, barriers return at once.
 
 What runs where (backend/build.py):
-    windows, subdomains, eval, index, coverage  rank 0 only (``on_rank0``); the other ranks wait for it
+    windows, subdomains, eval, coverage  rank 0 only (``on_rank0``); the other ranks wait for it
     activations   every rank captures a disjoint run of the cache's shards (data/activations.py); rank 0 writes
                   meta.json and renames the folder into place
     train         data parallel: every rank reads the same global batches and trains on its slice of each;
                   the losses are shares of the global batch's loss, so summed gradients equal the
                   single-process gradient (sae/parallel.py)
+    index         every rank encodes and scans its run of whole windows per SAE; the partials go to rank 0
+                  (``gather_to_leader``), which merges, labels and writes the index (index/sae_index.py)
 
 Rank 0 speaks for the group: it holds the workspace lock (the others' ``workspace_lock`` is a no-op, see
 atomic.follow_group_leader) and it alone prints progress and writes every file but its own cache shards.
 Control messages (barriers, rank 0's success or failure) travel over gloo even when the tensors go over NCCL,
-so ranks waiting for rank 0's indexing hold no GPU. The group's timeout is ``SAEX_DIST_TIMEOUT_H`` hours
+so ranks waiting for rank 0's steps hold no GPU. The group's timeout is ``SAEX_DIST_TIMEOUT_H`` hours
 (default 24): ranks wait that long at a barrier for rank 0's steps. All ranks must see one shared workspace
 folder (a shared filesystem across nodes).
 
@@ -131,6 +133,17 @@ def gather(obj: Any) -> list[Any]:
 
     out: list[Any] = [None] * size()
     td.all_gather_object(out, obj, group=_state["ctrl"])
+    return out
+
+
+def gather_to_leader(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (``[obj]`` in a single process)."""
+    if not active():
+        return [obj]
+    import torch.distributed as td
+
+    out: list[Any] | None = [None] * size() if rank() == 0 else None
+    td.gather_object(obj, out, dst=0, group=_state["ctrl"])
     return out
 
 

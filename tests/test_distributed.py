@@ -3,7 +3,8 @@ corpora, a TopK and a BatchTopK SAE, eval and index) built once by two gloo rank
 both with one thread per process so that the same forward batches give the same bits.
 
 Equal: the activation cache (meta.json and every shard, bit for bit), the index's top and sampled contexts (the
-same windows and positions, in the same ranks) and labels. Within float tolerance (summation order: a matmul
+same windows and positions, in the same ranks; each rank encoded its own slice of the rows, backend/index/sae_index.py),
+statistics, labels and their scores. Within float tolerance (summation order: a matmul
 over half the rows, gradients summed in two parts): SAE weights (atol 1e-5; ~1e-7 seen), training and
 evaluation metrics (rel 1e-4), contexts' activations (atol 1e-4)."""
 
@@ -90,12 +91,19 @@ def test_the_index_has_the_same_top_contexts_and_labels(builds):
         a, b = (r.df(q) for r in readers)
         assert len(a) and a.drop(columns="max_act").equals(b.drop(columns="max_act"))
         assert (a.max_act - b.max_act).abs().max() < 1e-4
-        q = "SELECT sae, latent, density, mean_act, label, top_tokens FROM latents ORDER BY sae, latent"
-        a, b = (r.df(q) for r in readers)
-        assert a[["sae", "latent", "density", "label", "top_tokens"]].equals(
-            b[["sae", "latent", "density", "label", "top_tokens"]]
+        assert {"top", "q0", "hpos", "hneg"} <= set(a.kind)  # train and held-out contexts, both encoded by slices
+        q = (
+            "SELECT sae, latent, density, mean_act, label, top_tokens, hist_counts, domain_rates, top_corpus, "
+            "confidence, fuzz FROM latents ORDER BY sae, latent"
         )
+        a, b = (r.df(q) for r in readers)
+        same = ["sae", "latent", "density", "label", "top_tokens", "domain_rates", "top_corpus", "confidence", "fuzz"]
+        assert a[same].equals(b[same])
+        assert all((x == y).all() for x, y in zip(a.hist_counts, b.hist_counts))
         assert (a.mean_act - b.mean_act).abs().max() < 1e-4
+        q = "SELECT sae, latent, method, label, detection, fuzz FROM explanations ORDER BY ALL"
+        a, b = (r.df(q) for r in readers)
+        assert len(a) and a.equals(b)
     finally:
         for r in readers:
             r.close()

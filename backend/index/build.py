@@ -20,6 +20,8 @@ Pipeline (``build_index``):
    bottom 10 tokens per latent (backend/index/tables.py).
 4. Maps: UMAP (or PCA) of unit decoder rows per SAE and jointly (backend/index/maps.py).
 Everything is written through store.IndexWriter: built aside, renamed into place.
+Under torchrun every rank runs this with the same inputs: each encodes and scans its slice of the rows, the
+partials merge on rank 0 (backend/index/sae_index.py), and rank 0 alone writes the file and the maps.
 
 ``add_to_index`` (the staged build: one SAE at a time, the app serving those already indexed) indexes
 only the SAEs it is given and copies every other SAE's rows unchanged from the current index (per-SAE
@@ -49,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from backend import dist
 from backend.config import IndexConfig
 from backend.index.collect import CHUNK, HOLDOUT_EVERY, IndexActs, collect, encode_sparse, index_windows
 from backend.index.maps import joint_layout, layout
@@ -132,6 +135,14 @@ def write_index(
     mats: dict[str, np.ndarray] = dict(keep)
     method = "umap" if cfg.umap else "pca"
     spill_dir = Path(spill_dir) if spill_dir is not None else Path(out).parent
+    if not dist.is_leader():  # another rank of a torchrun build: it encodes its slice of every SAE, rank 0 writes
+        for name, arch, sae in saes:
+            acts = ia_of(name) if ia_of is not None else ia
+            for _ in index_sae_tables(
+                name, arch, sae, acts, cfg, unembed, token_strings, seed, device, concepts=concepts, spill_dir=spill_dir
+            ):
+                pass
+        return timings
     with IndexWriter(out) as writer:
         kept_xy = writer.copy_from(keep_from, list(mats)) if mats and keep_from is not None else pd.DataFrame()
         for name, arch, sae in saes:
@@ -182,11 +193,12 @@ def build_index(ws, progress: bool = True, out: str | Path | None = None) -> dic
 
 
 def _meaning(ws, names: list[str], out: str | Path | None, progress: bool) -> None:
-    """Meaning vectors of ``names`` (backend/index/meaning.py) for the workspace's own index, where the kind has them."""
+    """Meaning vectors of ``names`` (backend/index/meaning.py) for the workspace's own index, where the kind has them
+    (rank 0 alone under torchrun)."""
     if ws.kind.search_meaning and (out is None or Path(out) == Path(ws.index_path)):
         from backend.index.meaning import build_meaning
 
-        build_meaning(ws.path, ws.index_path, names, progress=progress)
+        dist.on_rank0(build_meaning, ws.path, ws.index_path, names, progress=progress)
 
 
 @dataclass

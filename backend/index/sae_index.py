@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from backend import dist
 from backend.config import IndexConfig
 from backend.index.collect import IndexActs
 from backend.index.label import (
@@ -41,6 +42,7 @@ from backend.index.stats import (
     context_acts,
     encode_heldout,
     encode_train,
+    held_bands,
     held_buckets,
     heldout_silent,
     scan_train,
@@ -71,6 +73,71 @@ def _examples(
     return out
 
 
+def _rank_slice(rows: np.ndarray, ia: IndexActs) -> np.ndarray:
+    """This rank's part of ``rows`` (ascending): one of ``dist.size()`` contiguous runs of about equal length, cut
+    at window boundaries, so that every context (which never leaves its window) lies in one rank's spill."""
+    n, world, me = len(rows), dist.size(), dist.rank()
+    if world == 1 or n == 0:
+        return rows
+    w = ia.window[rows]
+    starts = np.flatnonzero(np.r_[True, w[1:] != w[:-1]])  # first position of each window's run
+    cuts = [
+        0,
+        *(int(starts[min(np.searchsorted(starts, n * k // world), len(starts) - 1)]) for k in range(1, world)),
+        n,
+    ]
+    cuts = np.maximum.accumulate(cuts)
+    return rows[cuts[me] : cuts[me + 1]]
+
+
+def _offset(nnz: int) -> tuple[int, int]:
+    """(firings of the ranks before this one, firings of all ranks)."""
+    counts = dist.gather(int(nnz))
+    return sum(counts[: dist.rank()]), sum(counts)
+
+
+def _reduce(a: np.ndarray, op: str = "sum") -> np.ndarray:
+    """The elementwise sum or max of ``a`` over the ranks (``a`` itself in a single process)."""
+    if dist.size() == 1:
+        return a
+    return dist.all_reduce(torch.from_numpy(np.ascontiguousarray(a)), op).numpy()
+
+
+def _merged(part):
+    """On rank 0: every rank's ``part`` (its ``portable()`` copy) merged in rank order; None on the others."""
+    if dist.size() == 1:
+        return part
+    parts = dist.gather_to_leader(part.portable())
+    if parts is None:
+        return None
+    out = parts[0]
+    for o in parts[1:]:
+        out.merge(o)
+    return out
+
+
+def _block_counts(buckets, b: int, kb: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``buckets.block(b)`` summed over the ranks, on rank 0 (None on the others)."""
+    mine = buckets.block(b)
+    if dist.size() == 1:
+        return mine
+    parts = dist.gather_to_leader(mine)
+    if parts is None:
+        return None
+    comp = np.concatenate([lat * kb + key for lat, key, _ in parts])
+    u, inv = np.unique(comp, return_inverse=True)
+    counts = np.bincount(inv.ravel(), weights=np.concatenate([c for _, _, c in parts]), minlength=len(u))
+    lat, key = np.divmod(u, kb)
+    return lat, key, counts
+
+
+def _context_acts(spill, ia: IndexActs, latent: np.ndarray, center: np.ndarray, radius: int):
+    """stats.context_acts of contexts anywhere in the rows: each rank reads the contexts in its own spill (0
+    elsewhere) and the sums over the ranks are the values (exact: one rank holds each context)."""
+    flat, lengths, lo = context_acts(spill, ia, latent, center, radius)
+    return _reduce(flat), lengths, lo
+
+
 def index_sae_tables(
     name: str,
     arch: str,
@@ -85,48 +152,71 @@ def index_sae_tables(
     concepts: tuple[np.ndarray, list[str]] | None = None,
     spill_dir: str | Path | None = None,
 ) -> Iterator[tuple[str, pa.Table]]:
-    """(table name, rows) of one SAE over ``ia`` (see the module doc), in bounded memory."""
+    """(table name, rows) of one SAE over ``ia`` (see the module doc), in bounded memory.
+
+    Under torchrun (backend/dist.py, every rank calling it with the same arguments) each rank encodes and scans
+    its own slice of the rows (``_rank_slice``: whole windows) into its own spills; the partials travel to rank 0
+    over the process group and merge there (sums, maxima, top-k merges, label counts block by block); the random
+    samples use keys advanced by the firings of the ranks before (``rng_offset``), so rank 0 yields the tables a
+    single process yields and the other ranks yield nothing."""
     d_sae, V, nb = int(sae.W_dec.shape[0]), len(ia.tokstr), cfg.n_quantiles
-    train_rows, held_rows = np.flatnonzero(~ia.heldout), np.flatnonzero(ia.heldout)
+    train_all, held_all = np.flatnonzero(~ia.heldout), np.flatnonzero(ia.heldout)
+    train_rows, held_rows = _rank_slice(train_all, ia), _rank_slice(held_all, ia)
     labels, names = concepts if concepts is not None else (None, [])
     corpus_names, wcorpus = corpora(ia)
     folder = spill_dir or tempfile.gettempdir()
+    lead = dist.is_leader()
     spills = []
     try:
-        train = encode_train(sae, ia, train_rows, cfg.top_k, wcorpus, len(corpus_names), device, folder)
-        spills.append(train.spill)
+        part = encode_train(sae, ia, train_rows, cfg.top_k, wcorpus, len(corpus_names), device, folder)
+        spills.append(part.spill)
+        mx = _reduce(part.mx, "max")
+        t_off, _ = _offset(part.spill.nnz)
         held = encode_heldout(
-            sae, ia, held_rows, train.mx, nb, cfg.heldout_contexts, seed, device, folder, labels=labels
+            sae, ia, held_rows, mx, nb, cfg.heldout_contexts, seed, device, folder, labels=labels, sample=False
         )
         spills.append(held.spill)
-        bounds = latent_blocks(train.fires + held.fires)
-        scan = scan_train(train.spill, ia, train_rows, train.mx, nb, cfg.per_quantile, seed, bounds, folder, labels)
+        h_off, _ = _offset(held.spill.nnz)
+        held.bands = held_bands(held.spill, mx, nb, cfg.heldout_contexts, seed, h_off)
+        bounds = latent_blocks(_reduce(part.fires + held.fires))
+        scan = scan_train(
+            part.spill, ia, train_rows, mx, nb, cfg.per_quantile, seed, bounds, folder, labels, rng_offset=t_off
+        )
         spills.append(scan.buckets)
         hb = held_buckets(held.spill, ia, bounds, folder)
         spills.append(hb)
-        # the contexts: train top-k and quantile-band samples; held-out scoring contexts
-        g, _, _, row = train.top.items()
-        qg, _, _, qrow = scan.bands.items()
-        ctx_l, ctx_b, ctx_c = np.r_[g, qg // nb], np.r_[np.zeros(len(g), np.int64), 1 + qg % nb], np.r_[row, qrow]
-        ctx_acts = context_acts(train.spill, ia, ctx_l, ctx_c, cfg.context_radius)
-        pos_l, pos_row = held.firing_samples()
-        neg_l, neg_row = heldout_silent(held.spill, held_rows, cfg.heldout_contexts, seed)
-        h_l, h_c = np.r_[pos_l, neg_l], np.r_[pos_row, neg_row]
-        h_b = np.r_[np.zeros(len(pos_l), np.int64), np.ones(len(neg_l), np.int64)]
-        h_acts = context_acts(held.spill, ia, h_l, h_c, cfg.context_radius)
-        train_table, held_table = train.bigrams.table(V), held.bigrams.table(V)
+        neg_l, neg_row = heldout_silent(held.spill, held_all, cfg.heldout_contexts, seed, combine=_reduce)
+        train, held_m, scan_m = _merged(part), _merged(held), _merged(scan)
+        # the contexts, chosen on rank 0: train top-k and quantile-band samples; held-out scoring contexts
+        if lead:
+            g, _, _, row = train.top.items()
+            qg, _, _, qrow = scan_m.bands.items()
+            ctx_l, ctx_b, ctx_c = np.r_[g, qg // nb], np.r_[np.zeros(len(g), np.int64), 1 + qg % nb], np.r_[row, qrow]
+            pos_l, pos_row = held_m.firing_samples()
+            h_l, h_c = np.r_[pos_l, neg_l], np.r_[pos_row, neg_row]
+            chosen = (ctx_l, ctx_c, h_l, h_c)
+        ctx_l, ctx_c, h_l, h_c = dist.broadcast(chosen if lead else None)
+        ctx_acts = _context_acts(part.spill, ia, ctx_l, ctx_c, cfg.context_radius)
+        h_acts = _context_acts(held.spill, ia, h_l, h_c, cfg.context_radius)
+        kb = (V + 1) * V
+        if lead:
+            h_b = np.r_[np.zeros(len(pos_l), np.int64), np.ones(len(neg_l), np.int64)]
+            train_table, held_table = train.bigrams.table(V), held_m.bigrams.table(V)
+            labeller = labeller or StatisticalLabeller()
         expl: list[Explanation] = []
-        labeller = labeller or StatisticalLabeller()
         for b in range(len(bounds) - 1):
+            tcounts, hcounts = _block_counts(scan.buckets, b, kb), _block_counts(hb, b, kb)
+            if not lead:
+                continue
             l0, l1 = int(bounds[b]), int(bounds[b + 1])
-            tl, tk, tc = scan.buckets.block(b)
+            tl, tk, tc = tcounts
             S = SplitStats.from_counts(train_table, tl - l0, tk, tc, l1 - l0)
             in_top = (g >= l0) & (g < l1)
             grams = ngrams_around(g[in_top] - l0, row[in_top], ia.token, ia.window, l1 - l0)
             ev = LatentEvidence(S, grams, lambda ids: ia.tokstr[ids].tolist())
             block = labeller.explain(ev)
             del ev, S
-            hl, hk, hc = hb.block(b)
+            hl, hk, hc = hcounts
             detection_scores(block, SplitStats.from_counts(held_table, hl - l0, hk, hc, l1 - l0))
             pos = np.flatnonzero((pos_l >= l0) & (pos_l < l1))
             for l, exs in _examples(pos_l[pos], select_contexts(pos, h_acts), ia, V).items():
@@ -145,18 +235,20 @@ def index_sae_tables(
                     ]
                 ),
             )
+        if not lead:
+            return
         rows = [explanation_row(name, l, e) for l, e in enumerate(expl)]
         if labels is not None:
             from backend.index.matches import concept_explanations, concept_matches
 
             cm = concept_matches(
-                scan.concepts, train.top.items(), labels, held.concept_both, held.fires, held.concept_n, names
+                scan_m.concepts, train.top.items(), labels, held_m.concept_both, held_m.fires, held_m.concept_n, names
             )
             yield "concepts", pa.Table.from_pandas(cm.assign(sae=name), preserve_index=False)
             rows += [explanation_row(name, l, e) for l, e in concept_explanations(cm, expl)]
         yield "explanations", pa.Table.from_pylist(rows)
         logits = logit_lens(sae.W_dec, unembed, token_strings)
-        yield "latents", latents_table(name, ia, train, scan.hist, expl, logits, corpus_names, N_BINS)
+        yield "latents", latents_table(name, ia, train, scan_m.hist, expl, logits, corpus_names, N_BINS)
         yield (
             "saes",
             pa.table(
@@ -165,8 +257,8 @@ def index_sae_tables(
                     "architecture": [arch],
                     "d_in": [int(sae.W_dec.shape[1])],
                     "d_sae": [d_sae],
-                    "n_tokens": [len(train_rows)],
-                    "n_heldout": [len(held_rows)],
+                    "n_tokens": [len(train_all)],
+                    "n_heldout": [len(held_all)],
                     "n_quantiles": [nb],
                 }
             ),

@@ -35,7 +35,7 @@ the few bytes per token of ``IndexActs`` (token ids, windows) and the distinct b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,10 @@ class TrainPartial:
         self.bigrams.merge(o.bigrams)
         self.n_rows += o.n_rows
 
+    def portable(self) -> TrainPartial:
+        """This partial without its spill (which stays with the rank that wrote it): what travels to be merged."""
+        return replace(self, spill=None)
+
 
 def encode_train(
     sae, ia: IndexActs, rows: np.ndarray, top_k: int, wcorpus: np.ndarray, n_corp: int, device, folder
@@ -173,6 +177,9 @@ class HeldPartial:
             self.concept_both += o.concept_both
             self.concept_n += o.concept_n
 
+    def portable(self) -> HeldPartial:
+        return replace(self, spill=None)
+
     def firing_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """(latent, row) of the sampled held-out firings, per latent the top band first."""
         nb = self.n_bands
@@ -193,12 +200,14 @@ def encode_heldout(
     folder,
     labels: np.ndarray | None = None,
     rng_offset: int = 0,
+    sample: bool = True,
 ) -> HeldPartial:
     """Encode the held-out ``rows`` (ascending) once, given the train maxima ``mx``: firings spilled, bigram counts,
     about ``n_samples`` firings per latent spread evenly over ``n_bands`` activation bands of (0, train max] (a
     held-out value above the train max falls in the top band), uniformly within a band (random keys from
     ``seed + 1``; ``rng_offset``: the held-out firings before this slice), and with ``labels`` (n, C) the
-    concept counts of the held-out confidence."""
+    concept counts of the held-out confidence. ``sample=False`` leaves the samples to ``held_bands`` (a rank
+    of a distributed build, which learns its ``rng_offset`` only once every slice is encoded)."""
     d_sae, V = int(sae.W_dec.shape[0]), len(ia.tokstr)
     per = -(-n_samples // n_bands)
     C = labels.shape[1] if labels is not None else 0
@@ -216,8 +225,8 @@ def encode_heldout(
     rng = _rng(seed + 1, rng_offset)
     for chunk, r, c, v, _ in encode_chunks(sae, ia.acts, rows, device):
         p.fires += np.bincount(c, minlength=d_sae)
-        b = np.minimum((v / np.maximum(mx[c], 1e-12) * n_bands).astype(np.int64), n_bands - 1)
-        p.bands.update(c * n_bands + b, rng.random(len(c)), r)
+        if sample:
+            _band_update(p.bands, r, c, v, mx, n_bands, rng)
         p.spill.append(chunk[0], chunk[-1] + 1, r, c, v)
         p.bigrams.add(_bigrams(ia, chunk, V))
         if labels is not None:
@@ -230,15 +239,36 @@ def encode_heldout(
     return p
 
 
-def heldout_silent(spill: FiringSpill, held_rows: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(latent, row) of up to ``n`` random held-out rows per latent where it does not fire (``seed + 2``)."""
+def _band_update(bands: StreamingTopK, r, c, v, mx: np.ndarray, n_bands: int, rng: np.random.Generator) -> None:
+    b = np.minimum((v / np.maximum(mx[c], 1e-12) * n_bands).astype(np.int64), n_bands - 1)
+    bands.update(c * n_bands + b, rng.random(len(c)), r)
+
+
+def held_bands(
+    spill: FiringSpill, mx: np.ndarray, n_bands: int, n_samples: int, seed: int, rng_offset: int = 0
+) -> StreamingTopK:
+    """The held-out band samples of ``encode_heldout`` from its spill instead of during the encode (the same keys:
+    the spill holds the firings in the order they were encoded)."""
+    bands = StreamingTopK(spill.d_sae * n_bands, -(-n_samples // n_bands))
+    rng = _rng(seed + 1, rng_offset)
+    for r, c, v in spill.chunks():
+        _band_update(bands, r, c, v, mx, n_bands, rng)
+    return bands
+
+
+def heldout_silent(
+    spill: FiringSpill, held_rows: np.ndarray, n: int, seed: int, combine=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(latent, row) of up to ``n`` random held-out rows per latent where it does not fire (``seed + 2``).
+    ``combine``: sums the lookups over the ranks of a distributed build (each rank's spill holds its rows)."""
     d_sae = spill.d_sae
     if len(held_rows) == 0 or n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rng = np.random.default_rng(seed + 2)
     cand = held_rows[rng.integers(0, len(held_rows), (d_sae, 3 * n))]  # (d_sae, 3n)
     lat = np.repeat(np.arange(d_sae), 3 * n)
-    silent = (spill.lookup(cand.ravel(), lat) == 0).reshape(d_sae, 3 * n)
+    found = spill.lookup(cand.ravel(), lat)
+    silent = ((combine(found) if combine is not None else found) == 0).reshape(d_sae, 3 * n)
     silent &= np.cumsum(silent, 1) <= n  # the first n per latent
     keep = silent.ravel()
     return lat[keep], cand.ravel()[keep]
@@ -258,11 +288,16 @@ class ScanPartial:
         self.hist += o.hist
         g, _, s, p = o.bands.items()
         self.bands.update(g, s, p)
-        self.buckets.merge(o.buckets)
+        if o.buckets is not None:
+            self.buckets.merge(o.buckets)
         if self.concepts is not None:
             for a in ("tp", "n_fire", "n_concept"):
                 getattr(self.concepts, a).add_(getattr(o.concepts, a))
             self.concepts.n += o.concepts.n
+
+    def portable(self) -> ScanPartial:
+        """Without the label buckets (files of this rank: ``LabelBuckets.block`` travels block by block instead)."""
+        return replace(self, buckets=None)
 
 
 def scan_train(
