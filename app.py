@@ -4,7 +4,7 @@
     python app.py --workspace workspaces/tiny       # an existing workspace (repeat --workspace to serve several)
     python app.py --config my.yaml --port 7861 --host 0.0.0.0 --auth me:secret
 
-Staged start: a config's workspace is built by one background thread (backend/build.py ``StagedBuilder``:
+Staged start: a config's workspace is built by one background thread (backend/staged.py ``StagedBuilder``:
 windows, activations, then each SAE trained, evaluated and added to the index, then the next workspace).
 The app opens as soon as the first config's workspace has one indexed SAE; each further SAE is served
 when it is indexed (``Backend.refresh``; the page's header and SAE pickers follow, explorer/ui.py), and a
@@ -71,7 +71,7 @@ def start_builder(args: argparse.Namespace, on_indexed=None):
     configs = _configs(args)
     if not configs:
         return None
-    from backend.build import StagedBuilder
+    from backend.staged import StagedBuilder
 
     several = len(configs) + len(args.workspace) > 1
     return StagedBuilder(

@@ -36,6 +36,7 @@ class Workspace:
         self.path = Path(path)
         self.config = config
         self._adapter = None
+        self._imported_sites: dict[tuple[str, int], str | None] = {}  # (SAE, cfg.json mtime) -> recorded site
 
     @property
     def kind(self) -> Modality:
@@ -68,7 +69,13 @@ class Workspace:
         if s is not None and s.pretrained:
             from backend.sae.pretrained import imported_site
 
-            return imported_site(self.sae_dir(name)) or self.config.activations.site
+            try:  # read once per version of its cfg.json (a re-import rewrites it)
+                key = (name, (self.sae_dir(name) / "cfg.json").stat().st_mtime_ns)
+            except OSError:
+                return self.config.activations.site  # not imported yet
+            if key not in self._imported_sites:
+                self._imported_sites[key] = imported_site(self.sae_dir(name))
+            return self._imported_sites[key] or self.config.activations.site
         return self.config.activations.site
 
     def sites(self) -> list[str]:

@@ -1,6 +1,6 @@
 """The staged start (issue 13, item 3): the index grows SAE by SAE (index/build.py ``add_to_index``) with the
 same rows as a full build, a served Backend picks up each new SAE (``refresh``), and the staged builder
-(backend/build.py ``StagedBuilder``) serves a workspace from its first indexed SAE, builds the rest in the
+(backend/staged.py ``StagedBuilder``) serves a workspace from its first indexed SAE, builds the rest in the
 background, reports a failed SAE with its one-line error while the others go on, and resumes after a stop.
 
 Everything runs on copies of the tiny workspace (windows, activation shards and SAEs copied; never
@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from backend.build import StagedBuilder, build_status
 from backend.index.build import add_to_index, build_index, index_inputs, indexed_saes
 from backend.index.store import IndexReader
+from backend.staged import StagedBuilder, build_status
 from backend.workspace import open_workspace
 
 REPO = Path(__file__).resolve().parent.parent

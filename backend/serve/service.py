@@ -276,9 +276,9 @@ class Backend(SteeringViews, ResearchViews, MeaningViews):
             self.ws.config = cfg
 
     def build_status(self) -> dict:
-        """The staged build of this workspace in this process (backend/build.py), after a ``refresh`` so that the
+        """The staged build of this workspace in this process (backend/staged.py), after a ``refresh`` so that the
         SAEs it reports ready are served."""
-        from backend.build import build_status
+        from backend.staged import build_status
 
         try:
             self.refresh()
