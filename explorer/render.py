@@ -1,4 +1,5 @@
-"""Pure rendering: token heatmaps and feature cards as HTML, plotly figures, JSON-friendly values.
+"""Pure rendering: token heatmaps and feature cards as HTML, JSON-friendly values; the colours are
+explorer/colors.py and the plotly figures explorer/figures.py (both re-exported here, the tabs' one import).
 
 Everything here takes plain values (the Backend's dataclasses and DataFrames) and returns strings,
 figures or dicts; nothing reads files or calls the backend. Token text is always passed through
@@ -17,55 +18,40 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-# White -> orange -> red; each stop darker than the one before, so darker always means stronger.
-STOPS = [(0.0, (255, 255, 255)), (0.35, (254, 217, 142)), (0.65, (253, 141, 60)), (1.0, (189, 0, 38))]
-PALETTE = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f59f00", "#0ca678", "#c2255c", "#495057"]
+from explorer.colors import PALETTE, STOPS, act_color, act_rgb, luminance, palette, text_on
+from explorer.figures import (
+    GL_POINTS,
+    SYMBOLS,
+    domain_figure,
+    histogram_figure,
+    map_figure,
+    match_cosine_figure,
+    pareto_figure,
+    pareto_front,
+    sae_marker,
+)
+
+__all__ = [
+    "GL_POINTS",
+    "PALETTE",
+    "STOPS",
+    "SYMBOLS",
+    "act_color",
+    "act_rgb",
+    "domain_figure",
+    "histogram_figure",
+    "luminance",
+    "map_figure",
+    "match_cosine_figure",
+    "palette",
+    "pareto_figure",
+    "pareto_front",
+    "sae_marker",
+    "text_on",
+]
+
 VISIBLE = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
-GL_POINTS = 8000  # above this many points the map draws with WebGL (SVG slows down past ~10k markers)
-
-
-def palette(n: int) -> list[str]:
-    """``n`` distinct colours: the house palette up to its length, else hues evenly spaced around the wheel (two
-    lightnesses alternating, so neighbours differ), readable on light and dark backgrounds alike."""
-    if n <= len(PALETTE):
-        return PALETTE[:n]
-    return [f"hsl({round(360 * i / n)}, 70%, {48 if i % 2 else 58}%)" for i in range(n)]
-
-
-def act_rgb(value: float, vmax: float) -> tuple[int, int, int]:
-    """The colour of an activation: 0 (or below) is white, ``vmax`` (or above) is deep red."""
-    t = 0.0 if vmax <= 0 or not math.isfinite(value) else min(max(value / vmax, 0.0), 1.0)
-    for (t0, c0), (t1, c1) in zip(STOPS, STOPS[1:]):
-        if t <= t1:
-            f = (t - t0) / (t1 - t0)
-            return tuple(round(a + (b - a) * f) for a, b in zip(c0, c1))  # type: ignore[return-value]
-    return STOPS[-1][1]
-
-
-def act_color(value: float, vmax: float) -> str:
-    r, g, b = act_rgb(value, vmax)
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def luminance(rgb: tuple[int, int, int]) -> float:
-    """WCAG relative luminance of an sRGB colour (0 black .. 1 white)."""
-
-    def lin(c: int) -> float:
-        c_ = c / 255
-        return c_ / 12.92 if c_ <= 0.03928 else ((c_ + 0.055) / 1.055) ** 2.4
-
-    r, g, b = rgb
-    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
-
-
-def text_on(rgb: tuple[int, int, int]) -> str:
-    """The text colour for a cell of colour ``rgb``: black or white, whichever has the larger WCAG contrast
-    (the lesser of the two is never below 4.58:1, the point where both are equal)."""
-    y = luminance(rgb)
-    return "#fff" if (1.05 / (y + 0.05)) > ((y + 0.05) / 0.05) else "#000"
 
 
 def visible_token(token: str) -> str:
@@ -353,268 +339,6 @@ def message_html(text: str, kind: str = "error") -> str:
     """A visible panel for errors and hints (kind: error | info)."""
     icon = "⚠" if kind == "error" else "ℹ"
     return f'<div class="msg {kind}">{icon} {html.escape(text)}</div>'
-
-
-def _layout(fig: go.Figure, title: str, height: int = 260, **kw: Any) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, font=dict(size=13)),
-        template="plotly_white",
-        height=height,
-        autosize=True,  # the width follows the column (no fixed width anywhere)
-        margin=dict(l=45, r=15, t=40, b=40),
-        showlegend=False,
-        **kw,
-    )
-    return fig
-
-
-def histogram_figure(edges: Sequence[float], counts: Sequence[int]) -> go.Figure:
-    """Bars of the activation histogram over non-zero activations (log y-axis when it spans decades)."""
-    edges, counts = list(edges), list(counts)
-    mids = [(a + b) / 2 for a, b in zip(edges, edges[1:])] or [0.0]
-    widths = [b - a for a, b in zip(edges, edges[1:])] or [1.0]
-    vmax = edges[-1] if edges else 1.0
-    fig = go.Figure(
-        go.Bar(
-            x=mids,
-            y=counts[: len(mids)],
-            width=widths,
-            marker_color=[act_color(m, vmax) for m in mids],
-            marker_line=dict(color="#c2410c", width=0.5),
-            hovertemplate="act %{x:.2f}: %{y} tokens<extra></extra>",
-        )
-    )
-    log = bool(counts) and max(counts) > 50 * max(min(c for c in counts if c > 0) if any(counts) else 1, 1)
-    return _layout(
-        fig,
-        "activation histogram (firing tokens)",
-        xaxis_title="activation",
-        yaxis=dict(title="tokens", type="log", dtick=1) if log else dict(title="tokens"),
-    )
-
-
-def domain_figure(rates: dict[str, float]) -> go.Figure:
-    """Firing rate per corpus domain, as horizontal bars."""
-    items = sorted(rates.items(), key=lambda kv: kv[1])
-    fig = go.Figure(
-        go.Bar(
-            x=[v * 100 for _, v in items],
-            y=[k for k, _ in items],
-            orientation="h",
-            marker_color="#f76707",
-            hovertemplate="%{y}: %{x:.3g}% of tokens<extra></extra>",
-        )
-    )
-    return _layout(fig, "firing rate per domain", xaxis_title="% of tokens")
-
-
-def map_figure(df: pd.DataFrame, color_by: str = "density") -> go.Figure:
-    """The UMAP scatter of decoder directions; customdata carries (sae, latent) for picking."""
-    fig = go.Figure()
-    scatter = go.Scattergl if len(df) > GL_POINTS else go.Scatter
-    hover = "<b>%{customdata[0]} · %{customdata[1]}</b><br>%{text}<br>density %{customdata[2]:.3%}<extra></extra>"
-    if df.empty:
-        return _layout(fig, "no map: the index has no UMAP layout", height=620)
-    if color_by == "density":
-        d = df["density"].clip(lower=1e-6)
-        logs = np.log10(d.astype("float64"))
-        ticks = list(range(int(np.floor(logs.min())), int(np.ceil(logs.max())) + 1)) if len(logs) else []
-        fig.add_trace(
-            scatter(
-                x=df["x"],
-                y=df["y"],
-                mode="markers",
-                text=df["label"],
-                hovertemplate=hover,
-                customdata=np.stack([df["sae"], df["latent"], df["density"]], axis=1),
-                marker=dict(
-                    size=5,
-                    opacity=0.85,
-                    color=logs,
-                    colorscale="YlOrRd",
-                    showscale=True,
-                    line=dict(width=0),
-                    # a log colour scale, labelled in percent of tokens like every other density in the app
-                    colorbar=dict(
-                        title="density",
-                        thickness=12,
-                        tickvals=ticks,
-                        ticktext=[f"{10.0 ** (t + 2):g}%" for t in ticks],
-                    ),
-                ),
-            )
-        )
-    else:
-        key = {"domain": "top_domain", "concept": "concept"}.get(color_by, "sae")
-        if key not in df:
-            key = "sae"
-        groups = df[key].fillna("").astype(str).replace("", "(never fires)")
-        colours = palette(groups.nunique())
-        for i, (name, g) in enumerate(df.groupby(groups, sort=True)):
-            fig.add_trace(
-                scatter(
-                    x=g["x"],
-                    y=g["y"],
-                    mode="markers",
-                    name=str(name),
-                    text=g["label"],
-                    hovertemplate=hover,
-                    customdata=np.stack([g["sae"], g["latent"], g["density"]], axis=1),
-                    marker=dict(size=5, opacity=0.85, color=colours[i], line=dict(width=0)),
-                )
-            )
-    _layout(fig, "", height=620, dragmode="pan", xaxis=dict(visible=False), yaxis=dict(visible=False))
-    fig.update_layout(showlegend=color_by != "density", legend=dict(orientation="h", y=-0.02), margin=dict(t=10, b=10))
-    return fig
-
-
-def pareto_front(x: Sequence[float], y: Sequence[float], higher: bool = False) -> list[int]:
-    """Indices of the points that no other point beats on both axes (a lower x, and a lower y or, with ``higher``,
-    a higher one), in order of x; points with a missing coordinate are never on the front."""
-    pts = [
-        (float(a), -float(b) if higher else float(b), i)
-        for i, (a, b) in enumerate(zip(x, y))
-        if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))
-    ]
-    front, best = [], math.inf
-    for _, v, i in sorted(pts):
-        if v < best:
-            front.append(i)
-            best = v
-    return front
-
-
-SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "hexagon"]  # with 8 colours: 56 markers
-
-
-def sae_marker(i: int) -> dict[str, Any]:
-    """The i-th SAE's marker (colour and symbol; no two of the first 56 alike), the same in every Compare plot."""
-    return dict(color=PALETTE[i % len(PALETTE)], symbol=SYMBOLS[i % len(SYMBOLS)])
-
-
-def _legend_below(fig: go.Figure, n: int, height: int) -> go.Figure:
-    """A horizontal legend under the plot (its rows wrap), the figure taller by a row per ~4 entries."""
-    fig.update_layout(
-        showlegend=True,
-        height=height + 22 * math.ceil(n / 4),
-        legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top", font=dict(size=11)),
-        margin=dict(b=20),
-    )
-    return fig
-
-
-def pareto_figure(metrics: pd.DataFrame) -> go.Figure:
-    """L0 against FVU and against CE loss recovered (a classifier model: against the classifier's KL with the
-    SAE spliced in), one marker per SAE named in the legend and on hover (labels on the points overlap once there
-    are more than a few SAEs), the Pareto front dotted (down-left / up-left is better)."""
-    down = "ce_recovered"
-    if ("ce_recovered" not in metrics or metrics["ce_recovered"].isna().all()) and "classifier_kl" in metrics:
-        down = "classifier_kl"
-    # short titles: at 1024 px each subplot is ~230 px wide, and a longer centred title is cut at the edges
-    title = "CE recovered (higher: better)" if down == "ce_recovered" else "classifier KL (lower: better)"
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("FVU (lower: better)", title), horizontal_spacing=0.16)
-    names = [str(n) for n in (metrics["name"] if "name" in metrics else metrics.index)]
-    in_legend: set[str] = set()
-    for col, ycol in ((1, "fvu"), (2, down)):
-        if ycol not in metrics or "l0" not in metrics:
-            continue
-        x = pd.to_numeric(metrics["l0"], errors="coerce").tolist()
-        y = pd.to_numeric(metrics[ycol], errors="coerce").tolist()
-        label = {"fvu": "FVU", "ce_recovered": "CE recovered"}.get(ycol, ycol)
-        front = pareto_front(x, y, higher=ycol == "ce_recovered")
-        if len(front) > 1:
-            fig.add_trace(
-                go.Scatter(
-                    x=[x[i] for i in front],
-                    y=[y[i] for i in front],
-                    mode="lines",
-                    line=dict(color="#868e96", dash="dot", width=1.5),
-                    name="Pareto front",
-                    legendgroup="front",
-                    showlegend="front" not in in_legend,
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=col,
-            )
-            in_legend.add("front")
-        for i, name in enumerate(names):
-            fig.add_trace(
-                go.Scatter(
-                    x=[x[i]],
-                    y=[y[i]],
-                    mode="markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=name not in in_legend,
-                    marker=dict(size=11, line=dict(color="white", width=1), **sae_marker(i)),
-                    hovertemplate=f"<b>{html.escape(name)}</b><br>L0 %{{x:.1f}}<br>{label} %{{y:.3f}}<extra></extra>",
-                    cliponaxis=False,
-                ),
-                row=1,
-                col=col,
-            )
-            in_legend.add(name)
-        fig.update_xaxes(title_text="L0 (latents per token)", range=_padded(metrics["l0"]), row=1, col=col)
-        fig.update_yaxes(title_text=label, row=1, col=col)
-    return _legend_below(_layout(fig, "", height=330), len(names) + 1, 330)
-
-
-def match_cosine_figure(pairs: pd.DataFrame, threshold: float) -> go.Figure:
-    """The distribution of best-match decoder cosines of the first SAE's latents in each other SAE (``pairs``
-    of Backend.compare: one trace per pair, as a share of the first SAE's latents; bars for up to three pairs,
-    steps beyond, where bars would be too thin to read), the match threshold as a dashed vertical line. The
-    colour and marker of each SAE are those of the Pareto plot (the first SAE is the Pareto plot's first)."""
-    fig = go.Figure()
-    if pairs is None or pairs.empty:
-        return _layout(fig, "no SAE pairs to compare")
-    rows = pairs.to_dict("records")
-    bars = len(rows) <= 3
-    for i, p in enumerate(rows):
-        counts = np.asarray(p["hist_counts"], dtype=float)
-        mids = (np.arange(len(counts)) + 0.5) / max(len(counts), 1)
-        share = 100 * counts / max(float(p["n_latents"]), 1.0)
-        style = sae_marker(i + 1)
-        common = dict(
-            x=mids,
-            y=share,
-            customdata=counts.astype(int),
-            name=f"{p['sae_b']}: {int(p['n_matched']):,} matched ({float(p['share_matched']):.1%})",
-            hovertemplate=f"{html.escape(str(p['sae_b']))}: cosine %{{x:.3f}} ± {0.5 / max(len(counts), 1):.3f}: "
-            "%{customdata:,} latents (%{y:.1f}%)<extra></extra>",
-        )
-        if bars:
-            fig.add_trace(go.Bar(marker_color=style["color"], opacity=0.85, **common))
-        else:
-            fig.add_trace(go.Scatter(mode="lines", line=dict(color=style["color"], width=2, shape="hvh"), **common))
-    first = html.escape(str(rows[0]["sae_a"]))
-    fig.add_vline(
-        x=float(threshold),
-        line=dict(color="#c2255c", dash="dash", width=1.5),
-        annotation_text=f"threshold {float(threshold):.2f}",
-        annotation_position="top left" if threshold > 0.75 else "top right",
-        annotation_font=dict(size=11, color="#c2255c"),
-    )
-    _layout(
-        fig,
-        f"best match of each {first} latent in the other SAEs",
-        height=300,
-        barmode="group",
-        bargap=0.1,
-        xaxis=dict(title="decoder cosine of the best match", range=[0, 1], dtick=0.1),
-        yaxis=dict(title=f"% of {first}'s latents", rangemode="tozero"),
-    )
-    return _legend_below(fig, len(rows), 300)
-
-
-def _padded(values: pd.Series, pad: float = 0.15) -> list[float] | None:
-    """An axis range with room on both sides, so that the points' name labels stay inside the plot."""
-    v = pd.to_numeric(values, errors="coerce").dropna()
-    if v.empty:
-        return None
-    lo, hi = float(v.min()), float(v.max())
-    span = hi - lo or max(abs(hi), 1.0)
-    return [lo - pad * span, hi + pad * span]
 
 
 def tidy(df: pd.DataFrame, digits: dict[str, int]) -> pd.DataFrame:
