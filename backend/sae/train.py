@@ -7,7 +7,7 @@ unit norm (latents and thresholds are divided by c, b_dec too).
 
 TopK and BatchTopK steps are sparse. The encoder forward is one dense matmul under no_grad, into a
 reused buffer, that only *selects* the active (token, latent) pairs; everything with a gradient
-touches only those pairs: the decoder is F.embedding_bag over W_dec rows and ``_SelectedPre`` gives
+touches only those pairs: the decoder is F.embedding_bag over W_dec rows and ``SelectedPre`` gives
 the encoder a sparse backward (embedding_bag over x_c, one bag per latent, for dW_enc). W_enc is kept
 in a column-major layout (W_enc.t() contiguous) so latent columns are contiguous rows for these
 gathers and the weight gradient needs no transpose.
@@ -31,13 +31,9 @@ import math
 import shutil
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -47,109 +43,11 @@ from backend.sae import losses
 from backend.sae.kernels import bucket_order, pair_dots
 from backend.sae.model import Sae, SaeError, SaeSpec, twin_dir, write_metrics
 from backend.sae.parallel import batch_reducer
+from backend.sae.sources import ActivationSource, ArrayActivations
+from backend.sae.sparse_grad import Pairs, SelectedPre, sparse_decode
 
 TWIN_SEED_OFFSET = 1_000  # the stability twin's seed (init and data order) is the SAE's + this
-
-
-class ActivationSource(Protocol):
-    d_in: int
-    n_tokens: int
-
-    def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]: ...
-
-
-class ArrayActivations:
-    """An (N, d) .npy (memory-mapped, never unpickled) or .safetensors file as a source."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise SaeError(f"activation file {self.path} does not exist")
-        if self.path.suffix == ".npy":
-            try:
-                self.data = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            except ValueError as e:
-                raise SaeError(f"{self.path} is not a plain numeric .npy array ({e})") from None
-        elif self.path.suffix == ".safetensors":
-            t = load_file(str(self.path))
-            self.data = (t.get("activations") if "activations" in t else next(iter(t.values()))).float().numpy()
-        else:
-            raise SaeError(f"{self.path.name}: activations must be a .npy or .safetensors file of shape (N, d)")
-        if self.data.ndim != 2:
-            raise SaeError(f"{self.path.name} has shape {self.data.shape}; expected (N, d)")
-        self.n_tokens, self.d_in = map(int, self.data.shape)
-
-    def batches(self, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
-        order = np.random.default_rng(seed).permutation(self.n_tokens)
-        for s in range(0, self.n_tokens, batch_size):
-            idx = np.sort(order[s : s + batch_size])
-            yield torch.from_numpy(np.asarray(self.data[idx], dtype=np.float32))
-
-
-class _Pairs:
-    """Selected (token, latent) pairs, rows ascending, with the bag offsets and the by-latent order both sparse
-    backwards use (computed once per step)."""
-
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n: int, d_sae: int, per_row: int | None = None):
-        self.rows, self.cols = rows, cols
-        if per_row is not None:  # every row holds exactly per_row pairs
-            self.row_offsets = torch.arange(0, n * per_row, per_row, device=rows.device)
-        else:
-            self.row_offsets = bucket_order(rows, n)[1]
-        self.order, self.col_offsets = bucket_order(cols, d_sae)
-        self.rows_by_col = rows[self.order]
-
-
-class _SelectedPre(torch.autograd.Function):
-    """vals[n] = pre[rows[n], cols[n]] with pre = x_c @ W_enc + b_enc, whose values ``v`` the no-grad selection
-    already computed (float32). The backward touches only the selected pairs:
-        dW_enc[:, j] = sum_{n: cols[n]=j} g_n x_c[rows[n]]   embedding_bag over x_c, one bag per latent
-        db_enc[j]    = sum_{n: cols[n]=j} g_n
-    The gradient through b_dec in the encoder is dropped (b_dec is learned through the decoder), as in sparsify."""
-
-    @staticmethod
-    def forward(ctx, x_c, W_enc, b_enc, v, pairs: _Pairs):
-        ctx.save_for_backward(x_c)
-        ctx.pairs = pairs
-        return v.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        (x_c,), P = ctx.saved_tensors, ctx.pairs
-        g_by_col = g[P.order]
-        gW_t = F.embedding_bag(
-            P.rows_by_col, x_c, P.col_offsets, mode="sum", per_sample_weights=g_by_col
-        )  # (d_sae, d_in)
-        gb = torch.zeros(len(P.col_offsets), dtype=g.dtype, device=g.device).index_add_(0, P.cols, g)
-        return None, gW_t.t(), gb, None, None
-
-
-class _SparseDecode(torch.autograd.Function):
-    """out[i] = sum_{n: rows[n]=i} vals[n] W_dec[cols[n]] (N, d_in), with a backward over the pairs only:
-        dvals[n]  = grad[rows[n]] . W_dec[cols[n]]                 (topk.pair_dots)
-        dW_dec[j] = sum_{n: cols[n]=j} vals[n] grad[rows[n]]       embedding_bag over grad, one bag per latent
-    (torch's own embedding_bag backward sorts the indices with a threaded sort that stalls under CPU contention)."""
-
-    @staticmethod
-    def forward(ctx, vals, W_dec, pairs: _Pairs):
-        ctx.save_for_backward(vals, W_dec)
-        ctx.pairs = pairs
-        return F.embedding_bag(pairs.cols, W_dec, pairs.row_offsets, mode="sum", per_sample_weights=vals)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (vals, W_dec), P = ctx.saved_tensors, ctx.pairs
-        grad = grad.contiguous()
-        gv = pair_dots(P.rows, P.cols, grad, W_dec, None) if ctx.needs_input_grad[0] else None
-        gW = None
-        if ctx.needs_input_grad[1]:
-            gW = F.embedding_bag(P.rows_by_col, grad, P.col_offsets, mode="sum", per_sample_weights=vals[P.order])
-        return gv, gW, None
-
-
-def _sparse_decode(vals: torch.Tensor, W_dec: torch.Tensor, pairs: _Pairs) -> torch.Tensor:
-    """sum of vals * W_dec[cols] per row: (n, d_in)."""
-    return _SparseDecode.apply(vals, W_dec, pairs)
+__all__ = ["TWIN_SEED_OFFSET", "ActivationSource", "ArrayActivations", "Trainer", "train_sae", "twin_configs"]
 
 
 class Trainer:
@@ -221,19 +119,19 @@ class Trainer:
         var = self.red.variance(x)
         terms: dict[str, torch.Tensor] = {}
         if cfg.architecture in ("topk", "batchtopk"):
-            x_c = (x - sae.b_dec).detach()  # (N, d_in); the encoder's b_dec gradient is dropped (see _SelectedPre)
+            x_c = (x - sae.b_dec).detach()  # (N, d_in); the encoder's b_dec gradient is dropped (see SelectedPre)
             with torch.no_grad():
                 W_t = sae.W_enc.detach().t()  # (d_sae, d_in), contiguous
                 pre = self._pre_acts(x_c, W_t)  # (N, d_sae) float32 or bfloat16, selection only
                 pairs = self._select(pre, x_c, W_t)
-            vals = _SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, pairs.vals, pairs)
-            recons = _sparse_decode(vals, sae.W_dec, pairs) + sae.b_dec
+            vals = SelectedPre.apply(x_c, sae.W_enc, sae.b_enc, pairs.vals, pairs)
+            recons = sparse_decode(vals, sae.W_dec, pairs) + sae.b_dec
             fired = pairs.col_offsets < torch.cat([pairs.col_offsets[1:], pairs.col_offsets.new_tensor([len(vals)])])
             fired = self.red.any(fired.cpu())
             l0 = len(vals) / N
             if cfg.matryoshka_widths:
                 prefix = [
-                    _sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec for w in cfg.matryoshka_widths
+                    sparse_decode(vals * (pairs.cols < w), sae.W_dec, pairs) + sae.b_dec for w in cfg.matryoshka_widths
                 ]
                 terms["matryoshka"] = losses.matryoshka(x, prefix, cfg.term_tilt, var, self.red.tilted)
             dead = (self.since_fired >= self.dead_after).nonzero().squeeze(1)
@@ -295,10 +193,10 @@ class Trainer:
                 v, c = pre.topk(k, dim=-1, sorted=False)
             keep = v > 0
             if bool(keep.all()):  # the usual case: skip the masking
-                P = _Pairs(arange.repeat_interleave(k), c.reshape(-1), N, d_sae, per_row=k)
+                P = Pairs(arange.repeat_interleave(k), c.reshape(-1), N, d_sae, per_row=k)
                 P.vals = v.reshape(-1)
             else:
-                P = _Pairs(arange[:, None].expand_as(c)[keep], c[keep], N, d_sae)
+                P = Pairs(arange[:, None].expand_as(c)[keep], c[keep], N, d_sae)
                 P.vals = v[keep]
             return P
         # batchtopk: the top k*N of the batch, in two stages (per-row top 4k, then global) unless a row overflows
@@ -318,7 +216,7 @@ class Trainer:
         rows, cols, v = rows[keep], cols[keep], v[keep]
         if (t := self.red.min(v)) is not None:  # running min kept value (the exported threshold, before calibration)
             self.bt_threshold = t if self.bt_threshold < 0 else 0.99 * self.bt_threshold + 0.01 * t
-        P = _Pairs(rows, cols, N, d_sae)
+        P = Pairs(rows, cols, N, d_sae)
         P.vals = v
         return P
 
@@ -332,9 +230,9 @@ class Trainer:
             cols, v = dead[j[keep]], v[keep].float()
         if not self.red.flag(len(rows) > 0):  # no dead latent is positive anywhere in the (global) batch
             return x.new_zeros(())
-        pairs = _Pairs(rows, cols, len(x), self.cfg.d_sae)
-        vals = _SelectedPre.apply(x_c, self.sae.W_enc, self.sae.b_enc, v, pairs)
-        aux = _sparse_decode(vals, self.sae.W_dec, pairs)
+        pairs = Pairs(rows, cols, len(x), self.cfg.d_sae)
+        vals = SelectedPre.apply(x_c, self.sae.W_enc, self.sae.b_enc, v, pairs)
+        aux = sparse_decode(vals, self.sae.W_dec, pairs)
         res = (x - recons).detach()
         return losses.auxk(res, aux, self.red.variance(res), self.red.mean)
 
