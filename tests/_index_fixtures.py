@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,14 @@ def synth_ws(tmp_path_factory, synth_acts) -> Workspace:
 
 def link_workspace(src: Path, dst: Path) -> Workspace:
     """A workspace at ``dst`` sharing src's config, windows, activations, SAEs and coverage (symlinks),
-    with its own index path."""
+    with its own index path, and a copy of its meaning vectors (kept when an index build finds the same texts,
+    instead of embedding every latent again; re-embedded, in the copy, when the labels differ)."""
     dst.mkdir(parents=True, exist_ok=True)
     for part in ("workspace.yaml", "corpora", "activations", "saes", "coverage"):
         if (src / part).exists():
             (dst / part).symlink_to((src / part).resolve())
+    if (src / "meaning").is_dir():
+        shutil.copytree(src / "meaning", dst / "meaning")
     return open_workspace(dst)
 
 

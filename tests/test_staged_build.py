@@ -38,11 +38,15 @@ def tiny_src(request) -> Path:
 
 
 def copy_ws(
-    src: Path, dst: Path, parts: tuple[str, ...] = ("corpora", "activations", "saes", "workspace.yaml")
+    src: Path, dst: Path, parts: tuple[str, ...] = ("corpora", "activations", "saes", "meaning", "workspace.yaml")
 ) -> Path:
-    """A copy of some parts of a workspace (no index, no lock, no temporaries)."""
+    """A copy of some parts of a workspace (no index, no lock, no temporaries). The meaning vectors come along so that
+    indexing an SAE again finds them unchanged (their fingerprint) instead of embedding every latent for a minute:
+    these tests are about the index, tests/index/test_meaning.py about the vectors."""
     dst.mkdir(parents=True)
     for part in parts:
+        if not (src / part).exists():
+            continue
         if (src / part).is_dir():
             shutil.copytree(src / part, dst / part, ignore=lambda _d, names: [n for n in names if n.startswith(".")])
         else:
@@ -330,7 +334,9 @@ def test_the_app_mounts_a_workspace_once_its_first_sae_is_indexed(tiny_src, tmp_
 
     late = REPO / "workspaces" / "test_staged_late"  # app.py builds a config into workspaces/<name>
     shutil.rmtree(late, ignore_errors=True)
-    copy_ws(tiny_src, late, parts=("corpora", "activations", "subdomains", "saes", "coverage"))  # all but the index
+    copy_ws(
+        tiny_src, late, parts=("corpora", "activations", "subdomains", "saes", "coverage", "meaning")
+    )  # all but the index
     cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     (tmp_path / "late.yaml").write_text(yaml.safe_dump({**cfg, "name": "test_staged_late"}))
     with socket.socket() as s:
