@@ -125,7 +125,16 @@ class IndexActs:
     source: np.ndarray  # (n_windows,) object: source of every windows-table row
     corpus: np.ndarray | None = None  # (n_windows,) object: corpus name of every windows-table row
     selected: pd.Index | None = None  # the indexing windows (rows of the windows table), for other sites
+    excluded: np.ndarray | None = (
+        None  # (n,) bool: not normal tokens (attention sinks; the cache's rule): never encoded
+    )
     _starts: np.ndarray | None = field(default=None, repr=False, compare=False)  # first row of each window run
+
+    def split_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, held-out rows), ascending, without the excluded rows: those are shown inside contexts (with
+        activation 0) but never encoded, counted, sampled or chosen as a context's centre."""
+        ok = ~self.excluded if self.excluded is not None else np.ones(len(self.heldout), bool)
+        return np.flatnonzero(ok & ~self.heldout), np.flatnonzero(ok & self.heldout)
 
     def offsets(self) -> np.ndarray:
         """(n,) each row's offset among its window's kept tokens (rows of a window are contiguous, in order)."""
@@ -214,20 +223,24 @@ def collect(ws, progress: bool = True, site: str | None = None, windows: pd.Inde
     else:
         w = allw.loc[windows]
     hit = w.index.isin(cached)
+    rule = cache.exclusion if cache is not None else None  # the training cache's sink rule, applied to every row
     acts = DiskActs(adapter.d_model, folder=ws.path)
-    toks, wins = [], []
+    toks, wins, exc = [], [], []
     for c in stream_activations(
         adapter, w[~hit], site, ws.config.activations.batch_size, progress=progress, desc="index activations"
     ):
         acts.append(c.acts)
         toks.append(c.token_ids.numpy().astype(np.int32))
         wins.append(c.window.numpy().astype(np.int32))
+        exc.append(~rule.normal(c.acts, c.pos).numpy() if rule else np.zeros(len(c.acts), bool))
     for i in range(len(cache.shards) if cache is not None and hit.any() else 0):
         sh = cache.load_shard(i)  # one shard in memory at a time
         m = np.isin(sh["window"].numpy(), w.index[hit])
-        acts.append(sh["acts"][torch.from_numpy(m)])
+        mt = torch.from_numpy(m)
+        acts.append(sh["acts"][mt])
         toks.append(sh["token_ids"].numpy()[m].astype(np.int32))
         wins.append(sh["window"].numpy()[m].astype(np.int32))
+        exc.append(~rule.normal(sh["acts"][mt], sh["pos"][mt]).numpy() if rule else np.zeros(int(m.sum()), bool))
         del sh
     if not acts.n:
         acts.close()
@@ -235,8 +248,8 @@ def collect(ws, progress: bool = True, site: str | None = None, windows: pd.Inde
     window = np.concatenate(wins)
     order = np.argsort(window, kind="stable")  # window order; rows of a window stay in position order
     acts.set_order(order)
-    window, token = window[order], np.concatenate(toks)[order]
-    del order, toks, wins
+    window, token, excluded = window[order], np.concatenate(toks)[order], np.concatenate(exc)[order]
+    del order, toks, wins, exc
     domains, domain = np.unique(allw["domain"].to_numpy()[window], return_inverse=True)
     held = np.searchsorted(w.index.to_numpy(), window) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
     uniq = np.unique(token)
@@ -253,6 +266,7 @@ def collect(ws, progress: bool = True, site: str | None = None, windows: pd.Inde
         allw["source"].to_numpy(),
         allw["corpus"].to_numpy(),
         selected=w.index,
+        excluded=excluded if excluded.any() else None,
     )
 
 

@@ -160,7 +160,7 @@ def index_sae_tables(
     samples use keys advanced by the firings of the ranks before (``rng_offset``), so rank 0 yields the tables a
     single process yields and the other ranks yield nothing."""
     d_sae, V, nb = int(sae.W_dec.shape[0]), len(ia.tokstr), cfg.n_quantiles
-    train_all, held_all = np.flatnonzero(~ia.heldout), np.flatnonzero(ia.heldout)
+    train_all, held_all = ia.split_rows()
     train_rows, held_rows = _rank_slice(train_all, ia), _rank_slice(held_all, ia)
     labels, names = concepts if concepts is not None else (None, [])
     corpus_names, wcorpus = corpora(ia)

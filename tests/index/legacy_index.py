@@ -171,7 +171,7 @@ def index_sae(
     """Index one SAE over ``ia``: returns the ``saes``, ``latents`` and ``contexts`` tables (see module doc),
     and ``concepts`` when token concept labels (n, C) are given (protein and recommender workspaces)."""
     d_sae = int(sae.W_dec.shape[0])
-    train, held = np.nonzero(~ia.heldout)[0], np.nonzero(ia.heldout)[0]
+    train, held = ia.split_rows()  # the excluded (sink) rows left out, as the bounded builder does
     n_dom, V = len(ia.domains), len(ia.tokstr)
     corpora, corpus = _corpora(ia)
     n_corp = len(corpora)

@@ -219,6 +219,7 @@ def test_tiny_workspace_equals_the_in_memory_builder(tiny_ws, tmp_path, monkeypa
     ws = link_workspace(Path(tiny_ws.path), tmp_path / "ws")
     inp = index_inputs(ws, progress=False)
     ia, old_ia = inp.ia, legacy_index.collect(ws, progress=False)
+    old_ia.excluded = ia.excluded  # the old collect had no sink rule; the builders are compared under the same one
     assert isinstance(ia.acts, DiskActs) and not isinstance(old_ia.acts, DiskActs)
     for f in ("token", "window", "domain", "heldout"):
         assert np.array_equal(getattr(ia, f), getattr(old_ia, f)), f
@@ -244,6 +245,7 @@ def test_concept_workspaces_equal_the_in_memory_builder(fixture, request, tmp_pa
     ws = link_workspace(Path(request.getfixturevalue(fixture).path), tmp_path / "ws")
     inp = index_inputs(ws, progress=False)
     old_ia = legacy_index.collect(ws, progress=False)
+    old_ia.excluded = inp.ia.excluded
     name, seed, args = ws.config.saes[0].name, ws.config.train.seed, (ws.config.index, inp.unembed, inp.token_strings)
     sae = load_sae(ws.sae_dir(name))
     new = index_sae(name, "x", sae, inp.ia, *args, seed=seed, concepts=inp.concepts, spill_dir=tmp_path)
@@ -251,3 +253,35 @@ def test_concept_workspaces_equal_the_in_memory_builder(fixture, request, tmp_pa
     assert len(old["concepts"]) > 0
     assert_same_tables(new, old)
     inp.close()
+
+
+def test_excluded_rows_are_shown_but_never_encoded(synth_acts, tmp_path):
+    """Rows flagged ``excluded`` (attention sinks, by the cache's rule) with huge activations: no statistic, top
+    context or sample comes from them, and inside a context they show activation 0."""
+    import dataclasses
+
+    ia = synth_acts
+    big = ia.acts.clone()
+    rows = np.flatnonzero(ia.token == 7)[::3]  # t7: latent 0 of the SAE fires on most of them
+    big[torch.from_numpy(rows)] *= 50
+    flagged = np.zeros(len(ia.token), bool)
+    flagged[rows] = True
+    sae = _sae(1)
+    U = torch.from_numpy(np.random.default_rng(3).standard_normal((40, D_IN)).astype(np.float32))
+    out = {}
+    for name, ex in (("with", flagged), ("without", None)):
+        acts = dataclasses.replace(ia, acts=big, excluded=ex, _starts=None)
+        out[name] = index_sae(name, "relu", sae, acts, CFG, U, token_strings, seed=7, spill_dir=tmp_path)
+    ctx = out["with"]["contexts"].to_pandas()
+    centre = ctx["window_row"].to_numpy()  # per context: its window, and the row of its maximum
+    start = np.array([np.flatnonzero(ia.window == w)[0] for w in centre])
+    focus_rows = start + ctx["win_offset"].to_numpy() + ctx["focus"].to_numpy()
+    fired = ctx["max_act"].to_numpy() > 0
+    assert not np.isin(focus_rows[fired], rows).any()  # no context is centred on an excluded row
+    saes = out["with"]["saes"].to_pandas()
+    train, held = ia.split_rows()
+    assert saes["n_tokens"][0] == len(np.setdiff1d(train, rows)) and saes["n_heldout"][0] == len(
+        np.setdiff1d(held, rows)
+    )
+    lat = {k: v["latents"].to_pandas().set_index("latent") for k, v in out.items()}
+    assert lat["with"]["max_act"].max() < lat["without"]["max_act"].max() / 5  # the 50x rows made the maxima
