@@ -54,7 +54,7 @@ def _replica(folder: str, d_sae: int, n: int, seed: int, threads: int, barrier, 
     from backend.serve.service import Backend
 
     b = Backend(folder)  # every replica holds the file open before any starts timing
-    b.index.con.execute(f"SET threads = {int(threads)}")  # DuckDB's default (store.py's reader) is one per core
+    b.index.con.execute("SET threads = ?", [int(threads)])  # DuckDB's default (store.py's reader) is one per core
     barrier.wait(timeout=300)
     try:
         q.put((seed, _time_features(b, d_sae, n, seed)))
@@ -86,7 +86,7 @@ def main() -> None:
     r = IndexReader(folder / "index.duckdb")
     for rnd in range(2):  # one DuckDB thread against DuckDB's default (a thread per core, the reader's), alternated
         for threads in (1, os.cpu_count() or 1):
-            r.con.execute(f"SET threads = {threads}")
+            r.con.execute("SET threads = ?", [int(threads)])
             q_ms = []
             for j in np.random.default_rng(1 + rnd).integers(0, args.latents, args.n):
                 t = time.perf_counter()

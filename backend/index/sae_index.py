@@ -172,9 +172,7 @@ def index_sae_tables(
         spills.append(part.spill)
         mx = _reduce(part.mx, "max")
         t_off, _ = _offset(part.spill.nnz)
-        held = encode_heldout(
-            sae, ia, held_rows, mx, nb, cfg.heldout_contexts, seed, device, folder, labels=labels, sample=False
-        )
+        held = encode_heldout(sae, ia, held_rows, nb, device, folder, labels=labels)
         spills.append(held.spill)
         h_off, _ = _offset(held.spill.nnz)
         held.bands = held_bands(held.spill, mx, nb, cfg.heldout_contexts, seed, h_off)

@@ -8,9 +8,9 @@ merges, label files joined): "encode / scan a slice of rows -> a partial" and "m
    counts, sums, maxima, per-domain and per-corpus counts, the streaming top-k rows per latent (the
    threshold-filtered merge of backend/sae/kernels.py), the bigram counts of the rows, and every firing
    spilled to disk (spill.FiringSpill, 12 bytes per firing on disk, none in memory).
-2. ``encode_heldout`` (the held-out rows, once; the train maxima are known by then: merge the train partials
-   first) -> ``HeldPartial``: the held-out firings spilled, their bigram counts, the held-out firings sampled over
-   activation bands for the scoring contexts (kind ``hpos``), and the held-out concept counts (protein, recommender).
+2. ``encode_heldout`` (the held-out rows, once) -> ``HeldPartial``: the held-out firings spilled, their bigram counts
+   and the held-out concept counts (protein, recommender); then ``held_bands`` samples the spilled firings over
+   activation bands of the train maxima (merged first) for the scoring contexts (kind ``hpos``).
 3. ``scan_train`` reads the train spill back chunk by chunk instead of encoding again -> ``ScanPartial``: the
    histogram over ``N_BINS`` equal bins of (0, max], ``n_quantiles`` bands of (0, max] with ``per_quantile``
    uniform samples each (the same merge on uniform random keys = reservoir sampling without replacement), the
@@ -160,7 +160,7 @@ class HeldPartial:
     """What encoding a slice of held-out rows leaves (``encode_heldout``)."""
 
     fires: np.ndarray  # (d_sae,) held-out firings
-    bands: StreamingTopK  # (d_sae * n_bands groups) held-out firings sampled per activation band of the train max
+    bands: StreamingTopK | None  # (d_sae * n_bands groups) sampled held-out firings per band (``held_bands``)
     n_bands: int
     bigrams: BigramCounts
     spill: FiringSpill
@@ -170,8 +170,9 @@ class HeldPartial:
     def merge(self, o: HeldPartial) -> None:
         """Add another slice's partial (sampled with ``rng_offset`` = the held-out firings before it)."""
         self.fires += o.fires
-        g, _, s, p = o.bands.items()
-        self.bands.update(g, s, p)
+        if o.bands is not None:
+            g, _, s, p = o.bands.items()
+            self.bands.update(g, s, p)
         self.bigrams.merge(o.bigrams)
         if self.concept_both is not None:
             self.concept_both += o.concept_both
@@ -188,45 +189,17 @@ class HeldPartial:
         return (g // nb)[order], row[order]
 
 
-def encode_heldout(
-    sae,
-    ia: IndexActs,
-    rows: np.ndarray,
-    mx: np.ndarray,
-    n_bands: int,
-    n_samples: int,
-    seed: int,
-    device,
-    folder,
-    labels: np.ndarray | None = None,
-    rng_offset: int = 0,
-    sample: bool = True,
-) -> HeldPartial:
-    """Encode the held-out ``rows`` (ascending) once, given the train maxima ``mx``: firings spilled, bigram counts,
-    about ``n_samples`` firings per latent spread evenly over ``n_bands`` activation bands of (0, train max] (a
-    held-out value above the train max falls in the top band), uniformly within a band (random keys from
-    ``seed + 1``; ``rng_offset``: the held-out firings before this slice), and with ``labels`` (n, C) the
-    concept counts of the held-out confidence. ``sample=False`` leaves the samples to ``held_bands`` (a rank
-    of a distributed build, which learns its ``rng_offset`` only once every slice is encoded)."""
+def encode_heldout(sae, ia: IndexActs, rows: np.ndarray, n_bands: int, device, folder, labels=None) -> HeldPartial:
+    """Encode the held-out ``rows`` (ascending) once: firings spilled, bigram counts, and with ``labels`` (n, C) the
+    concept counts of the held-out confidence. The band samples come after, from the spill (``held_bands``): they
+    need the train maxima and, in a distributed build, the held-out firings of the ranks before this one."""
     d_sae, V = int(sae.W_dec.shape[0]), len(ia.tokstr)
-    per = -(-n_samples // n_bands)
     C = labels.shape[1] if labels is not None else 0
     both = np.zeros((d_sae, C)) if labels is not None else None
     n_c = np.zeros(C) if labels is not None else None
-    p = HeldPartial(
-        np.zeros(d_sae),
-        StreamingTopK(d_sae * n_bands, per),
-        n_bands,
-        BigramCounts(),
-        FiringSpill(d_sae, folder),
-        both,
-        n_c,
-    )
-    rng = _rng(seed + 1, rng_offset)
+    p = HeldPartial(np.zeros(d_sae), None, n_bands, BigramCounts(), FiringSpill(d_sae, folder), both, n_c)
     for chunk, r, c, v, _ in encode_chunks(sae, ia.acts, rows, device):
         p.fires += np.bincount(c, minlength=d_sae)
-        if sample:
-            _band_update(p.bands, r, c, v, mx, n_bands, rng)
         p.spill.append(chunk[0], chunk[-1] + 1, r, c, v)
         p.bigrams.add(_bigrams(ia, chunk, V))
         if labels is not None:
@@ -239,20 +212,18 @@ def encode_heldout(
     return p
 
 
-def _band_update(bands: StreamingTopK, r, c, v, mx: np.ndarray, n_bands: int, rng: np.random.Generator) -> None:
-    b = np.minimum((v / np.maximum(mx[c], 1e-12) * n_bands).astype(np.int64), n_bands - 1)
-    bands.update(c * n_bands + b, rng.random(len(c)), r)
-
-
 def held_bands(
     spill: FiringSpill, mx: np.ndarray, n_bands: int, n_samples: int, seed: int, rng_offset: int = 0
 ) -> StreamingTopK:
-    """The held-out band samples of ``encode_heldout`` from its spill instead of during the encode (the same keys:
-    the spill holds the firings in the order they were encoded)."""
+    """The held-out firings of a spill (``encode_heldout``'s), sampled: about ``n_samples`` per latent spread evenly over
+    ``n_bands`` activation bands of (0, train max ``mx``] (a held-out value above the train max falls in the top band),
+    uniformly within a band by random keys from ``seed + 1``, drawn in the firings' order and advanced by
+    ``rng_offset`` (the held-out firings of the slices before this one)."""
     bands = StreamingTopK(spill.d_sae * n_bands, -(-n_samples // n_bands))
     rng = _rng(seed + 1, rng_offset)
     for r, c, v in spill.chunks():
-        _band_update(bands, r, c, v, mx, n_bands, rng)
+        b = np.minimum((v / np.maximum(mx[c], 1e-12) * n_bands).astype(np.int64), n_bands - 1)
+        bands.update(c * n_bands + b, rng.random(len(c)), r)
     return bands
 
 

@@ -17,7 +17,7 @@ from backend.index import spill
 from backend.index.collect import DiskActs, IndexActs
 from backend.index.sae_index import index_sae
 from backend.index.spill import FiringSpill, LabelBuckets, latent_blocks
-from backend.index.stats import encode_heldout, encode_train, scan_train
+from backend.index.stats import encode_heldout, encode_train, held_bands, scan_train
 from backend.index.tables import corpora
 from tests.index import legacy_index
 from tests.stand_ins import ReluSae
@@ -199,9 +199,14 @@ def test_slices_encode_scan_and_merge_to_the_whole(synth_acts, monkeypatch, tmp_
     for j in range(len(bounds) - 1):
         assert all(np.array_equal(x, y) for x, y in zip(s0.buckets.block(j), one.buckets.block(j)))
     hcut = 128
-    h = encode_heldout(sae, ia, held, whole.mx, 3, 4, 7, "cpu", tmp_path)
-    h0 = encode_heldout(sae, ia, held[:hcut], whole.mx, 3, 4, 7, "cpu", tmp_path)
-    h0.merge(encode_heldout(sae, ia, held[hcut:], whole.mx, 3, 4, 7, "cpu", tmp_path, rng_offset=h0.spill.nnz))
+
+    def held_part(rows: np.ndarray, offset: int = 0):
+        p = encode_heldout(sae, ia, rows, 3, "cpu", tmp_path)
+        p.bands = held_bands(p.spill, whole.mx, 3, 4, 7, offset)
+        return p
+
+    h, h0 = held_part(held), held_part(held[:hcut])
+    h0.merge(held_part(held[hcut:], h0.spill.nnz))
     assert all(np.array_equal(x, y) for x, y in zip(h0.firing_samples(), h.firing_samples()))
     assert np.array_equal(h0.fires, h.fires)
 
