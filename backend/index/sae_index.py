@@ -90,10 +90,9 @@ def _rank_slice(rows: np.ndarray, ia: IndexActs) -> np.ndarray:
     return rows[cuts[me] : cuts[me + 1]]
 
 
-def _offset(nnz: int) -> tuple[int, int]:
-    """(firings of the ranks before this one, firings of all ranks)."""
-    counts = dist.gather(int(nnz))
-    return sum(counts[: dist.rank()]), sum(counts)
+def _offset(nnz: int) -> int:
+    """The firings of the ranks before this one (0 in a single process)."""
+    return sum(dist.gather(int(nnz))[: dist.rank()])
 
 
 def _reduce(a: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -171,10 +170,10 @@ def index_sae_tables(
         part = encode_train(sae, ia, train_rows, cfg.top_k, wcorpus, len(corpus_names), device, folder)
         spills.append(part.spill)
         mx = _reduce(part.mx, "max")
-        t_off, _ = _offset(part.spill.nnz)
+        t_off = _offset(part.spill.nnz)
         held = encode_heldout(sae, ia, held_rows, nb, device, folder, labels=labels)
         spills.append(held.spill)
-        h_off, _ = _offset(held.spill.nnz)
+        h_off = _offset(held.spill.nnz)
         held.bands = held_bands(held.spill, mx, nb, cfg.heldout_contexts, seed, h_off)
         bounds = latent_blocks(_reduce(part.fires + held.fires))
         scan = scan_train(
