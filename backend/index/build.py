@@ -135,22 +135,23 @@ def write_index(
     mats: dict[str, np.ndarray] = dict(keep)
     method = "umap" if cfg.umap else "pca"
     spill_dir = Path(spill_dir) if spill_dir is not None else Path(out).parent
-    if not dist.is_leader():  # another rank of a torchrun build: it encodes its slice of every SAE, rank 0 writes
+
+    def tables(name: str, arch: str, sae) -> Iterator[tuple[str, Any]]:
+        acts = ia_of(name) if ia_of is not None else ia
+        return index_sae_tables(
+            name, arch, sae, acts, cfg, unembed, token_strings, seed, device, concepts=concepts, spill_dir=spill_dir
+        )
+
+    if not dist.is_leader():  # another rank of a torchrun build: it encodes its slice of every SAE (yielding nothing)
         for name, arch, sae in saes:
-            acts = ia_of(name) if ia_of is not None else ia
-            for _ in index_sae_tables(
-                name, arch, sae, acts, cfg, unembed, token_strings, seed, device, concepts=concepts, spill_dir=spill_dir
-            ):
+            for _ in tables(name, arch, sae):
                 pass
         return timings
     with IndexWriter(out) as writer:
         kept_xy = writer.copy_from(keep_from, list(mats)) if mats and keep_from is not None else pd.DataFrame()
         for name, arch, sae in saes:
             t = time.perf_counter()
-            acts = ia_of(name) if ia_of is not None else ia
-            for table, frame in index_sae_tables(
-                name, arch, sae, acts, cfg, unembed, token_strings, seed, device, concepts=concepts, spill_dir=spill_dir
-            ):
+            for table, frame in tables(name, arch, sae):
                 writer.add(table, frame)
             mats[name] = sae.W_dec.detach().float().cpu().numpy()
             timings[f"sae:{name}_s"] = time.perf_counter() - t
